@@ -1,0 +1,43 @@
+# One entry point for people and CI: `make demo`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.advmon-installed
+
+.PHONY: install demo test lint typecheck unit bench constraints clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the end-to-end demo on embedded defaults.
+demo: $(STAMP)
+	$(BIN)/advmon demo
+
+## Lint, type-check and run every test (unit and integration against real servers).
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+## Benchmarks; figures land in docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.squeeze_scoring
+
+## Re-pin every dependency after changing pyproject.toml.
+constraints: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable --exclude advmon > constraints.txt
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache demo-output

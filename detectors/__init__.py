@@ -1,0 +1,1 @@
+"""Feature-squeezing detection: pure computation, usable from a notebook."""
