@@ -1,1 +1,58 @@
-"""Wire contracts of advmon."""
+"""Wire contracts of advmon: what goes on each Kafka topic, as pydantic models.
+
+Every model is frozen and ignores fields it does not know. Their JSON Schema files, for
+producers in other languages, live in ``schemas/json/``; ``python -m schemas.export``
+regenerates them.
+
+Exceptions::
+
+    SchemaError
+     └── InvalidEventError   (also a ValueError) an inference event broke the contract
+
+Examples
+--------
+>>> from schemas import decode_event
+>>> decode_event(b'{"event_id": "e1", "model_id": "digits", "input": [[0, 1], [1, 0]]}').input
+[[0, 1], [1, 0]]
+>>> decode_event(b"[1, 2]")
+Traceback (most recent call last):
+...
+schemas.InvalidEventError: invalid event: field '<root>': an event must be a JSON object, got array
+"""
+
+from __future__ import annotations
+
+from schemas._decisions import Action, Decision, Reason, Scope
+from schemas._detections import Detection, DetectionKind
+from schemas._errors import InvalidEventError, SchemaError
+from schemas._events import (
+    InferenceEvent,
+    TensorDType,
+    TensorPayload,
+    decode_event,
+    validate_event,
+)
+from schemas._scores import ScoreRecord
+
+__all__ = [
+    "Action",
+    "Decision",
+    "Detection",
+    "DetectionKind",
+    "InferenceEvent",
+    "InvalidEventError",
+    "Reason",
+    "SchemaError",
+    "Scope",
+    "ScoreRecord",
+    "TensorDType",
+    "TensorPayload",
+    "decode_event",
+    "validate_event",
+]
+
+# Public names report the package as their home (as httpx does), so reprs and tracebacks
+# say ``schemas.InvalidEventError`` rather than a private module.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -1,0 +1,97 @@
+"""Turn one event's input into a float32 array the model accepts, or say why not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detectors._errors import InvalidInputError
+
+__all__ = ["TENSOR_DTYPES", "input_from_bytes", "input_from_nested_list", "validate_input"]
+
+#: Element types accepted in raw tensor payloads (little-endian on the wire).
+TENSOR_DTYPES = frozenset(
+    {
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+    }
+)
+
+
+def input_from_nested_list(value: Sequence[Any]) -> np.ndarray:
+    """Convert a nested list of numbers; ragged or non-numeric lists are refused.
+
+    >>> input_from_nested_list([[0, 1], [2, 3]]).shape
+    (2, 2)
+    >>> input_from_nested_list([[0, 1], [2]])
+    Traceback (most recent call last):
+    ...
+    detectors._errors.InvalidInputError: input is a ragged nested list (rows of different lengths)
+    """
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except ValueError as exc:
+        if "inhomogeneous" in str(exc) or "sequence" in str(exc):
+            raise InvalidInputError(
+                "ragged", "input is a ragged nested list (rows of different lengths)"
+            ) from None
+        raise InvalidInputError("dtype", "input holds values that are not numbers") from None
+    except TypeError:
+        raise InvalidInputError("dtype", "input holds values that are not numbers") from None
+    return array
+
+
+def input_from_bytes(data: bytes, dtype: str, shape: Sequence[int]) -> np.ndarray:
+    """Decode raw little-endian tensor bytes to a float32 array of ``shape``."""
+    if dtype not in TENSOR_DTYPES:
+        raise InvalidInputError("dtype", f"input dtype {dtype!r} is not supported")
+    wire = np.dtype(dtype).newbyteorder("<")
+    expected = int(np.prod(shape, dtype=np.int64)) * wire.itemsize
+    if len(data) != expected:
+        raise InvalidInputError(
+            "shape",
+            f"input has {len(data)} bytes but {dtype} of shape {list(shape)} needs {expected}",
+        )
+    return np.frombuffer(data, dtype=wire).reshape(tuple(shape)).astype(np.float32)
+
+
+def validate_input(
+    array: np.ndarray,
+    shape: Sequence[int | None],
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Check an input (no batch axis) against the model's shape, finiteness and range.
+
+    ``None`` in ``shape`` accepts any size on that axis. Returns ``array`` unchanged.
+    """
+    if array.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
+    ):
+        wanted = [w if w is not None else "*" for w in shape]
+        raise InvalidInputError(
+            "shape", f"input shape {list(array.shape)} does not match the model's {wanted}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise InvalidInputError("non_finite", "input contains NaN or infinite values")
+    if value_range is not None and array.size:
+        low, high = value_range
+        seen_low, seen_high = float(array.min()), float(array.max())
+        if seen_low < low or seen_high > high:
+            raise InvalidInputError(
+                "range",
+                f"input values span [{seen_low:g}, {seen_high:g}], outside the "
+                f"calibrated range [{low:g}, {high:g}]",
+            )
+    return array

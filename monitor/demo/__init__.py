@@ -1,0 +1,1 @@
+"""The embedded demo: a small digit classifier, benign and adversarial traffic."""

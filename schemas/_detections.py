@@ -1,0 +1,56 @@
+"""A flagged event, as published on the detections topic."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, FiniteFloat, NonNegativeInt
+
+from schemas._types import AwareTimestamp, NonEmptyStr, WireModel
+
+__all__ = ["Detection", "DetectionKind"]
+
+
+class DetectionKind(StrEnum):
+    """What a detection found."""
+
+    ADVERSARIAL = "adversarial"
+    DRIFT = "drift"
+
+
+class Detection(WireModel):
+    """An event a detector flagged; published on the detections topic, keyed by model."""
+
+    event_id: NonEmptyStr = Field(description="Id of the flagged event.")
+    model_id: NonEmptyStr = Field(description="Model that served the event; the message key.")
+    model_version: str | None = Field(default=None, description="Version of the model.")
+    request_id: str | None = Field(default=None, description="Serving's request id.")
+    source: str | None = Field(default=None, description="Caller identity.")
+    kind: DetectionKind = Field(description="What was detected.")
+    score: FiniteFloat = Field(description="The detector's score for the event.")
+    threshold: FiniteFloat = Field(description="The threshold the score was compared with.")
+    prediction: int | None = Field(
+        default=None, description="The model's predicted class, when it is a classifier."
+    )
+    detector_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(
+        description="SHA-256 (lowercase hex) of the detector file that scored the event."
+    )
+    event_ts: AwareTimestamp | None = Field(
+        default=None, description="When serving answered, from the event."
+    )
+    detected_at: AwareTimestamp = Field(description="When the monitor flagged the event.")
+    topic: str | None = Field(default=None, description="Kafka topic the event was read from.")
+    partition: NonNegativeInt | None = Field(
+        default=None, description="Kafka partition the event was read from."
+    )
+    offset: NonNegativeInt | None = Field(default=None, description="Kafka offset of the event.")
+    details: dict[str, FiniteFloat] = Field(
+        default_factory=dict,
+        description="Named contributions to the score, such as the distance per squeezer.",
+    )
+
+    @property
+    def key(self) -> str:
+        """The Kafka message key: the model id."""
+        return self.model_id
