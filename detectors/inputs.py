@@ -50,6 +50,9 @@ def input_from_nested_list(value: Sequence[Any]) -> np.ndarray:
         raise InvalidInputError("dtype", "input holds values that are not numbers") from None
     except TypeError:
         raise InvalidInputError("dtype", "input holds values that are not numbers") from None
+    # JSON has no NaN literal; NumPy turns a JSON null into NaN.
+    if np.isnan(array).any():
+        raise InvalidInputError("dtype", "input holds null values, not numbers")
     return array
 
 
@@ -79,9 +82,9 @@ def validate_input(
     if array.ndim != len(shape) or any(
         want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
     ):
-        wanted = [w if w is not None else "*" for w in shape]
+        wanted = ", ".join("*" if w is None else str(w) for w in shape)
         raise InvalidInputError(
-            "shape", f"input shape {list(array.shape)} does not match the model's {wanted}"
+            "shape", f"input shape {list(array.shape)} does not match the model's [{wanted}]"
         )
     if not np.all(np.isfinite(array)):
         raise InvalidInputError("non_finite", "input contains NaN or infinite values")

@@ -99,15 +99,16 @@ class BitDepth:
     def to_onnx(self, graph: GraphBuilder, x: str, rank: int) -> str:
         """Emit ``round((clip(x) - low) · L / (high - low)) · (high - low) / L + low``."""
         levels = 2**self.bits - 1
-        span = self.high - self.low
-        clipped = graph.op("Clip", [x, graph.const(self.low), graph.const(self.high)])
-        if self.low != 0.0:
-            clipped = graph.op("Sub", [clipped, graph.const(self.low)])
+        low, high = float(self.low), float(self.high)
+        span = high - low
+        clipped = graph.op("Clip", [x, graph.const(low), graph.const(high)])
+        if low != 0.0:
+            clipped = graph.op("Sub", [clipped, graph.const(low)])
         scaled = graph.op("Mul", [clipped, graph.const(levels / span)])
         rounded = graph.op("Round", [scaled])
         squeezed = graph.op("Mul", [rounded, graph.const(span / levels)], hint="bit_depth")
-        if self.low != 0.0:
-            squeezed = graph.op("Add", [squeezed, graph.const(self.low)])
+        if low != 0.0:
+            squeezed = graph.op("Add", [squeezed, graph.const(low)])
         return squeezed
 
     def to_dict(self) -> dict[str, Any]:

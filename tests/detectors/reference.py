@@ -1,0 +1,46 @@
+"""Straightforward NumPy/SciPy implementations of feature squeezing, to test the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage, special
+
+
+def bit_depth(x: np.ndarray, bits: int, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """The NDSS paper's ``rint(x · (2^b − 1)) / (2^b − 1)``, generalised to ``[low, high]``."""
+    levels = np.float32(2**bits - 1)
+    span = np.float32(high - low)
+    unit = (np.clip(x, low, high) - np.float32(low)) * (levels / span)
+    return (np.rint(unit) * (span / levels) + np.float32(low)).astype(np.float32)
+
+
+def median(x: np.ndarray, size: int) -> np.ndarray:
+    """SciPy's median filter over the last two axes with border replication."""
+    footprint = (1,) * (x.ndim - 2) + (size, size)
+    return ndimage.median_filter(x, size=footprint, mode="nearest")
+
+
+def quantize(x: np.ndarray, center: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Round each feature to its grid; features with zero spacing are left alone."""
+    safe = np.where(spacing > 0, spacing, 1.0).astype(np.float32)
+    snapped = np.rint((x - center) / safe) * safe + center
+    return np.where(spacing > 0, snapped, x).astype(np.float32)
+
+
+def squeeze_score(
+    predict: callable[[np.ndarray], np.ndarray],  # type: ignore[valid-type]
+    x: np.ndarray,
+    squeezed: list[np.ndarray],
+    logits: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score and per-squeezer L1 distances, running the model on each copy separately."""
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        out = predict(batch).astype(np.float64)
+        return special.softmax(out, axis=1) if logits else out
+
+    original = probabilities(x)
+    distances = np.stack(
+        [np.abs(probabilities(s) - original).sum(axis=1) for s in squeezed], axis=1
+    )
+    return distances.max(axis=1), distances
