@@ -25,8 +25,8 @@ __all__ = ["JSON_SCHEMA_DIR", "SCHEMA_BASE_URI", "json_schemas", "main", "write_
 JSON_SCHEMA_DIR = Path(__file__).parent / "json"
 """Where the committed schema files live."""
 
-SCHEMA_BASE_URI = "https://raw.githubusercontent.com/advmon/advmon/main/schemas/json/"
-"""Base of each schema's ``$id``: where the committed files are published."""
+SCHEMA_BASE_URI = "urn:advmon:schema:"
+"""Base of each schema's ``$id``: a location-independent name (``urn:advmon:schema:FILE``)."""
 
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
