@@ -72,11 +72,14 @@ class FeatureStats:
     """Per-element count, mean, standard deviation, minimum and maximum over batches.
 
     Batches are merged with Chan et al.'s parallel update, so the result does not
-    depend on how the events were batched (up to float rounding).
+    depend on how the events were batched (up to float rounding). When inputs differ in
+    shape (models with symbolic axes) only the count and the value range are kept.
     """
 
     def __init__(self) -> None:
         self.count = 0
+        self._shape: tuple[int, ...] | None = None
+        self._varying_shape = False
         self._mean: np.ndarray | None = None
         self._m2: np.ndarray | None = None
         self._min = math.inf
@@ -88,6 +91,14 @@ class FeatureStats:
             return
         values = np.asarray(batch, dtype=np.float64)
         n = len(values)
+        self._min = min(self._min, float(values.min()))
+        self._max = max(self._max, float(values.max()))
+        if self._shape is not None and values.shape[1:] != self._shape:
+            self._varying_shape = True
+        self._shape = values.shape[1:]
+        if self._varying_shape:
+            self.count += n
+            return
         mean = values.mean(axis=0)
         m2 = ((values - mean) ** 2).sum(axis=0)
         if self._mean is None or self._m2 is None:
@@ -98,21 +109,28 @@ class FeatureStats:
             self._mean = self._mean + delta * (n / total)
             self._m2 = self._m2 + m2 + delta**2 * (self.count * n / total)
         self.count += n
-        self._min = min(self._min, float(values.min()))
-        self._max = max(self._max, float(values.max()))
+
+    def _check_per_element(self) -> None:
+        if self._varying_shape:
+            raise CalibrationError(
+                "the benign inputs differ in shape, so per-element statistics (needed by "
+                "quantize) do not exist; use squeezers that need no fitting"
+            )
+        if self._mean is None:
+            raise CalibrationError("no inputs were seen")
 
     @property
     def mean(self) -> np.ndarray:
         """Per-element mean."""
-        if self._mean is None:
-            raise CalibrationError("no inputs were seen")
+        self._check_per_element()
+        assert self._mean is not None
         return self._mean
 
     @property
     def std(self) -> np.ndarray:
         """Per-element population standard deviation."""
-        if self._m2 is None:
-            raise CalibrationError("no inputs were seen")
+        self._check_per_element()
+        assert self._m2 is not None
         return np.sqrt(self._m2 / self.count)
 
     @property

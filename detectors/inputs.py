@@ -41,7 +41,9 @@ def input_from_nested_list(value: Sequence[Any]) -> np.ndarray:
     detectors._errors.InvalidInputError: input is a ragged nested list (rows of different lengths)
     """
     try:
-        array = np.asarray(value, dtype=np.float32)
+        # Values beyond float32 become inf, which validate_input refuses with a reason.
+        with np.errstate(over="ignore"):
+            array = np.asarray(value, dtype=np.float32)
     except ValueError as exc:
         if "inhomogeneous" in str(exc) or "sequence" in str(exc):
             raise InvalidInputError(
@@ -67,7 +69,8 @@ def input_from_bytes(data: bytes, dtype: str, shape: Sequence[int]) -> np.ndarra
             "shape",
             f"input has {len(data)} bytes but {dtype} of shape {list(shape)} needs {expected}",
         )
-    return np.frombuffer(data, dtype=wire).reshape(tuple(shape)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return np.frombuffer(data, dtype=wire).reshape(tuple(shape)).astype(np.float32)
 
 
 def validate_input(

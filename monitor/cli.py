@@ -31,7 +31,14 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise click.ClickException(f"invalid ADVMON_* environment settings:\n{exc}") from None
+        problems = []
+        for error in exc.errors():
+            variable = "ADVMON_" + "__".join(str(part) for part in error["loc"]).upper()
+            if error["type"] == "extra_forbidden":
+                problems.append(f"{variable} is not a known setting")
+            else:
+                problems.append(f"{variable}={error['input']!r}: {error['msg']}")
+        raise click.ClickException("invalid setting " + "; ".join(problems)) from None
 
 
 def _parse_range(

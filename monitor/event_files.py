@@ -59,7 +59,8 @@ def read_event_batches(
     """Yield batches of up to ``batch_size`` valid events from a JSON-lines file.
 
     Blank lines are ignored; every other line that fails to decode or validate is passed
-    to ``on_bad_line`` and skipped.
+    to ``on_bad_line`` and skipped. Inputs of different shapes (for models with symbolic
+    axes) never share a batch.
     """
     events: list[InferenceEvent] = []
     inputs: list[np.ndarray] = []
@@ -75,6 +76,10 @@ def read_event_batches(
             except (InvalidEventError, InvalidInputError) as exc:
                 on_bad_line(BadLine(number, str(exc)))
                 continue
+            if inputs and array.shape != inputs[0].shape:
+                # Models with symbolic axes accept several sizes, but not in one batch.
+                yield EventBatch(events, np.stack(inputs), consumed - len(line))
+                events, inputs = [], []
             events.append(event)
             inputs.append(array)
             if len(events) == batch_size:

@@ -73,3 +73,13 @@ def test_feature_stats_do_not_depend_on_batching() -> None:
 def test_feature_stats_without_data() -> None:
     with pytest.raises(CalibrationError, match="no inputs"):
         _ = FeatureStats().mean
+
+
+def test_feature_stats_of_inputs_with_different_shapes_keep_only_count_and_range() -> None:
+    stats = FeatureStats()
+    stats.update(np.zeros((3, 1, 4, 4)))
+    stats.update(np.ones((2, 1, 6, 6)))
+    assert stats.count == 5
+    assert stats.value_range == (0.0, 1.0)
+    with pytest.raises(CalibrationError, match="differ in shape"):
+        _ = stats.std
