@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage, special
 
@@ -11,13 +13,15 @@ def bit_depth(x: np.ndarray, bits: int, low: float = 0.0, high: float = 1.0) -> 
     levels = np.float32(2**bits - 1)
     span = np.float32(high - low)
     unit = (np.clip(x, low, high) - np.float32(low)) * (levels / span)
-    return (np.rint(unit) * (span / levels) + np.float32(low)).astype(np.float32)
+    squeezed: np.ndarray = (np.rint(unit) * (span / levels) + np.float32(low)).astype(np.float32)
+    return squeezed
 
 
 def median(x: np.ndarray, size: int) -> np.ndarray:
     """SciPy's median filter over the last two axes with border replication."""
     footprint = (1,) * (x.ndim - 2) + (size, size)
-    return ndimage.median_filter(x, size=footprint, mode="nearest")
+    filtered: np.ndarray = ndimage.median_filter(x, size=footprint, mode="nearest")
+    return filtered
 
 
 def quantize(x: np.ndarray, center: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -28,7 +32,7 @@ def quantize(x: np.ndarray, center: np.ndarray, spacing: np.ndarray) -> np.ndarr
 
 
 def squeeze_score(
-    predict: callable[[np.ndarray], np.ndarray],  # type: ignore[valid-type]
+    predict: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
     squeezed: list[np.ndarray],
     logits: bool,
@@ -37,7 +41,8 @@ def squeeze_score(
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
         out = predict(batch).astype(np.float64)
-        return special.softmax(out, axis=1) if logits else out
+        probs: np.ndarray = special.softmax(out, axis=1) if logits else out
+        return probs
 
     original = probabilities(x)
     distances = np.stack(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,7 +37,7 @@ def roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[negatives, positives]))
 
 
-def batches_of(x: np.ndarray, size: int = 64):  # type: ignore[no-untyped-def]
+def batches_of(x: np.ndarray, size: int = 64) -> Callable[[], Iterator[np.ndarray]]:
     def batches() -> Iterator[np.ndarray]:
         for start in range(0, len(x), size):
             yield x[start : start + size]
@@ -173,7 +174,7 @@ def test_output_kind_detection(digits: TrainedDigits) -> None:
     assert detect_output_kind(softmax, "probs", sample) == "probabilities"
 
 
-def _breast_cancer_pipeline():  # type: ignore[no-untyped-def]
+def _breast_cancer_pipeline() -> tuple[Any, onnx.ModelProto, np.ndarray, np.ndarray]:
     from skl2onnx import to_onnx
     from sklearn.datasets import load_breast_cancer
     from sklearn.exceptions import ConvergenceWarning
@@ -207,6 +208,7 @@ def test_tabular_detector_on_a_scikit_learn_pipeline(tmp_path: Path) -> None:
     (quantize,) = config.squeezers
     assert isinstance(quantize, Quantize)
     assert quantize.step == 0.5
+    assert quantize.center is not None
     np.testing.assert_allclose(quantize.center, benign.astype(np.float64).mean(axis=0), rtol=1e-6)
 
     # FGSM in the standardised feature space, with a finite-difference loss gradient.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import pytest
@@ -22,10 +24,15 @@ from tests.detectors.conftest import TrainedDigits
 from tests.detectors.models import random_cnn, random_mlp_tabular
 
 
-def bare_predict(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
+def bare_predict(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     session = create_session(model, "cpu")
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        result: np.ndarray = session.run(None, {name: batch})[0]
+        return result
+
+    return predict
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18, 21])
@@ -112,9 +119,14 @@ def test_inspect_model_describes_image_and_tabular_models() -> None:
     assert (tabular.input_kind, tabular.input_shape, tabular.output_kind) == ("tabular", (6,), None)
 
 
-def _with_graph(nodes, inputs, outputs, inits=(), opset=17):  # type: ignore[no-untyped-def]
+def _with_graph(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    opset: int = 17,
+) -> onnx.ModelProto:
     model = helper.make_model(
-        helper.make_graph(nodes, "g", inputs, outputs, list(inits)),
+        helper.make_graph(nodes, "g", inputs, outputs),
         opset_imports=[helper.make_opsetid("", opset)],
     )
     model.ir_version = 8

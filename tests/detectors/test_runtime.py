@@ -18,7 +18,8 @@ needs_gpu = pytest.mark.skipif(cuda_device_count() == 0, reason="no CUDA device"
 
 def fused() -> bytes:
     graph = build_squeeze_graph(random_cnn(), (BitDepth(3),), output_kind="logits")
-    return graph.SerializeToString()
+    payload: bytes = graph.SerializeToString()
+    return payload
 
 
 def test_cpu_is_used_when_asked(caplog: pytest.LogCaptureFixture) -> None:
