@@ -37,10 +37,10 @@ class Reason(WireModel):
 
 
 class Decision(WireModel):
-    """A decision for serving; published on the decisions topic, keyed by request id or source.
+    """A decision for serving; published on the decisions topic.
 
-    A request-scoped decision needs a request_id and a source-scoped one a source: that is
-    the message key serving looks it up by.
+    A request-scoped decision is keyed by its request_id, or its event_id when serving
+    sent none; a source-scoped one needs a source, its key.
     """
 
     event_id: NonEmptyStr = Field(description="Id of the event that led to the decision.")
@@ -60,10 +60,6 @@ class Decision(WireModel):
 
     @model_validator(mode="after")
     def _check_key(self) -> Self:
-        if self.scope is Scope.REQUEST and self.request_id is None:
-            raise PydanticCustomError(
-                "decision_key_missing", "a request-scoped decision needs a request_id"
-            )
         if self.scope is Scope.SOURCE and self.source is None:
             raise PydanticCustomError(
                 "decision_key_missing", "a source-scoped decision needs a source"
@@ -72,7 +68,8 @@ class Decision(WireModel):
 
     @property
     def key(self) -> str:
-        """The Kafka message key: the request id or the source, by scope."""
-        key = self.request_id if self.scope is Scope.REQUEST else self.source
-        assert key is not None  # guaranteed by _check_key
-        return key
+        """The Kafka message key: the request id (else event id) or the source, by scope."""
+        if self.scope is Scope.REQUEST:
+            return self.request_id or self.event_id
+        assert self.source is not None  # guaranteed by _check_key
+        return self.source

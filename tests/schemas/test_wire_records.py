@@ -183,13 +183,14 @@ def test_request_scoped_allow_decision() -> None:
     assert Decision.model_validate_json(decision.model_dump_json()) == decision
 
 
-@pytest.mark.parametrize(
-    ("scope", "fields"),
-    [(Scope.REQUEST, {"request_id": None}), (Scope.SOURCE, {"source": None})],
-)
-def test_decision_needs_its_key(scope: Scope, fields: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError, match=f"a {scope}-scoped decision needs"):
-        _decision(scope=scope, **fields)
+def test_source_decision_needs_its_source() -> None:
+    with pytest.raises(ValidationError, match="a source-scoped decision needs a source"):
+        _decision(scope=Scope.SOURCE, source=None)
+
+
+def test_request_decision_without_request_id_is_keyed_by_event_id() -> None:
+    decision = _decision(scope=Scope.REQUEST, request_id=None)
+    assert decision.key == decision.event_id
 
 
 def test_decision_rejects_naive_times_and_unknown_actions() -> None:
