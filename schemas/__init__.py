@@ -22,6 +22,7 @@ schemas.InvalidEventError: invalid event: field '<root>': an event must be a JSO
 
 from __future__ import annotations
 
+from schemas._dead_letters import DeadLetter, SourceFlag
 from schemas._decisions import Action, Decision, Reason, Scope
 from schemas._detections import Detection, DetectionKind
 from schemas._errors import InvalidEventError, SchemaError
@@ -36,6 +37,7 @@ from schemas._scores import ScoreRecord
 
 __all__ = [
     "Action",
+    "DeadLetter",
     "Decision",
     "Detection",
     "DetectionKind",
@@ -45,6 +47,7 @@ __all__ = [
     "SchemaError",
     "Scope",
     "ScoreRecord",
+    "SourceFlag",
     "TensorDType",
     "TensorPayload",
     "decode_event",

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas._dead_letters import DeadLetter
 from schemas._decisions import Decision
 from schemas._detections import Detection
 from schemas._events import InferenceEvent
@@ -35,6 +36,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "score_record.schema.json": ScoreRecord,
     "detection.schema.json": Detection,
     "decision.schema.json": Decision,
+    "dead_letter.schema.json": DeadLetter,
 }
 
 
@@ -47,8 +49,8 @@ def json_schemas() -> dict[str, str]:
     Examples
     --------
     >>> sorted(json_schemas())  # doctest: +NORMALIZE_WHITESPACE
-    ['decision.schema.json', 'detection.schema.json', 'inference_event.schema.json',
-     'score_record.schema.json']
+    ['dead_letter.schema.json', 'decision.schema.json', 'detection.schema.json',
+     'inference_event.schema.json', 'score_record.schema.json']
     """
     rendered: dict[str, str] = {}
     for file_name, model in _MODELS.items():

@@ -10,6 +10,7 @@ import pytest
 from schemas.export import JSON_SCHEMA_DIR, SCHEMA_BASE_URI, main, write_json_schemas
 
 _FILES = [
+    "dead_letter.schema.json",
     "decision.schema.json",
     "detection.schema.json",
     "inference_event.schema.json",
