@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -306,6 +307,47 @@ def score(
         f"({report.events_per_second:,.0f} events/s): {report.flagged} flagged ({rate:.1%})"
     )
     console.print(f"scores written to [bold]{out_path}[/]")
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    epilog="Any other option goes to Faust's worker command, e.g. -l info, --web-port 6066, "
+    "--web-host 0.0.0.0 (see `faust worker --help`).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Worker config (YAML): the monitored models, their topics and policy. "
+    "[default: ADVMON_CONFIG]",
+)
+@click.pass_context
+def worker(ctx: click.Context, config_path: Path | None) -> None:
+    """Run the stream processor: score inference topics, publish decisions.
+
+    Kafka is reached through ADVMON_KAFKA__BOOTSTRAP (and the other ADVMON_KAFKA__
+    settings); scale out by starting more workers with the same ADVMON_WORKER__APP_ID.
+    """
+    from monitor.agents import register
+    from monitor.app import create_app
+    from monitor.config import ConfigError, load_config
+    from monitor.stages import load_model_detectors
+
+    settings: Settings = ctx.obj
+    path = config_path or settings.config
+    if path is None:
+        raise click.UsageError("give the worker config with --config or ADVMON_CONFIG")
+    try:
+        config = load_config(path)
+        models = load_model_detectors(config)
+    except (ConfigError, DetectorError) as exc:
+        raise click.ClickException(str(exc)) from None
+    wiring = create_app(settings, config, models)
+    register(wiring)
+    # Hand the remaining options to Faust's own worker command.
+    sys.argv = [f"{ctx.find_root().info_name} worker", "worker", *ctx.args]
+    wiring.app.main()
 
 
 @main.command()

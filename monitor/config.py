@@ -6,6 +6,7 @@ Example::
       decisions: advmon-decisions
       dead_letter: advmon-dead-letter
       detections: advmon-detections
+      source_flags: advmon-source-flags   # internal, keyed by source
     batching:
       max_events: 64             # events scored per run of the fused graph, at most
       max_wait_ms: 50            # how long a partial batch waits for more events
@@ -57,6 +58,11 @@ class TopicsConfig(_Strict):
     decisions: str = Field(default="advmon-decisions", min_length=1)
     dead_letter: str = Field(default="advmon-dead-letter", min_length=1)
     detections: str = Field(default="advmon-detections", min_length=1)
+    source_flags: str = Field(
+        default="advmon-source-flags",
+        min_length=1,
+        description="Internal: flagged events re-keyed by source for quarantine counts.",
+    )
 
 
 class BatchingConfig(_Strict):
@@ -104,7 +110,12 @@ class MonitorConfig(_Strict):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"model ids must be unique; repeated: {', '.join(duplicates)}")
-        ours = {self.topics.decisions, self.topics.dead_letter, self.topics.detections}
+        ours = {
+            self.topics.decisions,
+            self.topics.dead_letter,
+            self.topics.detections,
+            self.topics.source_flags,
+        }
         clash = sorted(ours.intersection(t for m in self.models for t in m.topics))
         if clash:
             raise ValueError(f"inference topics must differ from advmon's own: {clash}")
@@ -117,8 +128,9 @@ class MonitorConfig(_Strict):
 
     def resolve_paths(self, base: Path) -> MonitorConfig:
         """A copy whose relative detector paths are resolved against ``base``."""
-        models = [m.model_copy(update={"detector": (base / m.detector).resolve()})
-                  for m in self.models]
+        models = [
+            m.model_copy(update={"detector": (base / m.detector).resolve()}) for m in self.models
+        ]
         return self.model_copy(update={"models": models})
 
 

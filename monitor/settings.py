@@ -1,24 +1,27 @@
 """advmon's settings: the one place that reads the environment.
 
 Every setting comes from an ``ADVMON_``-prefixed environment variable; nested groups use
-``__`` (``ADVMON_SCORING__DEVICE=cpu``). Detectors never see this object: the code that
-builds them passes plain arguments.
+``__`` (``ADVMON_KAFKA__BOOTSTRAP=broker:9092``). Detectors never see this object: the
+code that builds them passes plain arguments.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ScoringSettings", "Settings"]
+__all__ = ["KafkaSettings", "ScoringSettings", "Settings", "WorkerSettings"]
 
 
-class ScoringSettings(BaseModel):
-    """How the fused squeeze graph is run."""
-
+class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ScoringSettings(_Group):
+    """How the fused squeeze graph is run."""
 
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="ONNX Runtime device: auto (CUDA when present), cpu, cuda."
@@ -26,6 +29,35 @@ class ScoringSettings(BaseModel):
     batch_size: int = Field(default=256, ge=1, description="Events scored per graph run.")
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="ONNX Runtime intra-op threads; unset lets it choose."
+    )
+
+
+class KafkaSettings(_Group):
+    """How to reach the Kafka cluster; security settings pass through to the client."""
+
+    bootstrap: str = Field(
+        default="localhost:9092", description="Comma-separated host:port list of brokers."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for SSL.")
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate for SSL.")
+    ssl_keyfile: Path | None = Field(default=None, description="Client key for SSL.")
+    session_timeout_ms: int = Field(
+        default=10_000, ge=6_000, description="Consumer group session timeout."
+    )
+
+
+class WorkerSettings(_Group):
+    """The stream processor's identity and internal topics."""
+
+    app_id: str = Field(
+        default="advmon", min_length=1, description="Faust app id: the consumer group."
+    )
+    internal_partitions: int = Field(
+        default=4, ge=1, description="Partitions of internal topics (source flags, tables)."
     )
 
 
@@ -39,4 +71,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Log level of advmon's own loggers."
     )
+    config: Path | None = Field(
+        default=None, description="Worker config file (YAML); --config overrides it."
+    )
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)

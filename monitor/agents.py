@@ -1,0 +1,70 @@
+"""The worker's agents and web pages, top to bottom in the order an event travels.
+
+1. ``score``: batches of inference messages → decode, validate (bad ones to the
+   dead-letter topic) → fused squeeze graph → a decision per event on the decisions
+   topic; flagged events also go to the detections topic and, re-keyed by source, to the
+   internal source-flags topic.
+2. ``quarantine``: source flags → windowed count per source → one source-scoped
+   decision when a source crosses its limit.
+
+Each agent returns to Faust only after its outputs are acknowledged by the broker, and
+Faust commits an offset only after the agent has returned for that message: processing
+is at-least-once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor.app import AdvmonApp
+from monitor.pipeline import InputMessage
+
+__all__ = ["register"]
+
+
+def _input_message(event: faust.EventT[Any]) -> InputMessage:
+    message = event.message
+    return InputMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value or b"",
+        timestamp=message.timestamp,
+    )
+
+
+def register(wiring: AdvmonApp) -> None:
+    """Attach the agents, the timer and the web pages to ``wiring.app``."""
+    app = wiring.app
+    batching = wiring.config.batching
+
+    @app.agent(wiring.inference, name="advmon.score")
+    async def score(stream: Any) -> None:
+        await wiring.scoring.wait_ready()
+        async for events in stream.take_events(batching.max_events, batching.max_wait_ms / 1000):
+            await wiring.scoring.process([_input_message(event) for event in events])
+
+    @app.agent(wiring.source_flags, name="advmon.quarantine")
+    async def quarantine(stream: Any) -> None:
+        async for value in stream:
+            await wiring.quarantine.observe(value)
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def count_quarantines() -> None:
+        wiring.metrics.quarantined_sources.set(wiring.quarantine.sources_in_force())
+
+    @app.page("/metrics")
+    async def metrics(web: faust.web.View, request: faust.web.Request) -> Any:
+        return web.bytes(generate_latest(wiring.registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
+        consumer = app.consumer
+        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
+        consuming = app.started and not app.rebalancing and wiring.scoring._ready.is_set()
+        body = {"status": "ok" if consuming else "starting", "assigned": assigned}
+        return web.json(body, status=200 if consuming else 503)

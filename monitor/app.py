@@ -1,0 +1,146 @@
+"""Build the Faust app: broker connection, topics, tables, stages, agents and web pages.
+
+Nothing is built at import time: :func:`create_app` is called by ``advmon worker`` (and
+by tests) with the settings and the worker config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiokafka.helpers import create_ssl_context
+from prometheus_client import CollectorRegistry
+
+from monitor.config import MonitorConfig
+from monitor.metrics import Metrics
+from monitor.pipeline import ModelDetector, OutputRecord
+from monitor.settings import KafkaSettings, Settings
+from monitor.stages import QuarantineStage, ScoringStage
+
+__all__ = ["AdvmonApp", "broker_credentials", "create_app"]
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """Faust credentials for the configured security protocol (``None`` for PLAINTEXT)."""
+    ssl_context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        ssl_context = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+@dataclass
+class AdvmonApp:
+    """The Faust app and what the agents need from it."""
+
+    app: faust.App
+    config: MonitorConfig
+    metrics: Metrics
+    registry: CollectorRegistry
+    inference: faust.TopicT
+    source_flags: faust.TopicT
+    outputs: dict[str, faust.TopicT]
+    scoring: ScoringStage
+    quarantine: QuarantineStage
+
+    async def publish(self, records: Sequence[OutputRecord]) -> None:
+        """Send records and wait until the broker acknowledged all of them."""
+        pending = [
+            await self.outputs[record.topic].send(key=record.key, value=record.value)
+            for record in records
+        ]
+        await asyncio.gather(*pending)
+
+
+def create_app(
+    settings: Settings,
+    config: MonitorConfig,
+    models: dict[str, ModelDetector],
+    *,
+    registry: CollectorRegistry | None = None,
+) -> AdvmonApp:
+    """Build the worker's Faust app for ``config`` (see :func:`monitor.agents.register`)."""
+    kafka = settings.kafka
+    app = faust.App(
+        settings.worker.app_id,
+        broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap.split(",")],
+        broker_credentials=broker_credentials(kafka),
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        producer_acks=-1,
+        topic_partitions=settings.worker.internal_partitions,
+        table_standby_replicas=0,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+    )
+    registry = registry or CollectorRegistry()
+    metrics = Metrics.create(registry)
+    topics = config.topics
+
+    def raw_topic(*names: str, internal: bool = False) -> faust.TopicT:
+        return app.topic(
+            *names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=internal,
+            partitions=settings.worker.internal_partitions if internal else None,
+        )
+
+    outputs = {
+        name: raw_topic(name) for name in (topics.decisions, topics.dead_letter, topics.detections)
+    }
+    source_flags = raw_topic(topics.source_flags, internal=True)
+    outputs[topics.source_flags] = source_flags
+    counts = app.Table(
+        "source-flag-counts", default=int, partitions=settings.worker.internal_partitions
+    ).tumbling(config.quarantine.window_seconds, expires=2 * config.quarantine.window_seconds)
+    in_force = app.Table(
+        "source-quarantines", default=float, partitions=settings.worker.internal_partitions
+    )
+
+    wiring: AdvmonApp
+    scoring = ScoringStage(
+        config,
+        models,
+        metrics,
+        lambda records: wiring.publish(records),
+        device=settings.scoring.device,
+        intra_op_threads=settings.scoring.intra_op_threads,
+    )
+    quarantine = QuarantineStage(
+        config, counts, in_force, metrics, lambda records: wiring.publish(records)
+    )
+    wiring = AdvmonApp(
+        app=app,
+        config=config,
+        metrics=metrics,
+        registry=registry,
+        inference=raw_topic(*config.inference_topics),
+        source_flags=source_flags,
+        outputs=outputs,
+        scoring=scoring,
+        quarantine=quarantine,
+    )
+    app.add_dependency(scoring)
+    return wiring

@@ -1,0 +1,100 @@
+"""Every Prometheus metric advmon exports, declared in one place.
+
+Metrics are built from a registry passed in (``Metrics.create(registry)``), so each test
+and each app instance can use a fresh :class:`~prometheus_client.CollectorRegistry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """advmon's metrics; names follow Prometheus conventions."""
+
+    events_consumed: Counter
+    events_decoded: Counter
+    events_invalid: Counter
+    events_scored: Counter
+    events_flagged: Counter
+    decisions: Counter
+    batch_size: Histogram
+    scoring_seconds: Histogram
+    event_to_decision_seconds: Histogram
+    quarantined_sources: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Metrics:
+        """Declare every metric in ``registry``."""
+        return cls(
+            events_consumed=Counter(
+                "advmon_events_consumed",
+                "Messages read from inference topics.",
+                ["topic"],
+                registry=registry,
+            ),
+            events_decoded=Counter(
+                "advmon_events_decoded",
+                "Events decoded and validated, by model.",
+                ["model"],
+                registry=registry,
+            ),
+            events_invalid=Counter(
+                "advmon_events_invalid",
+                "Messages sent to the dead-letter topic, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            events_scored=Counter(
+                "advmon_events_scored",
+                "Events scored by feature squeezing.",
+                ["model"],
+                registry=registry,
+            ),
+            events_flagged=Counter(
+                "advmon_events_flagged",
+                "Events whose squeeze score exceeded the threshold.",
+                ["model"],
+                registry=registry,
+            ),
+            decisions=Counter(
+                "advmon_decisions",
+                "Decisions published for serving.",
+                ["action", "scope"],
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                "advmon_batch_size_events",
+                "Events per scoring batch.",
+                buckets=_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            scoring_seconds=Histogram(
+                "advmon_scoring_seconds",
+                "Time to score one batch with the fused graph.",
+                ["model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            event_to_decision_seconds=Histogram(
+                "advmon_event_to_decision_seconds",
+                "From the event's time (its ts, else the Kafka timestamp) to its decision "
+                "being acknowledged by the broker.",
+                ["model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            quarantined_sources=Gauge(
+                "advmon_quarantined_sources",
+                "Sources under a quarantine in force, on this worker's partitions.",
+                registry=registry,
+            ),
+        )
