@@ -36,23 +36,11 @@ Rules for tests that use the broker:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
-import os
 import re
 import secrets
-import shlex
-import signal
-import socket
-import stat
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from importlib.resources import files
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -60,20 +48,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from monitor.local_broker import BrokerError, LocalKafkaBroker
+
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_START_HINT = (
     "Start the local server with: "
     "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 )
 
-BROKER_START_TIMEOUT_S = 30.0
-BROKER_STOP_TIMEOUT_S = 10.0
-BROKER_START_ATTEMPTS = 3
-
-# The noida-db binary is linked against a newer glibc symbol version than some machines
-# have; the loader warns on every start, but the broker works. Keep it out of messages.
-_GLIBC_WARNING = re.compile(r"weak version `GLIBC_[0-9.]+' not found")
-_PORT_IN_USE = "already in use"
 
 _SERVICE_FIXTURES = frozenset({"kafka_bootstrap", "kafka_topic_factory", "pg_url"})
 
@@ -102,181 +84,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # --- Kafka-protocol broker ------------------------------------------------------------
 
 
-def noida_db_binary() -> Path:
-    """Return the broker executable shipped inside the installed ``noida_db`` package."""
-    binary = Path(str(files("noida_db").joinpath("noida-db")))
-    if not binary.is_file():
-        pytest.fail(
-            f"noida-db binary not found at {binary}; reinstall the dev dependencies "
-            "with `make install`",
-            pytrace=False,
-        )
-    if not os.access(binary, os.X_OK):
-        # Wheels installed by some tools drop the executable bit.
-        binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return binary
-
-
-def free_loopback_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker if pytest dies without running its finalizers."""
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _read_log(log_path: Path) -> str:
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError as error:
-        return f"<could not read {log_path}: {error}>"
-    lines = [line for line in text.splitlines() if not _GLIBC_WARNING.search(line)]
-    return "\n".join(lines) or "<empty>"
-
-
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=BROKER_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=BROKER_STOP_TIMEOUT_S)
-
-
-def _accepts_tcp(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-async def _check_kafka_metadata(bootstrap: str) -> None:
-    """Raise unless the broker answers a Kafka metadata request listing itself."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        await admin.start()
-        cluster = await admin.describe_cluster()
-    finally:
-        await admin.close()
-    if not cluster.get("brokers"):
-        raise RuntimeError(f"metadata from {bootstrap} lists no brokers: {cluster}")
-
-
-def _kafka_answers_metadata(bootstrap: str, timeout_s: float) -> Exception | None:
-    """Return None if the broker answers metadata within ``timeout_s``, else the error."""
-    # A private loop: this runs in a sync session fixture and must not touch the event
-    # loop pytest-asyncio manages.
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(_check_kafka_metadata(bootstrap), timeout_s))
-    except Exception as error:
-        return error
-    finally:
-        loop.close()
-    return None
-
-
-def _broker_command(binary: Path, port: int, data_dir: Path) -> list[str]:
-    return [
-        str(binary),
-        "start",
-        "--only",
-        "kafka",
-        "--kafka-port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-    ]
-
-
-def _start_broker(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start a Kafka-protocol broker for this test session; yield ``"127.0.0.1:PORT"``.
 
-    The broker is ``noida-db start --only kafka`` from the pinned ``noida-db`` package,
-    listening on a free loopback port, with its data and its log (``broker.log``) in a
-    fresh temporary directory. It is ready when it answers a Kafka metadata request; it is
-    stopped with SIGTERM (SIGKILL after 10 s) when the session ends.
+    The broker is :class:`monitor.local_broker.LocalKafkaBroker`: ``noida-db start --only
+    kafka`` from the pinned ``noida-db`` package, on a free loopback port, with its data and
+    its log (``broker.log``) in a fresh temporary directory. It is ready when it answers a
+    Kafka metadata request; it is stopped with SIGTERM (SIGKILL after 10 s) at the end.
 
     Consumers that join a group must use ``session_timeout_ms >= 6000`` (the broker rejects
     shorter sessions). See this module's docstring for the broker's other quirks.
     """
-    binary = noida_db_binary()
-    data_dir = tmp_path_factory.mktemp("kafka")
-    log_path = data_dir / "broker.log"
-    deadline = time.monotonic() + BROKER_START_TIMEOUT_S
-    process: subprocess.Popen[bytes] | None = None
-    command: list[str] = []
-    bootstrap = ""
-    failure = ""
-
-    # Another process can take the free port between probing and binding it; the broker
-    # then exits at once saying so, and we try a new port.
-    for _attempt in range(BROKER_START_ATTEMPTS):
-        port = free_loopback_port()
-        bootstrap = f"127.0.0.1:{port}"
-        command = _broker_command(binary, port, data_dir)
-        process = _start_broker(command, log_path)
-        failure = _wait_for_broker(process, port, bootstrap, deadline)
-        if not failure:
-            break
-        _stop_process(process)
-        if _PORT_IN_USE not in _read_log(log_path) or time.monotonic() >= deadline:
-            break
-        log_path.write_bytes(b"")
-
-    if failure:
-        pytest.fail(
-            f"Kafka-protocol broker (noida-db) did not come up on {bootstrap}: {failure}\n"
-            f"command: {shlex.join(command)}\n"
-            f"log ({log_path}):\n{_read_log(log_path)}",
-            pytrace=False,
-        )
-    assert process is not None
+    broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        bootstrap = broker.start()
+    except BrokerError as error:
+        pytest.fail(str(error), pytrace=False)
     try:
         yield bootstrap
     finally:
-        _stop_process(process)
-
-
-def _wait_for_broker(
-    process: subprocess.Popen[bytes], port: int, bootstrap: str, deadline: float
-) -> str:
-    """Wait until the broker serves Kafka requests; return "" or why it did not."""
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        exit_code = process.poll()
-        if exit_code is not None:
-            return f"the broker exited with status {exit_code}"
-        if _accepts_tcp(port):
-            remaining = max(deadline - time.monotonic(), 0.1)
-            last_error = _kafka_answers_metadata(bootstrap, min(remaining, 5.0))
-            if last_error is None:
-                return ""
-        time.sleep(0.1)
-    detail = f"; last metadata error: {last_error!r}" if last_error else ""
-    return f"not ready after {BROKER_START_TIMEOUT_S:.0f} s{detail}"
+        broker.stop()
 
 
 def _topic_name_for(node_name: str) -> str:
