@@ -358,11 +358,21 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     show_default=True,
     help="Folder for the demo model, events, detector and scores.",
 )
+@click.option("--offline", is_flag=True, help="Stop after the offline calibrate and score.")
 @_device_option
 @click.pass_obj
-def demo(settings: Settings, out_dir: Path, device: Any) -> None:
-    """Run the embedded demo end to end: train a digit classifier, calibrate, score attacks."""
+def demo(settings: Settings, out_dir: Path, device: Any, offline: bool) -> None:
+    """Run the embedded demo end to end: train a digit classifier, calibrate, score attacks
+    offline, then stream live traffic through a local broker and an advmon worker."""
     from monitor.demo.run import run_demo
+    from monitor.demo.streaming import DemoError, run_streaming_demo
+    from monitor.local_broker import BrokerError
 
     with _user_errors():
-        run_demo(out_dir, device=device or settings.scoring.device, console=console)
+        artifacts = run_demo(out_dir, device=device or settings.scoring.device, console=console)
+        if offline:
+            return
+        try:
+            run_streaming_demo(out_dir, artifacts, console)
+        except (DemoError, BrokerError) as exc:
+            raise click.ClickException(str(exc)) from None

@@ -10,6 +10,7 @@ separated the attacks from clean traffic.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,16 @@ from rich.table import Table
 
 from detectors import Device
 from monitor.demo.attacks import fgsm, pgd
-from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
+from monitor.demo.model import (
+    DigitsData,
+    MLPClassifierWeights,
+    load_digits_data,
+    mlp_to_onnx,
+    train_mlp,
+)
 from monitor.offline import calibrate_file, score_file
 
-__all__ = ["MALFORMED_LINES", "demo_event", "run_demo"]
+__all__ = ["MALFORMED_LINES", "DemoArtifacts", "demo_event", "run_demo"]
 
 DEMO_MODEL_ID = "digits"
 ATTACK_EPS = 0.1
@@ -69,7 +76,21 @@ def _roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[negatives, positives]))
 
 
-def run_demo(out_dir: Path, *, device: Device = "auto", console: Console | None = None) -> None:
+@dataclass(frozen=True)
+class DemoArtifacts:
+    """What the offline demo built, for the streaming demo to reuse."""
+
+    data: DigitsData
+    weights: MLPClassifierWeights
+    adversarial: np.ndarray
+    """PGD digits from the test split that fool the model."""
+    adversarial_labels: np.ndarray
+    detector_path: Path
+
+
+def run_demo(
+    out_dir: Path, *, device: Device = "auto", console: Console | None = None
+) -> DemoArtifacts:
     """Build the demo files in ``out_dir``, calibrate, score and print the results."""
     console = console or Console(stderr=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,3 +188,5 @@ def run_demo(out_dir: Path, *, device: Device = "auto", console: Console | None 
         "false-positive rate on unseen benign traffic; feature squeezing is a cheap signal "
         "against non-adaptive attacks, not a guarantee."
     )
+    fooled = weights.logits(attacks["pgd"]).argmax(axis=1) != data.test_y
+    return DemoArtifacts(data, weights, attacks["pgd"][fooled], data.test_y[fooled], detector_path)
