@@ -18,6 +18,9 @@ from tests.monitor.cli_support import normalized
 
 _KINDS = ("clean", "fgsm", "pgd")
 
+# The demo starts the local Kafka-protocol broker and a worker process.
+pytestmark = pytest.mark.integration
+
 
 @dataclass(frozen=True)
 class DemoRun:
@@ -98,3 +101,14 @@ def test_demo_scores_separate_attacks_from_clean_traffic(demo_run: DemoRun) -> N
     assert all(record["flagged"] is (record["score"] > threshold) for record in records)
     clean_flagged = np.mean([r["flagged"] for r in records if _kind(r["event_id"]) == "clean"])
     assert clean_flagged < 0.15, "unseen benign traffic should be flagged near the 5 % target"
+
+
+def test_streaming_demo_quarantines_the_attacker_and_dead_letters_bad_messages(
+    demo_run: DemoRun,
+) -> None:
+    assert demo_run.result.exit_code == 0, demo_run.result.output
+    stderr = normalized(demo_run.result.stderr)
+    assert "source attacker-7: quarantine until" in stderr
+    assert "10 dead-lettered" in stderr
+    assert "user-" not in stderr.split("what advmon decided")[-1], "a benign user was quarantined"
+    assert (demo_run.out_dir / "advmon.yaml").is_file()
