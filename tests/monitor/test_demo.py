@@ -1,4 +1,4 @@
-"""``advmon demo``: the offline loop end to end on the embedded digit classifier."""
+"""``advmon demo``: the offline loop and the streaming loop, end to end."""
 
 from __future__ import annotations
 
