@@ -212,10 +212,11 @@ class DecisionClient:
     ) -> DecisionClient:
         """A client for the brokers and security settings of advmon's ``settings.kafka``.
 
-        >>> from monitor.settings import Settings
-        >>> client = DecisionClient.from_settings(Settings())
+        >>> from monitor.settings import KafkaSettings, Settings
+        >>> settings = Settings(kafka=KafkaSettings(bootstrap="kafka-1:9092,kafka-2:9092"))
+        >>> client = DecisionClient.from_settings(settings)
         >>> client.bootstrap, client.topic, client.security_protocol
-        ('localhost:9092', 'advmon-decisions', 'PLAINTEXT')
+        ('kafka-1:9092,kafka-2:9092', 'advmon-decisions', 'PLAINTEXT')
         """
         kafka = settings.kafka
         ssl_context = None
@@ -320,6 +321,9 @@ class DecisionClient:
         """
         if not self._started:
             raise RuntimeError("start the client first: `async with DecisionClient(...)`")
+        if self._caught_up.is_set():
+            # wait_for(timeout=0) times out even on a set event: it never runs the wait.
+            return
         try:
             await asyncio.wait_for(self._caught_up.wait(), timeout)
         except TimeoutError:
@@ -446,8 +450,6 @@ class DecisionClient:
                 await self._note_positions()
                 self._sweep_expired()
                 backoff = _BACKOFF_MIN_S
-            except asyncio.CancelledError:
-                raise
             except Exception as error:
                 # The cache must outlive a broker outage: log, back off, read on.
                 level = logging.WARNING if isinstance(error, KafkaError) else logging.ERROR

@@ -92,6 +92,13 @@ class ScoringBatch:
         """Inputs as one ``[N, *input_shape]`` array."""
         return np.stack(self.inputs)
 
+    def split(self) -> list[ScoringBatch]:
+        """One single-event batch per event (to isolate an event that fails to score)."""
+        return [
+            ScoringBatch(self.model_id, [m], [e], [x])
+            for m, e, x in zip(self.messages, self.events, self.inputs, strict=True)
+        ]
+
 
 @dataclass
 class DecodedMessages:
@@ -142,7 +149,9 @@ class ScoringPipeline:
                 event, model, array = self._accept(message)
             except _RejectedError as rejected:
                 reasons.append(rejected.reason)
-                dead.append(self._dead_letter(message, rejected))
+                dead.append(
+                    self.dead_letter(message, rejected.reason, str(rejected), rejected.event)
+                )
                 continue
             key = (model, array.shape)
             batch = batches.get(key)
@@ -182,11 +191,13 @@ class ScoringPipeline:
             raise _RejectedError(exc.reason, str(exc), event) from None
         return event, event.model_id, array
 
-    def _dead_letter(self, message: InputMessage, rejected: _RejectedError) -> OutputRecord:
-        event = rejected.event
+    def dead_letter(
+        self, message: InputMessage, reason: str, error: str, event: InferenceEvent | None
+    ) -> OutputRecord:
+        """The dead-letter record for ``message``: original bytes, coordinates, reason."""
         record = DeadLetter(
-            reason=rejected.reason,
-            error=str(rejected),
+            reason=reason,
+            error=error,
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,

@@ -116,12 +116,43 @@ class ScoringStage(mode.Service):
         loop = asyncio.get_running_loop()
         timed: list[tuple[str, list[float | None]]] = []
         actions: list[Action] = []
+        pending = list(decoded.batches)
         for batch in decoded.batches:
-            detector = self.detectors[batch.model_id]
             metrics.events_decoded.labels(batch.model_id).inc(len(batch.events))
+        while pending:
+            batch = pending.pop(0)
+            detector = self.detectors[batch.model_id]
             metrics.batch_size.observe(len(batch.events))
             started = time.perf_counter()
-            verdict = await loop.run_in_executor(self._executor, detector.score, batch.stacked())
+            try:
+                verdict = await loop.run_in_executor(
+                    self._executor, detector.score, batch.stacked()
+                )
+            except Exception as exc:  # ONNX Runtime refused an input the checks let through
+                if len(batch.events) > 1:
+                    logger.warning(
+                        "model %s: a batch failed to score (%s); retrying its events one by one",
+                        batch.model_id,
+                        exc,
+                    )
+                    pending[:0] = batch.split()
+                else:
+                    logger.warning(
+                        "model %s: event %s failed to score: %s",
+                        batch.model_id,
+                        batch.events[0].event_id,
+                        exc,
+                    )
+                    metrics.events_invalid.labels("scoring_error").inc()
+                    outputs.append(
+                        self.pipeline.dead_letter(
+                            batch.messages[0],
+                            "scoring_error",
+                            f"scoring failed: {exc}",
+                            batch.events[0],
+                        )
+                    )
+                continue
             metrics.scoring_seconds.labels(batch.model_id).observe(time.perf_counter() - started)
             metrics.events_scored.labels(batch.model_id).inc(len(batch.events))
             metrics.events_flagged.labels(batch.model_id).inc(int(verdict.flagged.sum()))

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from detectors import calibrate_detector
 from monitor import cli
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
 from tests.monitor.cli_support import N_BENIGN, DemoModel, Traffic, image_events, write_events
@@ -71,3 +72,15 @@ def traffic(demo_model: DemoModel, tmp_path_factory: pytest.TempPathFactory) -> 
 def runner() -> CliRunner:
     """A click runner that keeps stdout and stderr apart."""
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def detector_path(demo_model: DemoModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A detector for the demo model, calibrated once on its calibration split."""
+    x = demo_model.data.calibration_x
+    config = calibrate_detector(
+        demo_model.path, lambda: (x[i : i + 64] for i in range(0, len(x), 64)), device="cpu"
+    )
+    path = tmp_path_factory.mktemp("detector") / "digits.json"
+    config.save(path)
+    return path

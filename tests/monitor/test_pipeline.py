@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detectors import Detector, calibrate_detector
+from detectors import Detector
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
 from monitor.pipeline import InputMessage, ScoringPipeline
@@ -20,17 +20,6 @@ from schemas import Action, DeadLetter, Decision, Detection, SourceFlag
 from tests.monitor.cli_support import DemoModel
 
 TOPIC = "inference-events"
-
-
-@pytest.fixture(scope="module")
-def detector_path(demo_model: DemoModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    x = demo_model.data.calibration_x
-    config = calibrate_detector(
-        demo_model.path, lambda: (x[i : i + 64] for i in range(0, len(x), 64)), device="cpu"
-    )
-    path = tmp_path_factory.mktemp("detector") / "digits.json"
-    config.save(path)
-    return path
 
 
 def make_pipeline(detector_path: Path, policy: str = "enforce") -> ScoringPipeline:
