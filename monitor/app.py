@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka.helpers import create_ssl_context
 from prometheus_client import CollectorRegistry
 
 from monitor.config import MonitorConfig
@@ -26,13 +25,7 @@ __all__ = ["AdvmonApp", "broker_credentials", "create_app"]
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
     """Faust credentials for the configured security protocol (``None`` for PLAINTEXT)."""
-    ssl_context = None
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        ssl_context = create_ssl_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-        )
+    ssl_context = kafka.ssl_context()
     if kafka.security_protocol.startswith("SASL"):
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
         return faust.SASLCredentials(

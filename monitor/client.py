@@ -108,8 +108,8 @@ class DecisionClient:
         How often topic metadata is refreshed: a topic created, or partitions added,
         after start are followed (from their earliest offset) within this time.
 
-    The cache is updated on the event loop that started the client; call the query
-    methods from that loop's thread (they never block or await).
+    The cache is updated on the event loop that started the client. The query methods
+    never block or await; other threads (a sync handler's thread pool) may call them too.
 
     Examples
     --------
@@ -219,13 +219,6 @@ class DecisionClient:
         ('kafka-1:9092,kafka-2:9092', 'advmon-decisions', 'PLAINTEXT')
         """
         kafka = settings.kafka
-        ssl_context = None
-        if kafka.security_protocol in ("SSL", "SASL_SSL"):
-            ssl_context = create_ssl_context(
-                cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-                certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-                keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-            )
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
         return cls(
             kafka.bootstrap,
@@ -237,7 +230,7 @@ class DecisionClient:
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.sasl_username,
             sasl_plain_password=password,
-            ssl_context=ssl_context,
+            ssl_context=kafka.ssl_context(),
             client_id=client_id,
         )
 
@@ -369,7 +362,8 @@ class DecisionClient:
     def quarantined_sources(self, *, now: datetime | None = None) -> dict[str, Decision]:
         """Every source under a quarantine in force at ``now``, with its decision."""
         at = now or datetime.now(UTC)
-        return {source: d for source, d in self._sources.items() if _in_force(d, at)}
+        # list() copies in one step, so a concurrent update cannot break the iteration.
+        return {source: d for source, d in list(self._sources.items()) if _in_force(d, at)}
 
     def decision_for(self, request_id: str) -> Decision | None:
         """The latest request-scoped decision keyed ``request_id``, if still cached.

@@ -8,8 +8,10 @@ code that builds them passes plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
+from ssl import SSLContext
 from typing import Literal
 
+from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,6 +50,17 @@ class KafkaSettings(_Group):
     session_timeout_ms: int = Field(
         default=10_000, ge=6_000, description="Consumer group session timeout."
     )
+
+    def ssl_context(self) -> SSLContext | None:
+        """The TLS context for ``SSL``/``SASL_SSL`` from the configured files, else None."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context: SSLContext = create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+        )
+        return context
 
 
 class WorkerSettings(_Group):
