@@ -65,6 +65,6 @@ def register(wiring: AdvmonApp) -> None:
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
         consumer = app.consumer
         assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
-        consuming = app.started and not app.rebalancing and wiring.scoring._ready.is_set()
+        consuming = app.started and not app.rebalancing and wiring.scoring.ready
         body = {"status": "ok" if consuming else "starting", "assigned": assigned}
         return web.json(body, status=200 if consuming else 503)

@@ -85,6 +85,8 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         autodiscover=False,
     )
+    if settings.worker.data_dir is not None:
+        app.conf.datadir = settings.worker.data_dir
     registry = registry or CollectorRegistry()
     metrics = Metrics.create(registry)
     topics = config.topics

@@ -18,7 +18,7 @@ from rich.table import Table
 from detectors import DetectorError
 from monitor.event_files import BadLine
 from monitor.offline import calibrate_file, score_file
-from monitor.settings import Settings
+from monitor.settings import Settings, UnknownSettingError
 from schemas import SchemaError
 
 __all__ = ["main"]
@@ -30,7 +30,12 @@ console = Console(stderr=True, highlight=False)
 
 def _settings() -> Settings:
     try:
-        return Settings()
+        return Settings.from_environment()
+    except UnknownSettingError as exc:
+        raise click.ClickException(
+            f"unknown setting {exc}: check the spelling (nested settings use a double "
+            "underscore, e.g. ADVMON_KAFKA__BOOTSTRAP)"
+        ) from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -310,7 +315,12 @@ def score(
 
 
 @main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        # Leave -h to Faust's worker (--web-host).
+        "help_option_names": ["--help"],
+    },
     epilog="Any other option goes to Faust's worker command, e.g. -l info, --web-port 6066, "
     "--web-host 0.0.0.0 (see `faust worker --help`).",
 )

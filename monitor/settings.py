@@ -7,6 +7,7 @@ code that builds them passes plain arguments.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from ssl import SSLContext
 from typing import Literal
@@ -15,7 +16,26 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["KafkaSettings", "ScoringSettings", "Settings", "WorkerSettings"]
+__all__ = [
+    "ENV_PREFIX",
+    "KafkaSettings",
+    "ScoringSettings",
+    "Settings",
+    "UnknownSettingError",
+    "WorkerSettings",
+    "setting_variable_names",
+]
+
+ENV_PREFIX = "ADVMON_"
+_NESTED = "__"
+
+
+class UnknownSettingError(ValueError):
+    """``ADVMON_*`` environment variables that are no setting (a typo has no effect)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
 
 
 class _Group(BaseModel):
@@ -72,13 +92,17 @@ class WorkerSettings(_Group):
     internal_partitions: int = Field(
         default=4, ge=1, description="Partitions of internal topics (source flags, tables)."
     )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Faust's data directory; unset uses '<app_id>-data' in the working dir.",
+    )
 
 
 class Settings(BaseSettings):
     """All of advmon's settings (``ADVMON_*`` environment variables)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ADVMON_", env_nested_delimiter="__", extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter=_NESTED, extra="forbid"
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -90,3 +114,41 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """Read the settings, refusing ``ADVMON_*`` variables that are no setting.
+
+        pydantic-settings ignores unknown top-level variables, so ``ADVMON_LOGLEVEL=DEBUG``
+        would silently do nothing; this raises :class:`UnknownSettingError` instead.
+        """
+        known = setting_variable_names()
+        unknown = sorted(
+            name
+            for name in os.environ
+            if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+        )
+        if unknown:
+            raise UnknownSettingError(unknown)
+        return cls()
+
+
+def setting_variable_names(
+    model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX
+) -> frozenset[str]:
+    """Every environment variable name the settings read, upper-cased.
+
+    Nested groups count both as a whole (``ADVMON_KAFKA``, a JSON object) and per field
+    (``ADVMON_KAFKA__BOOTSTRAP``).
+
+    >>> "ADVMON_KAFKA__BOOTSTRAP" in setting_variable_names()
+    True
+    """
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        variable = (prefix + name).upper()
+        names.add(variable)
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names |= setting_variable_names(group, variable + _NESTED)
+    return frozenset(names)

@@ -103,6 +103,11 @@ class ScoringStage(mode.Service):
         """Wait until every detector's ONNX Runtime session is built."""
         await self._ready.wait()
 
+    @property
+    def ready(self) -> bool:
+        """Whether every detector's ONNX Runtime session is built."""
+        return self._ready.is_set()
+
     async def process(self, messages: Sequence[InputMessage]) -> None:
         """Handle one batch; returns once every output is acknowledged by the broker."""
         await self.wait_ready()
