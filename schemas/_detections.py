@@ -17,6 +17,7 @@ class DetectionKind(StrEnum):
 
     ADVERSARIAL = "adversarial"
     DRIFT = "drift"
+    QUARANTINE = "quarantine"
 
 
 class Detection(WireModel):
@@ -33,8 +34,12 @@ class Detection(WireModel):
     prediction: int | None = Field(
         default=None, description="The model's predicted class, when it is a classifier."
     )
-    detector_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(
-        description="SHA-256 (lowercase hex) of the detector file that scored the event."
+    detector_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None,
+        description="SHA-256 (lowercase hex) of the detector file that scored the event.",
+    )
+    expires_at: AwareTimestamp | None = Field(
+        default=None, description="For a quarantine: when the source's quarantine lapses."
     )
     event_ts: AwareTimestamp | None = Field(
         default=None, description="When serving answered, from the event."
