@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "ENV_PREFIX",
+    "AlertingSettings",
+    "ApiSettings",
+    "DatabaseSettings",
+    "IncidentSettings",
     "KafkaSettings",
     "ScoringSettings",
     "Settings",
@@ -98,6 +102,63 @@ class WorkerSettings(_Group):
     )
 
 
+class DatabaseSettings(_Group):
+    """Where incidents are stored."""
+
+    url: SecretStr = Field(
+        default=SecretStr("sqlite:///advmon.db"),
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/advmon. "
+        "SQLite is for the demo only.",
+    )
+    retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest back-off between retries while it is down."
+    )
+
+
+class IncidentSettings(_Group):
+    """How detections group into incidents."""
+
+    gap_seconds: float = Field(
+        default=600, gt=0, description="Detections closer than this join the same incident."
+    )
+    quiet_period_seconds: float = Field(
+        default=1800, gt=0, description="An incident without detections this long resolves."
+    )
+    sample_size: int = Field(default=20, ge=1, description="Event ids kept per incident.")
+
+
+class AlertingSettings(_Group):
+    """Where alerts go."""
+
+    alertmanager_urls: str = Field(
+        default="",
+        description="Comma-separated Alertmanager base URLs (http://am:9093); empty: no alerts.",
+    )
+    resend_seconds: float = Field(
+        default=60, gt=0, description="How often open incidents' alerts are re-posted."
+    )
+    incident_url_template: str = Field(
+        default="http://localhost:8080/api/incidents/{id}",
+        description="Link to an incident in alert annotations; {id} is the incident id.",
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, description="HTTP timeout per request.")
+
+    @property
+    def urls(self) -> list[str]:
+        """The Alertmanager base URLs, without trailing slashes."""
+        return [u.strip().rstrip("/") for u in self.alertmanager_urls.split(",") if u.strip()]
+
+
+class ApiSettings(_Group):
+    """The incident HTTP API (``advmon api``)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on.")
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token required on every request when set."
+    )
+
+
 class Settings(BaseSettings):
     """All of advmon's settings (``ADVMON_*`` environment variables)."""
 
@@ -114,6 +175,10 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    incidents: IncidentSettings = Field(default_factory=IncidentSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @classmethod
     def from_environment(cls) -> Settings:
