@@ -5,7 +5,9 @@
    topic; flagged events also go to the detections topic and, re-keyed by source, to the
    internal source-flags topic.
 2. ``quarantine``: source flags → windowed count per source → one source-scoped
-   decision when a source crosses its limit.
+   decision when a source crosses its limit (and a quarantine detection).
+3. ``incidents``: detections → incidents in the database (retrying while it is down);
+   a background task keeps Alertmanager's alerts in step with the incidents.
 
 Each agent returns to Faust only after its outputs are acknowledged by the broker, and
 Faust commits an offset only after the agent has returned for that message: processing
@@ -14,15 +16,20 @@ is at-least-once.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from monitor.app import AdvmonApp
 from monitor.pipeline import InputMessage
+from schemas import Detection
 
 __all__ = ["register"]
+
+logger = logging.getLogger(__name__)
 
 
 def _input_message(event: faust.EventT[Any]) -> InputMessage:
@@ -52,6 +59,34 @@ def register(wiring: AdvmonApp) -> None:
     async def quarantine(stream: Any) -> None:
         async for value in stream:
             await wiring.quarantine.observe(value)
+
+    incident_stage, alerting = wiring.incidents, wiring.alerting
+    if incident_stage is not None and alerting is not None:
+
+        @app.agent(wiring.outputs[wiring.config.topics.detections], name="advmon.incidents")
+        async def incidents(stream: Any) -> None:
+            async for events in stream.take_events(256, 1.0):
+                detections = []
+                for event in events:
+                    message = event.message
+                    try:
+                        detections.append(Detection.model_validate_json(message.value or b""))
+                    except ValidationError as exc:
+                        logger.error(
+                            "skipping a malformed detection at %s/%d@%d: %s",
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                            exc,
+                        )
+                await incident_stage.record(detections)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def sync_alerts() -> None:
+            try:
+                await alerting.run()
+            finally:
+                await alerting.close()
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def count_quarantines() -> None:

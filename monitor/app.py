@@ -15,10 +15,12 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from monitor.config import MonitorConfig
+from monitor.incident_stage import AlertingStage, IncidentStage
 from monitor.metrics import Metrics
 from monitor.pipeline import ModelDetector, OutputRecord
 from monitor.settings import KafkaSettings, Settings
 from monitor.stages import QuarantineStage, ScoringStage
+from monitor.storage.incidents import IncidentStore
 
 __all__ = ["AdvmonApp", "broker_credentials", "create_app"]
 
@@ -52,6 +54,8 @@ class AdvmonApp:
     outputs: dict[str, faust.TopicT]
     scoring: ScoringStage
     quarantine: QuarantineStage
+    incidents: IncidentStage | None
+    alerting: AlertingStage | None
 
     async def publish(self, records: Sequence[OutputRecord]) -> None:
         """Send records and wait until the broker acknowledged all of them."""
@@ -66,10 +70,15 @@ def create_app(
     settings: Settings,
     config: MonitorConfig,
     models: dict[str, ModelDetector],
+    store: IncidentStore | None,
     *,
     registry: CollectorRegistry | None = None,
 ) -> AdvmonApp:
-    """Build the worker's Faust app for ``config`` (see :func:`monitor.agents.register`)."""
+    """Build the worker's Faust app for ``config`` (see :func:`monitor.agents.register`).
+
+    Without a ``store`` the worker keeps no incidents and sends no alerts: detections stay
+    on their topic for whoever consumes them.
+    """
     kafka = settings.kafka
     app = faust.App(
         settings.worker.app_id,
@@ -126,6 +135,7 @@ def create_app(
     quarantine = QuarantineStage(
         config, counts, in_force, metrics, lambda records: wiring.publish(records)
     )
+    new_incident = asyncio.Event()
     wiring = AdvmonApp(
         app=app,
         config=config,
@@ -136,6 +146,12 @@ def create_app(
         outputs=outputs,
         scoring=scoring,
         quarantine=quarantine,
+        incidents=(
+            IncidentStage(store, settings.database.retry_max_seconds, new_incident)
+            if store is not None
+            else None
+        ),
+        alerting=AlertingStage(store, settings.alerting, new_incident) if store else None,
     )
     app.add_dependency(scoring)
     return wiring

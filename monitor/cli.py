@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from detectors import DetectorError
 from monitor.event_files import BadLine
@@ -343,6 +344,8 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     from monitor.app import create_app
     from monitor.config import ConfigError, load_config
     from monitor.stages import load_model_detectors
+    from monitor.storage.engine import DatabaseUrlError, incident_store
+    from monitor.storage.schema import SchemaBehindError, ensure_current
 
     settings: Settings = ctx.obj
     path = config_path or settings.config
@@ -351,9 +354,20 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     try:
         config = load_config(path)
         models = load_model_detectors(config)
-    except (ConfigError, DetectorError) as exc:
+        store = None
+        if settings.database.url is not None:
+            store = incident_store(settings.database, settings.incidents)
+            ensure_current(store.engine)
+    except (ConfigError, DetectorError, DatabaseUrlError, SchemaBehindError) as exc:
         raise click.ClickException(str(exc)) from None
-    wiring = create_app(settings, config, models)
+    except OperationalError as exc:
+        # Decisions do not need the database: start, and let incidents wait in Kafka.
+        logging.getLogger("monitor").warning(
+            "incident database unreachable at start (%s); detections wait in Kafka until "
+            "it is back",
+            exc.orig or exc,
+        )
+    wiring = create_app(settings, config, models, store)
     register(wiring)
     # Hand the remaining options to Faust's own worker command.
     sys.argv = [f"{ctx.find_root().info_name} worker", "worker", *ctx.args]

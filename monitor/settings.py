@@ -105,10 +105,10 @@ class WorkerSettings(_Group):
 class DatabaseSettings(_Group):
     """Where incidents are stored."""
 
-    url: SecretStr = Field(
-        default=SecretStr("sqlite:///advmon.db"),
-        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/advmon. "
-        "SQLite is for the demo only.",
+    url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/advmon (SQLite "
+        "is for the demo only). Unset: the worker keeps no incidents and sends no alerts.",
     )
     retry_max_seconds: float = Field(
         default=30.0, gt=0, description="Longest back-off between retries while it is down."

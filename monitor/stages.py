@@ -21,7 +21,7 @@ from monitor.config import MonitorConfig
 from monitor.metrics import Metrics
 from monitor.pipeline import InputMessage, ModelDetector, OutputRecord, ScoringPipeline, event_time
 from monitor.policy import quarantine_due, source_action
-from schemas import Action, Decision, Reason, Scope, SourceFlag
+from schemas import Action, Decision, Detection, DetectionKind, Reason, Scope, SourceFlag
 
 __all__ = ["Publish", "QuarantineStage", "ScoringStage", "load_model_detectors"]
 
@@ -225,13 +225,26 @@ class QuarantineStage:
             expires_at=expires,
             decided_at=now,
         )
+        detection = Detection(
+            event_id=flag.event_id,
+            model_id=flag.model_id,
+            model_version=flag.model_version,
+            source=flag.source,
+            kind=DetectionKind.QUARANTINE,
+            score=count,
+            threshold=policy.limit,
+            expires_at=expires,
+            detected_at=now,
+        )
+        topics = self.config.topics
         await self.publish(
             [
                 OutputRecord(
-                    self.config.topics.decisions,
-                    decision.key.encode(),
-                    decision.model_dump_json().encode(),
-                )
+                    topics.decisions, decision.key.encode(), decision.model_dump_json().encode()
+                ),
+                OutputRecord(
+                    topics.detections, flag.model_id.encode(), detection.model_dump_json().encode()
+                ),
             ]
         )
         self.in_force[flag.source] = expires.timestamp()

@@ -19,6 +19,11 @@ class DatabaseUrlError(ValueError):
 
 def open_engine(database: DatabaseSettings) -> Engine:
     """An engine for the configured database; connections are checked before use."""
+    if database.url is None:
+        raise DatabaseUrlError(
+            "no incident database configured: set ADVMON_DATABASE__URL, e.g. "
+            "postgresql+psycopg://advmon@db:5432/advmon"
+        )
     url = database.url.get_secret_value()
     try:
         return create_engine(url, pool_pre_ping=True)
