@@ -25,9 +25,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from sqlalchemy import create_engine
 
 from monitor.demo.run import MALFORMED_LINES, DemoArtifacts, demo_event
 from monitor.local_broker import LocalKafkaBroker, free_loopback_port
+from monitor.storage.incidents import IncidentStore
+from monitor.storage.models import Incident, IncidentKind
+from monitor.storage.schema import upgrade
 from schemas import Action, DeadLetter, Decision, Scope
 
 __all__ = ["DemoError", "run_streaming_demo"]
@@ -37,6 +41,7 @@ USERS = [f"user-{i}" for i in range(1, 21)]
 QUARANTINE_LIMIT = 10
 WORKER_START_TIMEOUT_S = 60.0
 DECISIONS_TIMEOUT_S = 60.0
+INCIDENTS_TIMEOUT_S = 20.0
 EVENTS_PER_SECOND = 250.0
 
 
@@ -90,12 +95,14 @@ def _write_config(path: Path, detector: Path, topic: str) -> None:
 
 
 def _start_worker(
-    config: Path, bootstrap: str, web_port: int, log: Path
+    config: Path, bootstrap: str, web_port: int, log: Path, database_url: str
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "ADVMON_KAFKA__BOOTSTRAP": bootstrap,
         "ADVMON_WORKER__APP_ID": "advmon-demo",
+        "ADVMON_WORKER__DATA_DIR": str(log.parent / "worker-data"),
+        "ADVMON_DATABASE__URL": database_url,
     }
     command = [
         sys.executable,
@@ -255,10 +262,15 @@ def run_streaming_demo(out_dir: Path, artifacts: DemoArtifacts, console: Console
     _write_config(config_path, artifacts.detector_path.resolve(), topic)
     worker_log = out_dir / "worker.log"
     worker_log.write_bytes(b"")
+    database = out_dir / "advmon.db"
+    database.unlink(missing_ok=True)
+    database_url = f"sqlite:///{database.resolve()}"
+    store = IncidentStore(create_engine(database_url))
+    upgrade(store.engine)
     with LocalKafkaBroker(out_dir / "kafka") as bootstrap:
         console.print(f"5. started a local Kafka-protocol broker on {bootstrap}")
         web_port = free_loopback_port()
-        worker = _start_worker(config_path, bootstrap, web_port, worker_log)
+        worker = _start_worker(config_path, bootstrap, web_port, worker_log, database_url)
         try:
             _wait_healthy(worker, web_port, worker_log)
             console.print(
@@ -271,9 +283,48 @@ def run_streaming_demo(out_dir: Path, artifacts: DemoArtifacts, console: Console
                 f"{QUARANTINE_LIMIT} flagged events per minute"
             )
             tally = asyncio.run(_stream(bootstrap, topic, artifacts, console))
+            incidents = _wait_for_incidents(store)
         finally:
             _stop(worker)
     _summary(tally, console)
+    _incident_summary(incidents, database_url, console)
+
+
+def _wait_for_incidents(store: IncidentStore) -> list[Incident]:
+    """The incidents once the worker stored the attack's (bounded wait)."""
+    deadline = time.monotonic() + INCIDENTS_TIMEOUT_S
+    while True:
+        incidents, _ = store.find()
+        kinds = {incident.kind for incident in incidents}
+        if {IncidentKind.ADVERSARIAL, IncidentKind.QUARANTINE} <= kinds:
+            return incidents
+        if time.monotonic() > deadline:
+            return incidents
+        time.sleep(0.5)
+
+
+def _incident_summary(incidents: list[Incident], database_url: str, console: Console) -> None:
+    table = Table(title="incidents for on-call (stored in SQLite for the demo)")
+    for column in ("id", "kind", "model", "source", "status", "detections", "peak score"):
+        table.add_column(column)
+    for incident in sorted(incidents, key=lambda i: i.id):
+        table.add_row(
+            str(incident.id),
+            incident.kind.value,
+            incident.model_id,
+            incident.source or "",
+            incident.status.value,
+            str(incident.detection_count),
+            f"{incident.peak_score:.3f}",
+        )
+    console.print(table)
+    console.print(
+        "Look into them as on-call would:\n"
+        f"  export ADVMON_DATABASE__URL={database_url}\n"
+        "  advmon incidents list\n"
+        "  advmon incidents show 1\n"
+        "  advmon incidents export --format markdown"
+    )
 
 
 def _summary(tally: _Tally, console: Console) -> None:
