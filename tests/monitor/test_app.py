@@ -62,3 +62,15 @@ def test_worker_with_a_bad_config_fails_before_starting(
     assert result.exit_code == 1
     assert message in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_worker_refuses_a_database_whose_schema_is_behind(
+    tmp_path: Path, detector_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "advmon.yaml"
+    config.write_text(f"models:\n  - {{id: digits, detector: {detector_path}}}\n")
+    monkeypatch.setenv("ADVMON_DATABASE__URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    result = CliRunner().invoke(main, ["worker", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "is empty, this advmon needs revision 0001: run `advmon db upgrade`" in result.stderr
+    assert "Traceback" not in result.output
