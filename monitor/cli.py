@@ -400,3 +400,10 @@ def demo(settings: Settings, out_dir: Path, device: Any, offline: bool) -> None:
             run_streaming_demo(out_dir, artifacts, console)
         except (DemoError, BrokerError) as exc:
             raise click.ClickException(str(exc)) from None
+
+
+from monitor.incidents_cli import api, db, incidents  # noqa: E402
+
+main.add_command(incidents)
+main.add_command(db)
+main.add_command(api)

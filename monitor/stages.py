@@ -235,6 +235,7 @@ class QuarantineStage:
             threshold=policy.limit,
             expires_at=expires,
             detected_at=now,
+            details={"enforced": 1.0 if flag.enforce else 0.0},
         )
         topics = self.config.topics
         await self.publish(

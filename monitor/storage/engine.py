@@ -25,8 +25,9 @@ def open_engine(database: DatabaseSettings) -> Engine:
             "postgresql+psycopg://advmon@db:5432/advmon"
         )
     url = database.url.get_secret_value()
+    connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
     try:
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except (ArgumentError, ImportError) as exc:
         raise DatabaseUrlError(
             f"ADVMON_DATABASE__URL is not a usable database URL ({exc}); "

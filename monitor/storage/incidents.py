@@ -86,7 +86,13 @@ class IncidentFilter:
         if self.status is not None:
             query = query.where(Incident.status == self.status)
         if self.source is not None:
-            query = query.where(Incident.source == self.source)
+            # Adversarial and drift incidents span sources: match their detections too.
+            has_source = (
+                select(DetectionRow.id)
+                .where(DetectionRow.incident_id == Incident.id, DetectionRow.source == self.source)
+                .exists()
+            )
+            query = query.where((Incident.source == self.source) | has_source)
         if self.since is not None:
             query = query.where(Incident.last_seen >= self.since)
         if self.until is not None:
@@ -108,7 +114,12 @@ class IncidentStore:
     # --- writing ------------------------------------------------------------------------
 
     def record(self, detections: Sequence[Detection]) -> RecordResult:
-        """Store detections and group them into incidents, in one transaction."""
+        """Store detections and group them into incidents, in one transaction.
+
+        Each detection is written in a savepoint together with its incident's update, so
+        a detection another writer stored concurrently is skipped whole: no count grows
+        without its row.
+        """
         stored = duplicates = 0
         opened: list[int] = []
         touched: list[int] = []
@@ -123,38 +134,53 @@ class IncidentStore:
                 if exists is not None:
                     duplicates += 1
                     continue
-                incident = self._open_incident_for(session, kind, detection)
-                if incident is None:
-                    incident = self._new_incident(session, kind, detection)
-                    opened.append(incident.id)
-                else:
-                    self._extend(incident, detection)
-                row = DetectionRow(
-                    incident_id=incident.id,
-                    kind=kind,
-                    event_id=detection.event_id,
-                    model_id=detection.model_id,
-                    source=detection.source,
-                    score=detection.score,
-                    threshold=detection.threshold,
-                    detected_at=detection.detected_at,
-                    topic=detection.topic,
-                    partition=detection.partition,
-                    offset=detection.offset,
-                )
                 try:
                     with session.begin_nested():
-                        session.add(row)
+                        incident, is_new = self._group(session, kind, detection)
+                        session.add(self._row(incident, kind, detection))
+                        if kind is IncidentKind.QUARANTINE:
+                            self._note_quarantine(session, detection)
+                        session.flush()
                 except IntegrityError:
                     # Another writer stored the same detection a moment ago.
                     duplicates += 1
                     continue
                 stored += 1
-                if kind is IncidentKind.QUARANTINE:
-                    self._note_quarantine(session, detection)
+                if is_new:
+                    opened.append(incident.id)
                 if incident.id not in touched:
                     touched.append(incident.id)
         return RecordResult(stored, duplicates, opened, touched)
+
+    def _group(
+        self, session: Session, kind: IncidentKind, detection: Detection
+    ) -> tuple[Incident, bool]:
+        """The incident ``detection`` joins (extended), or a new one; and whether it is new."""
+        if session.get_bind().dialect.name == "postgresql":
+            # Two writers must not both open an incident for the same group.
+            key = f"{kind.value}|{detection.model_id}|{detection.source or ''}"
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+        incident = self._open_incident_for(session, kind, detection)
+        if incident is None:
+            return self._new_incident(session, kind, detection), True
+        self._extend(incident, detection)
+        return incident, False
+
+    @staticmethod
+    def _row(incident: Incident, kind: IncidentKind, detection: Detection) -> DetectionRow:
+        return DetectionRow(
+            incident_id=incident.id,
+            kind=kind,
+            event_id=detection.event_id,
+            model_id=detection.model_id,
+            source=detection.source,
+            score=detection.score,
+            threshold=detection.threshold,
+            detected_at=detection.detected_at,
+            topic=detection.topic,
+            partition=detection.partition,
+            offset=detection.offset,
+        )
 
     def _open_incident_for(
         self, session: Session, kind: IncidentKind, detection: Detection
@@ -227,8 +253,9 @@ class IncidentStore:
 
     def _note_quarantine(self, session: Session, detection: Detection) -> None:
         """Record a source quarantine among the decisions of the model's open incidents."""
+        enforced = detection.details.get("enforced", 1.0) > 0
         decision = {
-            "action": "quarantine",
+            "action": "quarantine" if enforced else "flag",
             "scope": "source",
             "source": detection.source,
             "decided_at": detection.detected_at.isoformat(),
@@ -337,6 +364,26 @@ class IncidentStore:
                 .offset(offset)
             ).all()
             return list(rows), int(total)
+
+    def detections(
+        self, incident_id: int, *, limit: int = 100, offset: int = 0
+    ) -> tuple[list[DetectionRow], int]:
+        """One page of an incident's detections, oldest first, and how many it has."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            if session.get(Incident, incident_id) is None:
+                raise IncidentNotFoundError(f"no incident {incident_id}")
+            of_incident = DetectionRow.incident_id == incident_id
+            total = session.scalar(
+                select(func.count()).select_from(DetectionRow).where(of_incident)
+            )
+            rows = session.scalars(
+                select(DetectionRow)
+                .where(of_incident)
+                .order_by(DetectionRow.detected_at, DetectionRow.id)
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return list(rows), int(total or 0)
 
     def alertable(self) -> list[Incident]:
         """Unresolved incidents, and resolved ones whose resolution was not yet alerted."""

@@ -29,7 +29,9 @@ def alembic_config(engine: Engine | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("monitor.storage") / "migrations"))
     if engine is not None:
-        config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+        # ConfigParser interpolates "%": a percent-encoded password must be escaped.
+        url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+        config.set_main_option("sqlalchemy.url", url)
     return config
 
 
@@ -57,6 +59,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def ensure_current(engine: Engine) -> None:
     """Raise :class:`SchemaBehindError` unless the database is at the newest migration."""
     current, head = current_revision(engine), head_revision()
+    if current is not None and current != head:
+        known = ScriptDirectory.from_config(alembic_config()).get_revision(current)
+        if known is None:
+            raise SchemaBehindError(
+                f"the database {engine.url.render_as_string(hide_password=True)} is at "
+                f"revision {current}, which this advmon does not know (a newer advmon "
+                f"migrated it); upgrade advmon"
+            )
     if current != head:
         where = "empty" if current is None else f"at revision {current}"
         raise SchemaBehindError(
