@@ -14,7 +14,14 @@ import onnxruntime as ort
 from detectors._errors import ExecutionProviderError
 from detectors.graph import FUSED_OUTPUTS
 
-__all__ = ["Device", "SqueezeScorer", "SqueezeScores", "create_session", "cuda_device_count"]
+__all__ = [
+    "Device",
+    "SqueezeScorer",
+    "SqueezeScores",
+    "check_device",
+    "create_session",
+    "cuda_device_count",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,28 @@ def cuda_device_count() -> int:
     if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
         return 0
     return int(count.value)
+
+
+def check_device(device: Device) -> None:
+    """Raise :class:`ExecutionProviderError` now if ``device`` cannot be used here.
+
+    ``auto`` and ``cpu`` always can; ``cuda`` needs ONNX Runtime's CUDA execution provider
+    and a GPU the driver reports.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ExecutionProviderError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device != "cuda":
+        return
+    if _CUDA not in ort.get_available_providers():
+        raise ExecutionProviderError(
+            "device 'cuda' requested but this ONNX Runtime build has no CUDA execution "
+            "provider; install onnxruntime-gpu"
+        )
+    if cuda_device_count() == 0:
+        raise ExecutionProviderError(
+            "device 'cuda' requested but the NVIDIA driver reports no GPU; use "
+            "ADVMON_SCORING__DEVICE=auto or cpu"
+        )
 
 
 def create_session(

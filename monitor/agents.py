@@ -17,7 +17,8 @@ is at-least-once.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import Any, NoReturn
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -44,6 +45,18 @@ def _input_message(event: faust.EventT[Any]) -> InputMessage:
     )
 
 
+def _exit_without_commit(doing: str) -> NoReturn:
+    """Stop the process at once after an unexpected error.
+
+    Faust acknowledges a batch taken with ``take_events`` even when its handler raises,
+    and would commit that offset on the way down; exiting here instead keeps the batch
+    uncommitted, so a restarted worker processes it again (at-least-once).
+    """
+    logger.critical("unexpected error while %s; exiting without committing", doing, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
 def register(wiring: AdvmonApp) -> None:
     """Attach the agents, the timer and the web pages to ``wiring.app``."""
     app = wiring.app
@@ -53,12 +66,18 @@ def register(wiring: AdvmonApp) -> None:
     async def score(stream: Any) -> None:
         await wiring.scoring.wait_ready()
         async for events in stream.take_events(batching.max_events, batching.max_wait_ms / 1000):
-            await wiring.scoring.process([_input_message(event) for event in events])
+            try:
+                await wiring.scoring.process([_input_message(event) for event in events])
+            except Exception:
+                _exit_without_commit("scoring a batch")
 
     @app.agent(wiring.source_flags, name="advmon.quarantine")
     async def quarantine(stream: Any) -> None:
         async for value in stream:
-            await wiring.quarantine.observe(value)
+            try:
+                await wiring.quarantine.observe(value)
+            except Exception:
+                _exit_without_commit("counting a source flag")
 
     incident_stage, alerting = wiring.incidents, wiring.alerting
     if incident_stage is not None and alerting is not None:
@@ -79,7 +98,10 @@ def register(wiring: AdvmonApp) -> None:
                             message.offset,
                             exc,
                         )
-                await incident_stage.record(detections)
+                try:
+                    await incident_stage.record(detections)
+                except Exception:
+                    _exit_without_commit("storing detections")
 
         @app.task  # type: ignore[untyped-decorator]
         async def sync_alerts() -> None:
@@ -94,12 +116,22 @@ def register(wiring: AdvmonApp) -> None:
 
     @app.page("/metrics")
     async def metrics(web: faust.web.View, request: faust.web.Request) -> Any:
-        return web.bytes(generate_latest(wiring.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset in content_type=; prometheus-client's type carries one.
+        return web.bytes(
+            generate_latest(wiring.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
         consumer = app.consumer
         assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
-        consuming = app.started and not app.rebalancing and wiring.scoring.ready
+        # actives_ready turns true once the first assignment is recovered, and false again
+        # at every rebalance: before that the worker holds nothing.
+        consuming = (
+            app.started
+            and not app.rebalancing
+            and app.tables.actives_ready
+            and wiring.scoring.ready
+        )
         body = {"status": "ok" if consuming else "starting", "assigned": assigned}
         return web.json(body, status=200 if consuming else 503)

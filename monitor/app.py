@@ -7,11 +7,13 @@ by tests) with the settings and the worker config.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from monitor.config import MonitorConfig
@@ -23,6 +25,8 @@ from monitor.stages import QuarantineStage, ScoringStage
 from monitor.storage.incidents import IncidentStore
 
 __all__ = ["AdvmonApp", "broker_credentials", "create_app"]
+
+logger = logging.getLogger(__name__)
 
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
@@ -58,12 +62,27 @@ class AdvmonApp:
     alerting: AlertingStage | None
 
     async def publish(self, records: Sequence[OutputRecord]) -> None:
-        """Send records and wait until the broker acknowledged all of them."""
-        pending = [
-            await self.outputs[record.topic].send(key=record.key, value=record.value)
-            for record in records
-        ]
-        await asyncio.gather(*pending)
+        """Send records and return once the broker acknowledged all of them.
+
+        While the broker refuses them the whole batch is sent again with back-off
+        (at-least-once: a record may be written twice, never lost), and the caller's
+        input offsets stay uncommitted.
+        """
+        delay = 0.5
+        while True:
+            try:
+                pending = [
+                    await self.outputs[record.topic].send(key=record.key, value=record.value)
+                    for record in records
+                ]
+                await asyncio.gather(*pending)
+                return
+            except (KafkaError, TimeoutError) as exc:
+                logger.error(
+                    "publishing %d records failed, retrying in %.1f s: %r", len(records), delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
 
 def create_app(

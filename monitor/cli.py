@@ -17,6 +17,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from detectors import DetectorError
+from detectors.runtime import check_device
 from monitor.event_files import BadLine
 from monitor.offline import calibrate_file, score_file
 from monitor.settings import Settings, UnknownSettingError
@@ -354,6 +355,7 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     try:
         config = load_config(path)
         models = load_model_detectors(config)
+        check_device(settings.scoring.device)
         store = None
         if settings.database.url is not None:
             store = incident_store(settings.database, settings.incidents)

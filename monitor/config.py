@@ -141,6 +141,15 @@ def load_config(path: str | Path) -> MonitorConfig:
         data = yaml.safe_load(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {source}") from None
+    except yaml.MarkedYAMLError as exc:
+        where = (
+            f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+            if (exc.problem_mark is not None)
+            else "?"
+        )
+        raise ConfigError(
+            f"cannot read config file {source}: {where}: {exc.problem or exc}"
+        ) from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config file {source}: {exc}") from None
     if not isinstance(data, dict):

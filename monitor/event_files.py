@@ -55,12 +55,13 @@ def read_event_batches(
     input_shape: Sequence[int | None],
     batch_size: int,
     on_bad_line: Callable[[BadLine], None],
+    value_range: tuple[float, float] | None = None,
 ) -> Iterator[EventBatch]:
     """Yield batches of up to ``batch_size`` valid events from a JSON-lines file.
 
     Blank lines are ignored; every other line that fails to decode or validate is passed
-    to ``on_bad_line`` and skipped. Inputs of different shapes (for models with symbolic
-    axes) never share a batch.
+    to ``on_bad_line`` and skipped. With ``value_range``, inputs outside it are bad lines
+    too. Inputs of different shapes (for models with symbolic axes) never share a batch.
     """
     events: list[InferenceEvent] = []
     inputs: list[np.ndarray] = []
@@ -72,7 +73,7 @@ def read_event_batches(
                 continue
             try:
                 event = decode_event(line)
-                array = event_input(event, input_shape)
+                array = event_input(event, input_shape, value_range)
             except (InvalidEventError, InvalidInputError) as exc:
                 on_bad_line(BadLine(number, str(exc)))
                 continue

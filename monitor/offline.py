@@ -122,9 +122,13 @@ def score_file(
             on_bad_line(bad)
 
     started = time.perf_counter()
-    shape = detector.config.input_shape
+    config = detector.config
+    # The same checks as the worker: images must lie in the calibrated value range.
+    value_range = config.input_range if config.input_kind == "image" else None
     with open(out_path, "wb") as out:
-        for batch in read_event_batches(events_path, shape, batch_size, record):
+        for batch in read_event_batches(
+            events_path, config.input_shape, batch_size, record, value_range
+        ):
             result = detector.score(batch.inputs)
             scores = result.scores.score.tolist()
             flagged = result.flagged.tolist()

@@ -55,3 +55,15 @@ def test_cuda_gives_the_cpu_answers() -> None:
 def test_unknown_device_is_refused() -> None:
     with pytest.raises(ExecutionProviderError, match="unknown device 'tpu'"):
         create_session(fused(), "tpu")  # type: ignore[arg-type]
+
+
+@no_gpu
+def test_check_device_refuses_cuda_without_a_gpu_before_any_session() -> None:
+    from detectors.runtime import check_device
+
+    check_device("cpu")
+    check_device("auto")
+    with pytest.raises(ExecutionProviderError, match="cuda"):
+        check_device("cuda")
+    with pytest.raises(ExecutionProviderError, match="unknown device 'tpu'"):
+        check_device("tpu")  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from detectors import calibrate_detector
 from monitor import cli
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
 from tests.monitor.cli_support import N_BENIGN, DemoModel, Traffic, image_events, write_events
+from tests.monitor.database_support import fresh_schema
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,3 +85,10 @@ def detector_path(demo_model: DemoModel, tmp_path_factory: pytest.TempPathFactor
     path = tmp_path_factory.mktemp("detector") / "digits.json"
     config.save(path)
     return path
+
+
+@pytest.fixture
+def schema(pg_url: str) -> Iterator[str]:
+    """A fresh, empty schema of the session's PostgreSQL database (see ``fresh_schema``)."""
+    with fresh_schema(pg_url) as name:
+        yield name

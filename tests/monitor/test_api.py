@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 
 from monitor.api import create_api
 from monitor.postmortem import detection_dict, incident_dict
@@ -33,6 +32,7 @@ from monitor.storage.incidents import GroupingPolicy, IncidentStore
 from monitor.storage.models import Incident, IncidentStatus
 from monitor.storage.schema import upgrade
 from schemas import Detection
+from tests.monitor.database_support import fresh_schema
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "s3cret-token-for-tests"
@@ -44,19 +44,13 @@ Client = TestClient[Any, Any]
 def _fresh_schema(pg_url: str) -> Iterator[tuple[Engine, str]]:
     """A fresh, migrated schema of the session's database, dropped after: an engine on it,
     and its name."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{name}"'))
-    engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={name}"})
-    try:
-        upgrade(engine)
-        yield engine, name
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(pg_url) as name:
+        engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={name}"})
+        try:
+            upgrade(engine)
+            yield engine, name
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import getpass
 import io
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,19 +30,6 @@ from schemas import Detection
 from tests.monitor.cli_support import assert_clean_failure
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    """A fresh, empty schema of the session's database."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{name}"'))
-    yield name
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -49,20 +48,6 @@ T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 POLICY = GroupingPolicy(
     gap=timedelta(minutes=10), quiet_period=timedelta(minutes=30), sample_size=3
 )
-
-
-@pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    """A fresh, empty schema of the session's database; connections choose it with
-    ``options=-csearch_path=SCHEMA`` (libpq's ``PGOPTIONS`` for the CLI)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{name}"'))
-    yield name
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture
