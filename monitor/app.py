@@ -115,6 +115,8 @@ def create_app(
     )
     if settings.worker.data_dir is not None:
         app.conf.datadir = settings.worker.data_dir
+    if settings.worker.instance_id is not None:
+        app.conf.consumer_group_instance_id = settings.worker.instance_id
     registry = registry or CollectorRegistry()
     metrics = Metrics.create(registry)
     topics = config.topics

@@ -96,6 +96,11 @@ class WorkerSettings(_Group):
     internal_partitions: int = Field(
         default=4, ge=1, description="Partitions of internal topics (source flags, tables)."
     )
+    instance_id: str | None = Field(
+        default=None,
+        description="Static group membership id (e.g. the pod name of a StatefulSet): a "
+        "worker restarted with the same id takes its partitions back without a rebalance.",
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Faust's data directory; unset uses '<app_id>-data' in the working dir.",

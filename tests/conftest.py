@@ -30,6 +30,9 @@ Rules for tests that use the broker:
 - The broker answers an empty fetch at once instead of waiting ``fetch_max_wait_ms``, so
   an idle consumer busy-polls (thousands of fetches a second, one CPU core): stop
   consumers as soon as a test is done with them.
+- The broker never expires a group member that stopped heartbeating (a SIGKILLed
+  consumer keeps its partitions, and no rebalance starts); a member that rejoins with the
+  same static ``group_instance_id`` takes them back at once.
 - The broker auto-creates a topic (one partition) on first produce; use
   ``kafka_topic_factory`` rather than relying on that, so the partition count is known.
 """

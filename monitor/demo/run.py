@@ -46,7 +46,15 @@ MALFORMED_LINES: tuple[bytes, ...] = (
 )
 
 
-def demo_event(event_id: str, image: np.ndarray, *, as_tensor: bool, source: str) -> bytes:
+def demo_event(
+    event_id: str,
+    image: np.ndarray,
+    *,
+    as_tensor: bool,
+    source: str | None,
+    model_id: str = DEMO_MODEL_ID,
+    request_id: str | None = None,
+) -> bytes:
     """One native inference event for ``image``, as a nested list or a tensor payload."""
     value: object
     if as_tensor:
@@ -58,15 +66,17 @@ def demo_event(event_id: str, image: np.ndarray, *, as_tensor: bool, source: str
         }
     else:
         value = image.tolist()
-    return orjson.dumps(
-        {
-            "event_id": event_id,
-            "model_id": DEMO_MODEL_ID,
-            "model_version": "1",
-            "source": source,
-            "input": value,
-        }
-    )
+    event: dict[str, object] = {
+        "event_id": event_id,
+        "model_id": model_id,
+        "model_version": "1",
+        "input": value,
+    }
+    if source is not None:
+        event["source"] = source
+    if request_id is not None:
+        event["request_id"] = request_id
+    return orjson.dumps(event)
 
 
 def _roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
