@@ -110,6 +110,16 @@ def register(wiring: AdvmonApp) -> None:
             finally:
                 await alerting.close()
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def quiet_library_debug_logs() -> None:
+        # Faust's progress spinner sets the root logger to DEBUG whatever the level shown,
+        # so every debug call of aiokafka, Faust and mode would build a record nobody sees.
+        root = logging.getLogger()
+        shown = min((h.level for h in root.handlers if h.level), default=root.level)
+        for name in ("aiokafka", "faust", "mode"):
+            library = logging.getLogger(name)
+            library.setLevel(max(shown, library.level))
+
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def count_quarantines() -> None:
         wiring.metrics.quarantined_sources.set(wiring.quarantine.sources_in_force())

@@ -60,6 +60,7 @@ class AdvmonApp:
     quarantine: QuarantineStage
     incidents: IncidentStage | None
     alerting: AlertingStage | None
+    _declared: bool = False
 
     async def publish(self, records: Sequence[OutputRecord]) -> None:
         """Send records and return once the broker acknowledged all of them.
@@ -71,8 +72,15 @@ class AdvmonApp:
         delay = 0.5
         while True:
             try:
+                # Straight to the producer: Topic.send costs several event-loop round
+                # trips per record, which splits a batch into many small produce requests.
+                if not self._declared:
+                    # Create missing output topics once (Topic.send would do it per call).
+                    await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
+                    self._declared = True
+                producer = await self.app.maybe_start_producer()
                 pending = [
-                    await self.outputs[record.topic].send(key=record.key, value=record.value)
+                    await producer.send(record.topic, record.key, record.value, None, None, None)
                     for record in records
                 ]
                 await asyncio.gather(*pending)
