@@ -31,9 +31,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## Benchmarks; figures land in docs/benchmarks.md.
+## Benchmarks; figures land in docs/benchmarks.md and docs/benchmarks-stream.md.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.squeeze_scoring
+	$(BIN)/python -m benchmarks.worker_throughput
 
 ## Re-pin every dependency after changing pyproject.toml.
 constraints: $(STAMP)
