@@ -114,8 +114,12 @@ def register(wiring: AdvmonApp) -> None:
     async def quiet_library_debug_logs() -> None:
         # Faust's progress spinner sets the root logger to DEBUG whatever the level shown,
         # so every debug call of aiokafka, Faust and mode would build a record nobody sees.
+        # The spinner's own handler takes everything; the level shown is the others'.
         root = logging.getLogger()
-        shown = min((h.level for h in root.handlers if h.level), default=root.level)
+        shown = min(
+            (h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"),
+            default=logging.WARNING,
+        )
         for name in ("aiokafka", "faust", "mode"):
             library = logging.getLogger(name)
             library.setLevel(max(shown, library.level))
