@@ -153,3 +153,9 @@ def test_quantize_matches_reference_and_keeps_constant_features() -> None:
 def test_quantize_must_be_fitted_before_use() -> None:
     with pytest.raises(SqueezerSpecError, match="calibrate first"):
         run_squeezer(Quantize(0.5), np.zeros((2, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_median_matches_scipy_on_inputs_full_of_ties(size: int) -> None:
+    x = (np.random.default_rng(size).integers(0, 3, (4, 2, 9, 7)) / 2).astype(np.float32)
+    np.testing.assert_array_equal(run_squeezer(MedianFilter(size), x), reference.median(x, size))
