@@ -708,10 +708,10 @@ What drives the figures (from the profiles above and the graph's structure):
   over N rows depends on how the model's cost scales with the batch (cache footprint of
   the convolution activations), independently of the squeezers; the "fused ÷ stacked
   pass" column and the profile isolate what the squeezers and the scoring add.
-- **The median filter is the expensive squeezer.** It is emitted as edge Pad, K² Slice
-  + Unsqueeze views, a Concat into a `[..., K²]` tensor and a TopK over that last axis:
-  a generic partial sort per pixel on 4 or 9 values, the heaviest operator outside the
-  model. Bit-depth reduction and the scoring tail are negligible next to a CNN.
+- **The median filter is the most expensive squeezer, and cheap.** 2×2 and 3×3 windows
+  are emitted as edge Pad and a network of elementwise Min/Max over shifted Slices (a
+  handful of nodes, no sort); larger windows fall back to K² views, a Concat and a TopK.
+  Bit-depth reduction and the scoring tail are negligible next to a CNN.
 - **End to end, decoding competes with the graph.** Every event is parsed (orjson),
   validated (pydantic) and converted to a float32 array in Python, one at a time; for a
   model as small as the digits MLP that, not the graph, sets the throughput.

@@ -961,7 +961,7 @@ PROFILE_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("`ScoringStage.process`: a batch's work in the event loop", ("ScoringStage.process (",)),
     ("  `ScoringPipeline.decode` (JSON, pydantic, numpy input)", ("ScoringPipeline.decode (",)),
     ("  `ScoringPipeline.decide` (decision models, JSON)", ("ScoringPipeline.decide (",)),
-    ("  `AdvmonApp.publish` (a Faust `Topic.send` per record)", ("AdvmonApp.publish (",)),
+    ("  `AdvmonApp.publish` (sending every output record)", ("AdvmonApp.publish (",)),
     ("`Detector.score` (scoring thread; ONNX Runtime's threads unseen)", ("Detector.score (",)),
     ("aiokafka producer: building and sending produce requests", ("aiokafka/producer/",)),
     ("aiokafka consumer: fetch requests and records", ("aiokafka/consumer/",)),
@@ -1115,13 +1115,22 @@ def _version(package: str) -> str:
 
 
 def _commit() -> str:
+    """The short commit, and which code folders had uncommitted changes."""
     try:
         found = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "monitor", "detectors", "schemas"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return found.stdout.strip()
+    changed = sorted({line[3:] for line in dirty.stdout.splitlines() if line[3:]})
+    commit = found.stdout.strip()
+    return f"{commit} + uncommitted changes to {', '.join(changed)}" if changed else commit
 
 
 def describe_machine(load_before: tuple[float, float, float]) -> Machine:
@@ -1657,6 +1666,13 @@ def interpretation(report: Report) -> str:
     compute = sum(s.microseconds_per_event for s in report.stages[1:])
     stage = {s.stage.split(" ")[0]: s.microseconds_per_event for s in report.stages}
     per_event = 1e6 / best.events_per_second
+    ab = _ab_summary(report)
+    # Whether the shipped publish already bypasses Topic.send (the experiment then makes no
+    # difference) and whether library debug logging is already quiet.
+    publish_direct = (
+        ab is not None and ab.tried_events_per_second < 1.25 * ab.shipped_events_per_second
+    )
+    logs_quiet = profile is not None and _share(profile, "log records") < 0.03
     paragraphs = [
         f"**Ratio.** The best batching setting ({best.label}) decides "
         f"{best.events_per_second:,.0f} events/s, {ratio:.3f}× the bare consumer's "
@@ -1689,9 +1705,15 @@ def interpretation(report: Report) -> str:
             f"**Where the time goes.** Per event, the worker took {per_event:,.0f} µs of "
             f"wall time and its process {worker_cpu:,.0f} µs of CPU (the bare consumer's "
             f"process: {baseline.cpu_per_event * 1e6:,.1f} µs, "
-            f"{baseline.cpu_per_event * 1e6 / worker_cpu:.3f}× as much; the wall time is "
-            "longer than the CPU time because the broker, this process and other jobs "
-            f"share the cores). The pipeline's own work is about {compute:.0f} µs of CPU "
+            f"{baseline.cpu_per_event * 1e6 / worker_cpu:.3f}× as much; "
+            + (
+                "the wall time is the longer because the broker, this process and other "
+                "jobs share the cores"
+                if per_event > worker_cpu
+                else "the CPU time is the longer because the consumer thread, the scoring "
+                "thread and ONNX Runtime's threads run beside the event loop"
+            )
+            + f"). The pipeline's own work is about {compute:.0f} µs of CPU "
             f"({compute / worker_cpu:.0%} of the worker's). The rest is Faust and aiokafka:"
         )
     if profile is not None:
@@ -1707,17 +1729,31 @@ def interpretation(report: Report) -> str:
             f"{_share(profile, 'Faust streams'):.0%}.",
             f"- `AdvmonApp.publish`: {_share(profile, '  `AdvmonApp.publish'):.0%}, and "
             f"aiokafka's producer (building and sending produce requests): "
-            f"{_share(profile, 'aiokafka producer'):.0%}. `publish` awaits a Faust "
-            "`Topic.send` per record; `Topic.send` calls `App.maybe_start_producer`, "
-            "which mode's `@stampede` wraps in three `await asyncio.sleep(0)`, so every "
-            "record costs three trips round the event loop, during which aiokafka's sender "
-            "(linger 0) ships what it has so far: produce requests of often only one or two "
-            "records instead of one per topic-partition and batch, each with its Python "
-            "encoding, socket write and acknowledgement.",
-            f"- Log records: {_share(profile, 'log records'):.0%}. With `-l warn` Faust "
-            "keeps its progress spinner and sets the root logger to DEBUG for it, so every "
-            "`log.debug` in aiokafka and Faust (several per request and per message) "
-            "builds a `LogRecord` that no handler prints.",
+            f"{_share(profile, 'aiokafka producer'):.0%}. "
+            + (
+                "The A/B experiment (each record straight to Faust's producer) changes "
+                "little, so the shipped `publish` already avoids Faust's per-record "
+                "`Topic.send` path (three trips round the event loop per record through "
+                "mode's `@stampede`, which split a batch into produce requests of one or "
+                "two records)."
+                if publish_direct
+                else "`publish` awaits a Faust `Topic.send` per record; `Topic.send` calls "
+                "`App.maybe_start_producer`, which mode's `@stampede` wraps in three "
+                "`await asyncio.sleep(0)`, so every record costs three trips round the "
+                "event loop, during which aiokafka's sender (linger 0) ships what it has "
+                "so far: produce requests of often only one or two records instead of one "
+                "per topic-partition and batch, each with its Python encoding, socket "
+                "write and acknowledgement."
+            ),
+            f"- Log records: {_share(profile, 'log records'):.0%}. "
+            + (
+                "Library debug logging is quiet in this build."
+                if logs_quiet
+                else "With `-l warn` Faust keeps its progress spinner and sets the root "
+                "logger to DEBUG for it, so every `log.debug` in aiokafka and Faust "
+                "(several per request and per message) builds a `LogRecord` that no "
+                "handler prints."
+            ),
             f"- `ScoringStage.process` as a whole: "
             f"{_share(profile, '`ScoringStage.process'):.0%} (decode "
             f"{_share(profile, '  `ScoringPipeline.decode'):.0%}, decide "
@@ -1740,15 +1776,14 @@ def interpretation(report: Report) -> str:
             "the rest is system calls (a socket write per request), waits for the GIL "
             "between the two threads, and the broker and other processes holding the cores."
         )
-    ab = _ab_summary(report)
     if ab is not None:
         runs = ", ".join(f"{w.variant} {w.events_per_second:,.0f}" for w in report.experiments)
         speedup = ab.tried_events_per_second / ab.shipped_events_per_second
         paragraphs.append(
-            f"**Experiment `{EXPERIMENT}`.** Handing each record straight to Faust's "
-            "producer instead of `Topic.send` took the worker from a median "
-            f"{ab.shipped_events_per_second:,.0f} to {ab.tried_events_per_second:,.0f} "
-            f"events/s (**{speedup:.2f}×**) and its CPU per event from "
+            f"**Experiment `{EXPERIMENT}`.** The experimental `publish` (each record "
+            "straight to Faust's producer, no `Topic.send`) against the shipped one: from a "
+            f"median {ab.shipped_events_per_second:,.0f} to {ab.tried_events_per_second:,.0f} "
+            f"events/s (**{speedup:.2f}×**) and CPU per event from "
             f"{ab.shipped_cpu_per_event * 1e6:,.0f} to {ab.tried_cpu_per_event * 1e6:,.0f} µs "
             f"(batching {ab.max_events}/{ab.max_wait_ms}, the topic's first "
             f"{report.plan.side_events:,} events, runs alternating: {runs} events/s). The "
@@ -1812,41 +1847,60 @@ def interpretation(report: Report) -> str:
         if ab is not None
         else ""
     )
-    paragraphs.append(
-        "**What would make it faster**, by expected gain:\n\n"
-        "1. `monitor/app.py` `AdvmonApp.publish`: do not go through `Topic.send` per "
-        "record — take the producer once per batch (`await app.maybe_start_producer()`) "
-        "and `await producer.send(topic, key, value, None, None, None)` per record, then "
-        f"gather the acknowledgements{first}. Further: one aiokafka batch per "
-        "topic-partition (`create_batch` / `send_batch`, partitioned with the default "
-        "murmur2 partitioner so that source flags stay co-partitioned), and a small "
-        "producer linger so that the decisions, detections and flags of a batch share "
-        "produce requests.\n"
-        "2. `monitor/cli.py` (the `worker` command) or `monitor/agents.py` (an "
-        "`app.on_startup` hook): stop Faust's spinner from setting the root logger to "
-        "DEBUG — e.g. set the `aiokafka`, `faust` and `mode` loggers to the worker's "
-        "level once Faust has configured logging — so that `log.debug` calls return at "
-        f"once (the profile's log records: {log_share:.0%} of the worker's Python work).\n"
-        "3. `monitor/agents.py`: Faust's per-event stream machinery and its consumer "
-        f"thread ({consumer_share:.0%} of the Python work, much of it polling) are the "
-        "next cost; larger `max_events` amortise what is per batch, and several workers "
-        "with the same app id on a topic with more partitions scale past one core. A "
-        "worker on plain aiokafka (consume a batch, score, produce, commit after the "
-        "acknowledgements) would drop Faust's per-event overhead altogether.\n"
-        "4. `monitor/stages.py` `ScoringStage.process`: score small batches inline (ONNX "
+    suggestions: list[str] = []
+    further = (
+        "one aiokafka batch per topic-partition (`create_batch` / `send_batch`, "
+        "partitioned with the default murmur2 partitioner so that source flags stay "
+        "co-partitioned), and a small producer linger so that the decisions, detections "
+        "and flags of a batch share produce requests"
+    )
+    if publish_direct:
+        suggestions.append(
+            "`monitor/app.py` `AdvmonApp.publish` already hands records straight to the "
+            f"producer (the A/B experiment changes little). Further: {further}."
+        )
+    else:
+        suggestions.append(
+            "`monitor/app.py` `AdvmonApp.publish`: do not go through `Topic.send` per "
+            "record — take the producer once per batch (`await app.maybe_start_producer()`) "
+            "and `await producer.send(topic, key, value, None, None, None)` per record, "
+            f"then gather the acknowledgements{first}. Further: {further}."
+        )
+    if not logs_quiet:
+        suggestions.append(
+            "`monitor/cli.py` (the `worker` command) or `monitor/agents.py` (an "
+            "`app.on_startup` hook): stop Faust's spinner from setting the root logger to "
+            "DEBUG — e.g. set the `aiokafka`, `faust` and `mode` loggers to the worker's "
+            "`-l` level once Faust has configured logging (not to the lowest level among "
+            "the root logger's handlers: Faust's `SpinnerHandler` is one of them, at "
+            "DEBUG) — so that `log.debug` calls return at once (the profile's log records: "
+            f"{log_share:.0%} of the worker's Python work)."
+        )
+    suggestions += [
+        "`monitor/agents.py`: Faust's per-event stream machinery and its consumer thread "
+        f"({consumer_share:.0%} of the Python work, much of it polling) are the next "
+        "cost; larger `max_events` amortise what is per batch, and several workers with "
+        "the same app id on a topic with more partitions scale past one core. A worker "
+        "on plain aiokafka (consume a batch, score, produce, commit after the "
+        "acknowledgements) would drop Faust's per-event overhead altogether.",
+        "`monitor/stages.py` `ScoringStage.process`: score small batches inline (ONNX "
         "Runtime releases the GIL while it runs; a 64-event batch of the demo model is "
         "well under a millisecond) instead of hopping to the executor thread and back; "
         "count `events_consumed` once per topic and batch rather than per message, and "
-        "observe the latency histogram per batch.\n"
-        "5. `monitor/pipeline.py`: check finiteness and range once per batch on the "
-        "stacked array (vectorised over `[N, …]`, locating the offending rows only when "
-        "the check fails) instead of several numpy reductions per event; build the decision "
-        "JSON with `orjson.dumps` of a dict (or `Decision.model_construct` and its "
-        "serializer) instead of validating a `Decision` per event. The whole pipeline "
-        f"is {pipeline_share:.0%} of the worker's CPU today, so 4–5 pay off only after "
-        "1–3.\n"
-        "6. Not code: on this broker an idle worker burns "
-        f"{idle_cores:.1f} cores polling; on Apache Kafka it does not."
+        "observe the latency histogram per batch.",
+        "`monitor/pipeline.py`: check finiteness and range once per batch on the stacked "
+        "array (vectorised over `[N, …]`, locating the offending rows only when the check "
+        "fails) instead of several numpy reductions per event; build the decision JSON "
+        "with `orjson.dumps` of a dict (or `Decision.model_construct` and its serializer) "
+        "instead of validating a `Decision` per event. The whole pipeline is "
+        f"{pipeline_share:.0%} of the worker's CPU today, so this and the item above pay "
+        "off only after the Faust and Kafka costs.",
+        f"Not code: on this broker an idle worker burns {idle_cores:.1f} cores polling; on "
+        "Apache Kafka it does not.",
+    ]
+    paragraphs.append(
+        "**What would make it faster**, by expected gain:\n\n"
+        + "\n".join(f"{i}. {text}" for i, text in enumerate(suggestions, 1))
     )
     return "\n\n".join(paragraphs) + "\n"
 
