@@ -34,7 +34,7 @@ unit: $(STAMP)
 ## Benchmarks; figures land in docs/benchmarks.md and docs/benchmarks-stream.md.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.squeeze_scoring
-	$(BIN)/python -m benchmarks.worker_throughput
+	$(BIN)/python -m benchmarks.worker_throughput --no-experiment
 
 ## Re-pin every dependency after changing pyproject.toml.
 constraints: $(STAMP)
