@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +25,13 @@ from monitor.settings import KafkaSettings, Settings
 from monitor.stages import QuarantineStage, ScoringStage
 from monitor.storage.incidents import IncidentStore
 
-__all__ = ["AdvmonApp", "broker_credentials", "create_app"]
+__all__ = [
+    "AdvmonApp",
+    "BrokerUnreachableError",
+    "broker_credentials",
+    "check_broker",
+    "create_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,45 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     if ssl_context is not None:
         return faust.SSLCredentials(ssl_context)
     return None
+
+
+class BrokerUnreachableError(RuntimeError):
+    """No Kafka broker answered at start; the message names the bootstrap servers."""
+
+
+def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
+    """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request."""
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=kafka.bootstrap,
+            security_protocol=kafka.security_protocol,
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=password,
+            ssl_context=kafka.ssl_context(),
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+        finally:
+            await admin.close()
+
+    # The probe's failure is reported below, in one line; aiokafka would log it too.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(probe())
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {kafka.bootstrap} "
+            f"({kafka.security_protocol}) within {timeout_s:g} s: {exc!r}; check "
+            "ADVMON_KAFKA__BOOTSTRAP and the ADVMON_KAFKA__ security settings"
+        ) from None
+    finally:
+        client_log.setLevel(level)
 
 
 @dataclass
@@ -119,6 +165,9 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        # Stop promptly even while a stage is retrying (database down): events it did not
+        # finish are uncommitted and processed again after the restart.
+        stream_wait_empty=False,
         autodiscover=False,
     )
     if settings.worker.data_dir is not None:

@@ -27,7 +27,8 @@ __all__ = ["main"]
 
 _MAX_BAD_LINES_SHOWN = 20
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: long paths and commands stay on one line in logs and pipes.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -342,7 +343,7 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     settings); scale out by starting more workers with the same ADVMON_WORKER__APP_ID.
     """
     from monitor.agents import register
-    from monitor.app import create_app
+    from monitor.app import BrokerUnreachableError, check_broker, create_app
     from monitor.config import ConfigError, load_config
     from monitor.stages import load_model_detectors
     from monitor.storage.engine import DatabaseUrlError, incident_store
@@ -369,10 +370,14 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
             "it is back",
             exc.orig or exc,
         )
+    try:
+        check_broker(settings.kafka)
+    except BrokerUnreachableError as exc:
+        raise click.ClickException(str(exc)) from None
     wiring = create_app(settings, config, models, store)
     register(wiring)
     # Hand the remaining options to Faust's own worker command.
-    sys.argv = [f"{ctx.find_root().info_name} worker", "worker", *ctx.args]
+    sys.argv = [str(ctx.find_root().info_name), "worker", *ctx.args]
     wiring.app.main()
 
 

@@ -238,16 +238,19 @@ class QuarantineStage:
             details={"enforced": 1.0 if flag.enforce else 0.0},
         )
         topics = self.config.topics
-        await self.publish(
-            [
-                OutputRecord(
-                    topics.decisions, decision.key.encode(), decision.model_dump_json().encode()
-                ),
+        records = [
+            OutputRecord(
+                topics.decisions, decision.key.encode(), decision.model_dump_json().encode()
+            )
+        ]
+        if flag.enforce:
+            # A quarantine incident only when the source really was quarantined.
+            records.append(
                 OutputRecord(
                     topics.detections, flag.model_id.encode(), detection.model_dump_json().encode()
-                ),
-            ]
-        )
+                )
+            )
+        await self.publish(records)
         self.in_force[flag.source] = expires.timestamp()
         self.metrics.decisions.labels(action.value, Scope.SOURCE.value).inc()
         logger.warning(

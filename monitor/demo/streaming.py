@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,6 +263,9 @@ def run_streaming_demo(out_dir: Path, artifacts: DemoArtifacts, console: Console
     _write_config(config_path, artifacts.detector_path.resolve(), topic)
     worker_log = out_dir / "worker.log"
     worker_log.write_bytes(b"")
+    # Every run starts from scratch: a fresh broker, worker state and incident database.
+    for state in (out_dir / "kafka", out_dir / "worker-data"):
+        shutil.rmtree(state, ignore_errors=True)
     database = out_dir / "advmon.db"
     database.unlink(missing_ok=True)
     database_url = f"sqlite:///{database.resolve()}"
@@ -283,20 +287,22 @@ def run_streaming_demo(out_dir: Path, artifacts: DemoArtifacts, console: Console
                 f"{QUARANTINE_LIMIT} flagged events per minute"
             )
             tally = asyncio.run(_stream(bootstrap, topic, artifacts, console))
-            incidents = _wait_for_incidents(store)
+            flagged = sum(tally.flagged_by_kind.values())
+            incidents = _wait_for_incidents(store, flagged)
         finally:
             _stop(worker)
     _summary(tally, console)
     _incident_summary(incidents, database_url, console)
 
 
-def _wait_for_incidents(store: IncidentStore) -> list[Incident]:
-    """The incidents once the worker stored the attack's (bounded wait)."""
+def _wait_for_incidents(store: IncidentStore, flagged: int) -> list[Incident]:
+    """The incidents once the worker stored every flagged event and the quarantine."""
     deadline = time.monotonic() + INCIDENTS_TIMEOUT_S
     while True:
         incidents, _ = store.find()
         kinds = {incident.kind for incident in incidents}
-        if {IncidentKind.ADVERSARIAL, IncidentKind.QUARANTINE} <= kinds:
+        stored = sum(i.detection_count for i in incidents if i.kind is IncidentKind.ADVERSARIAL)
+        if IncidentKind.QUARANTINE in kinds and stored >= flagged:
             return incidents
         if time.monotonic() > deadline:
             return incidents
@@ -319,7 +325,8 @@ def _incident_summary(incidents: list[Incident], database_url: str, console: Con
         )
     console.print(table)
     console.print(
-        "Look into them as on-call would:\n"
+        "Look into them as on-call would (in a shell with the virtualenv active: "
+        "source .venv/bin/activate):\n"
         f"  export ADVMON_DATABASE__URL={database_url}\n"
         "  advmon incidents list\n"
         "  advmon incidents show 1\n"
