@@ -171,6 +171,19 @@ def _explain_missing_takeover(after_kill: str, orphaned: set[int], topic: str) -
     raise AssertionError(f"{TAKEOVER_S:.0f} s after worker-a was SIGKILLed, {held}")
 
 
+async def _every_event_decided(bootstrap: str, group: Group, wanted: set[str]) -> Counter[str]:
+    """Decisions per event id once every ``wanted`` event has one; fails if one has none."""
+    records = await read_topic(
+        bootstrap,
+        group.topics.decisions,
+        lambda r: set(_decided(r)) >= wanted,
+        timeout_s=WAIT_S,
+    )
+    decided = _decided(records)
+    assert sorted(wanted - set(decided)) == []
+    return decided
+
+
 def _decided(records: list[Record]) -> Counter[str]:
     decisions = (Decision.model_validate_json(r.value) for r in records)
     return Counter(d.event_id for d in decisions if d.scope is Scope.REQUEST)
@@ -187,14 +200,7 @@ async def test_two_workers_share_the_partitions_and_decide_every_event(
 
     sent = await _send(kafka_bootstrap, group.inference, _events("shared", demo_detector, 80, 0))
     wanted = {_event_id(p) for p in sent}
-    records = await read_topic(
-        kafka_bootstrap,
-        group.topics.decisions,
-        lambda r: set(_decided(r)) >= wanted,
-        timeout_s=WAIT_S,
-    )
-    decided = _decided(records)
-    assert sorted(wanted - set(decided)) == []
+    decided = await _every_event_decided(kafka_bootstrap, group, wanted)
     # The group stayed as it was, so nothing was processed twice.
     assert await _shares(group.workers, group.inference) == shares
     assert [e for e, n in decided.items() if n > 1] == []
@@ -254,14 +260,7 @@ async def test_a_worker_killed_mid_stream_loses_no_decision(
             assert sorted(own - set(_decided(records))) == []
         _explain_missing_takeover(after_kill, orphaned, group.inference)
 
-    records = await read_topic(
-        kafka_bootstrap,
-        group.topics.decisions,
-        lambda r: set(_decided(r)) >= wanted,
-        timeout_s=WAIT_S,
-    )
-    decided = _decided(records)
-    assert sorted(wanted - set(decided)) == []
+    decided = await _every_event_decided(kafka_bootstrap, group, wanted)
     duplicates = sum(n - 1 for n in decided.values())
     where = Counter(
         (p.partition, "victim's" if p.partition in orphaned else "survivor's")
@@ -311,14 +310,7 @@ async def test_a_worker_killed_mid_stream_and_restarted_loses_no_decision(
     )
     await revived.wait_consuming(group.inference, shares[victim.name], timeout_s=WAIT_S)
 
-    records = await read_topic(
-        kafka_bootstrap,
-        group.topics.decisions,
-        lambda r: set(_decided(r)) >= wanted,
-        timeout_s=WAIT_S,
-    )
-    decided = _decided(records)
-    assert sorted(wanted - set(decided)) == []
+    decided = await _every_event_decided(kafka_bootstrap, group, wanted)
     duplicates = sum(n - 1 for n in decided.values())
     record_property("duplicate_decisions", duplicates)
     print(f"{duplicates} duplicate decisions for {len(wanted)} events after a restart")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import create_engine, text
+
+from schemas import Detection
 
 
 @contextmanager
@@ -26,3 +30,16 @@ def fresh_schema(pg_url: str) -> Iterator[str]:
             connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
     finally:
         admin.dispose()
+
+
+def detection(event_id: str, at: datetime, **fields: Any) -> Detection:
+    """An adversarial detection of model ``digits`` from source ``key-a``, unless overridden."""
+    values: dict[str, Any] = {
+        "model_id": "digits",
+        "source": "key-a",
+        "kind": "adversarial",
+        "score": 0.5,
+        "threshold": 0.25,
+    }
+    values.update(fields)
+    return Detection(event_id=event_id, detected_at=at, **values)

@@ -31,8 +31,7 @@ from monitor.postmortem import detection_dict, incident_dict
 from monitor.storage.incidents import GroupingPolicy, IncidentStore
 from monitor.storage.models import Incident, IncidentStatus
 from monitor.storage.schema import upgrade
-from schemas import Detection
-from tests.monitor.database_support import fresh_schema
+from tests.monitor.database_support import detection, fresh_schema
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "s3cret-token-for-tests"
@@ -76,28 +75,16 @@ async def guarded(store: IncidentStore) -> AsyncIterator[Client]:
         yield client
 
 
-def _detection(event_id: str, at: datetime, **fields: Any) -> Detection:
-    values: dict[str, Any] = {
-        "model_id": "digits",
-        "source": "key-a",
-        "kind": "adversarial",
-        "score": 0.5,
-        "threshold": 0.25,
-    }
-    values.update(fields)
-    return Detection(event_id=event_id, detected_at=at, **values)
-
-
 def _seed(store: IncidentStore) -> None:
     """Adversarial on digits (5 detections, id 1), drift on other (acknowledged, id 2),
     quarantine of key-z on digits (id 3)."""
     store.record(
-        [_detection(f"a{i}", T0 + timedelta(seconds=20 * i), score=0.5 + i / 10) for i in range(5)]
+        [detection(f"a{i}", T0 + timedelta(seconds=20 * i), score=0.5 + i / 10) for i in range(5)]
     )
-    store.record([_detection("d1", T0 + timedelta(hours=1), kind="drift", model_id="other")])
+    store.record([detection("d1", T0 + timedelta(hours=1), kind="drift", model_id="other")])
     store.record(
         [
-            _detection(
+            detection(
                 "q1",
                 T0 + timedelta(hours=2),
                 kind="quarantine",
@@ -385,7 +372,7 @@ async def test_an_unreachable_database_is_503() -> None:
 
 def test_advmon_api_serves_until_interrupted(pg_url: str) -> None:
     with _fresh_schema(pg_url) as (engine, schema):
-        IncidentStore(engine).record([_detection("x1", T0)])
+        IncidentStore(engine).record([detection("x1", T0)])
         _serve_and_query(pg_url, schema)
 
 

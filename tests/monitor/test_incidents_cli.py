@@ -14,7 +14,6 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -26,8 +25,8 @@ from monitor.postmortem import incident_dict
 from monitor.storage.incidents import GroupingPolicy, IncidentFilter, IncidentStore
 from monitor.storage.models import IncidentStatus
 from monitor.storage.schema import upgrade
-from schemas import Detection
 from tests.monitor.cli_support import assert_clean_failure
+from tests.monitor.database_support import detection
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -54,33 +53,21 @@ def _os_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(getpass, "getuser", lambda: "oncall-os-user")
 
 
-def _detection(event_id: str, at: datetime, **fields: Any) -> Detection:
-    values: dict[str, Any] = {
-        "model_id": "digits",
-        "source": "key-a",
-        "kind": "adversarial",
-        "score": 0.5,
-        "threshold": 0.25,
-    }
-    values.update(fields)
-    return Detection(event_id=event_id, detected_at=at, **values)
-
-
 def _seed(store: IncidentStore) -> tuple[int, int, int]:
     """Three incidents: adversarial on digits, drift on other (acknowledged), quarantine."""
     (adversarial,) = store.record(
         [
-            _detection("a1", T0, model_version="v3", score=0.5),
-            _detection("a2", T0 + timedelta(seconds=20), score=0.75),
-            _detection("a3", T0 + timedelta(seconds=70), source="key-b", score=1.0),
+            detection("a1", T0, model_version="v3", score=0.5),
+            detection("a2", T0 + timedelta(seconds=20), score=0.75),
+            detection("a3", T0 + timedelta(seconds=70), source="key-b", score=1.0),
         ]
     ).opened
     (drift,) = store.record(
-        [_detection("d1", T0 + timedelta(hours=1), kind="drift", model_id="other", score=3.0)]
+        [detection("d1", T0 + timedelta(hours=1), kind="drift", model_id="other", score=3.0)]
     ).opened
     (quarantine,) = store.record(
         [
-            _detection(
+            detection(
                 "q1",
                 T0 + timedelta(hours=2),
                 kind="quarantine",
@@ -198,7 +185,7 @@ def test_list_filters(store: IncidentStore, args: list[str], expected: list[str]
 def test_list_takes_times_relative_to_now(store: IncidentStore) -> None:
     _seed(store)
     now = datetime.now(UTC)
-    (recent,) = store.record([_detection("r1", now - timedelta(minutes=30))]).opened
+    (recent,) = store.record([detection("r1", now - timedelta(minutes=30))]).opened
     recent_only = json.loads(_ok("incidents", "list", "--json", "--since", "1h").stdout)
     assert [item["id"] for item in recent_only["items"]] == [recent]
     older = json.loads(_ok("incidents", "list", "--json", "--until", "2h").stdout)
@@ -297,7 +284,7 @@ def test_show_json_is_the_detailed_api_shape(store: IncidentStore) -> None:
 
 
 def test_show_never_reads_traffic_text_as_markup(store: IncidentStore) -> None:
-    (incident,) = store.record([_detection("[bold]x[/]", T0, source="[/]")]).opened
+    (incident,) = store.record([detection("[bold]x[/]", T0, source="[/]")]).opened
     stdout = _ok("incidents", "show", str(incident)).stdout
     assert ["[bold]x[/]", "0.5", "[/]", "2026-05-01 12:00:00"] in _table_rows(stdout)
 
