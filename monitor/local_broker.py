@@ -21,13 +21,20 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-__all__ = ["BrokerError", "LocalKafkaBroker", "free_loopback_port", "noida_db_binary"]
+__all__ = [
+    "BrokerError",
+    "LocalKafkaBroker",
+    "die_with_parent",
+    "free_loopback_port",
+    "noida_db_binary",
+]
 
 # The noida-db binary is linked against a newer glibc symbol version than some machines
 # have; the loader warns on every start, but the broker works. Keep it out of messages.
@@ -63,10 +70,19 @@ def free_loopback_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker if its parent dies without stopping it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``signum`` to the child when its parent dies.
+
+    ``None`` elsewhere than on Linux, where there is no such request.
+    """
+    if sys.platform != "linux":
+        return None
+
+    def request() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
+
+    return request
 
 
 def _accepts_tcp(port: int) -> bool:
@@ -145,7 +161,7 @@ class LocalKafkaBroker:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    preexec_fn=die_with_parent(),
                 )
             failure = self._wait_ready(port, deadline)
             if not failure:

@@ -153,6 +153,26 @@ def _config(folder: Path, detector: Path) -> Path:
 ConfigMaker = Callable[[Path, DemoDetector], Path]
 
 
+def _the_one_error_line(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run ``advmon worker ARGS``; it must fail with one ``Error:`` line and no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "worker", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("Error: "), output
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     ("make_config", "expected"),
     [
@@ -170,22 +190,8 @@ def test_a_bad_config_stops_the_worker_with_one_clear_line(
     config = make_config(tmp_path, demo_detector)
     # No broker is needed: the config is checked before anything connects.
     env = worker_environment(kafka__bootstrap="127.0.0.1:9", worker__app_id=unique_name("bad"))
-    result = subprocess.run(
-        [sys.executable, "-m", "monitor", "worker", "--config", str(config), "--web-port", "9"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT_S,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("Error: "), output
-    assert expected in lines[0]
+    line = _the_one_error_line(["--config", str(config), "--web-port", "9"], env, tmp_path)
+    assert expected in line
 
 
 def test_a_misspelt_setting_stops_the_worker_with_one_clear_line(
@@ -193,22 +199,8 @@ def test_a_misspelt_setting_stops_the_worker_with_one_clear_line(
 ) -> None:
     config = _config(tmp_path, demo_detector.path)
     env = worker_environment(kafka_bootstrap="127.0.0.1:9")  # one underscore: no such setting
-    result = subprocess.run(
-        [sys.executable, "-m", "monitor", "worker", "--config", str(config)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT_S,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "Traceback" not in output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("Error: ")
-    assert "ADVMON_KAFKA_BOOTSTRAP" in lines[0]
+    line = _the_one_error_line(["--config", str(config)], env, tmp_path)
+    assert "ADVMON_KAFKA_BOOTSTRAP" in line
 
 
 def _cuda_unusable(detector: DemoDetector) -> bool:

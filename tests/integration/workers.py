@@ -8,7 +8,6 @@ integration conftest prints when a test fails.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.local_broker import free_loopback_port
+from monitor.local_broker import die_with_parent, free_loopback_port
 from tests.integration.kafka_io import OutputTopics, unique_name
 
 __all__ = [
@@ -96,12 +95,6 @@ def worker_environment(**settings: str) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """Have Linux SIGKILL the worker if pytest dies without stopping it."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 @dataclass(frozen=True)
 class HealthPage:
     """What ``/healthz`` answered."""
@@ -168,7 +161,8 @@ class WorkerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                # SIGKILL the worker if pytest dies without stopping it.
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
         self.started_at = time.monotonic()
 
