@@ -13,6 +13,7 @@ from detectors._errors import (
     CalibrationError,
     DetectorError,
     DetectorFileError,
+    DriftConfigError,
     ExecutionProviderError,
     InvalidInputError,
     ModelHashMismatchError,
@@ -34,6 +35,18 @@ from detectors.detector import (
     detect_output_kind,
     file_sha256,
     preset_for,
+)
+from detectors.drift import (
+    DRIFT_DETECTORS,
+    SIGNALS,
+    DriftAlarm,
+    DriftDetector,
+    DriftDetectorSpec,
+    DriftMonitor,
+    DriftVerdict,
+    SignalSpec,
+    default_signals,
+    signal_columns,
 )
 from detectors.graph import (
     FUSED_OUTPUTS,
@@ -57,9 +70,11 @@ from detectors.squeezers import (
 )
 
 __all__ = [
+    "DRIFT_DETECTORS",
     "FUSED_OUTPUTS",
     "MIN_CALIBRATION_EVENTS",
     "PRESETS",
+    "SIGNALS",
     "BitDepth",
     "Calibration",
     "CalibrationError",
@@ -70,6 +85,12 @@ __all__ = [
     "DetectorFileError",
     "DetectorScores",
     "Device",
+    "DriftAlarm",
+    "DriftConfigError",
+    "DriftDetector",
+    "DriftDetectorSpec",
+    "DriftMonitor",
+    "DriftVerdict",
     "ExecutionProviderError",
     "FeatureStats",
     "InputKind",
@@ -80,6 +101,7 @@ __all__ = [
     "ModelValidationError",
     "OutputKind",
     "Quantize",
+    "SignalSpec",
     "SqueezeScorer",
     "SqueezeScores",
     "Squeezer",
@@ -88,6 +110,7 @@ __all__ = [
     "calibrate_detector",
     "calibrate_threshold",
     "create_session",
+    "default_signals",
     "detect_output_kind",
     "file_sha256",
     "format_squeezer_spec",
@@ -97,5 +120,6 @@ __all__ = [
     "load_model",
     "parse_squeezer_spec",
     "preset_for",
+    "signal_columns",
     "validate_input",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "CalibrationError",
     "DetectorError",
     "DetectorFileError",
+    "DriftConfigError",
     "ExecutionProviderError",
     "InvalidInputError",
     "ModelHashMismatchError",
@@ -64,3 +65,7 @@ class ModelHashMismatchError(DetectorFileError):
 
 class ExecutionProviderError(DetectorError):
     """The requested ONNX Runtime execution provider cannot be used."""
+
+
+class DriftConfigError(DetectorError, ValueError):
+    """A drift signal or drift detector is misconfigured (unknown name or parameter)."""
