@@ -171,6 +171,11 @@ class DriftDetector:
         self._recent = np.zeros(0, dtype=np.float64)
         self._recent_size = recent
 
+    @property
+    def recent_mean(self) -> float | None:
+        """Mean of the last values seen (up to 100), ``None`` before the first."""
+        return float(self._recent.mean()) if len(self._recent) else None
+
     def update(self, value: float) -> DriftVerdict | None:
         """Learn one value; a verdict when the detector signals drift, else ``None``."""
         verdicts = self.update_many(np.asarray([value], dtype=np.float64))

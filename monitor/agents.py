@@ -3,10 +3,13 @@
 1. ``score``: batches of inference messages → decode, validate (bad ones to the
    dead-letter topic) → fused squeeze graph → a decision per event on the decisions
    topic; flagged events also go to the detections topic and, re-keyed by source, to the
-   internal source-flags topic.
+   internal source-flags topic; each batch's drift signals go, keyed by model, to the
+   internal signals topic.
 2. ``quarantine``: source flags → windowed count per source → one source-scoped
    decision when a source crosses its limit (and a quarantine detection).
-3. ``incidents``: detections → incidents in the database (retrying while it is down);
+3. ``drift``: signals, keyed by model → each model's River detectors (checkpointed in
+   a table) → drift detections.
+4. ``incidents``: detections → incidents in the database (retrying while it is down);
    a background task keeps Alertmanager's alerts in step with the incidents.
 
 Each agent returns to Faust only after its outputs are acknowledged by the broker, and
@@ -78,6 +81,16 @@ def register(wiring: AdvmonApp) -> None:
                 await wiring.quarantine.observe(value)
             except Exception:
                 _exit_without_commit("counting a source flag")
+
+    if wiring.drift.plans:
+
+        @app.agent(wiring.signals, name="advmon.drift")
+        async def drift(stream: Any) -> None:
+            async for events in stream.take_events(256, 1.0):
+                try:
+                    await wiring.drift.process([event.message.value or b"" for event in events])
+                except Exception:
+                    _exit_without_commit("updating drift detectors")
 
     incident_stage, alerting = wiring.incidents, wiring.alerting
     if incident_stage is not None and alerting is not None:

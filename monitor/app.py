@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from monitor.config import MonitorConfig
+from monitor.drift_stage import DriftStage, drift_plans
 from monitor.incident_stage import AlertingStage, IncidentStage
 from monitor.metrics import Metrics
 from monitor.pipeline import ModelDetector, OutputRecord
@@ -101,9 +102,11 @@ class AdvmonApp:
     registry: CollectorRegistry
     inference: faust.TopicT
     source_flags: faust.TopicT
+    signals: faust.TopicT
     outputs: dict[str, faust.TopicT]
     scoring: ScoringStage
     quarantine: QuarantineStage
+    drift: DriftStage
     incidents: IncidentStage | None
     alerting: AlertingStage | None
     _declared: bool = False
@@ -198,8 +201,24 @@ def create_app(
         "source-flag-counts", default=int, partitions=settings.worker.internal_partitions
     ).tumbling(config.quarantine.window_seconds, expires=2 * config.quarantine.window_seconds)
     in_force = app.Table(
-        "source-quarantines", default=float, partitions=settings.worker.internal_partitions
+        "source-quarantines",
+        default=float,
+        key_type=str,
+        value_type=float,
+        partitions=settings.worker.internal_partitions,
     )
+    signals = raw_topic(topics.signals, internal=True)
+    outputs[topics.signals] = signals
+    drift_states = app.Table(
+        "drift-states",
+        key_type=str,
+        value_type=bytes,
+        partitions=settings.worker.internal_partitions,
+        # Written per batch of signals (take_events), outside Faust's per-event context:
+        # the changelog partition comes from the key, like the signals topic's.
+        use_partitioner=True,
+    )
+    plans = drift_plans(models)
 
     wiring: AdvmonApp
     scoring = ScoringStage(
@@ -209,6 +228,10 @@ def create_app(
         lambda records: wiring.publish(records),
         device=settings.scoring.device,
         intra_op_threads=settings.scoring.intra_op_threads,
+        drift=plans,
+    )
+    drift = DriftStage(
+        config, plans, drift_states, metrics, lambda records: wiring.publish(records)
     )
     quarantine = QuarantineStage(
         config, counts, in_force, metrics, lambda records: wiring.publish(records)
@@ -221,9 +244,11 @@ def create_app(
         registry=registry,
         inference=raw_topic(*config.inference_topics),
         source_flags=source_flags,
+        signals=signals,
         outputs=outputs,
         scoring=scoring,
         quarantine=quarantine,
+        drift=drift,
         incidents=(
             IncidentStage(store, settings.database.retry_max_seconds, new_incident)
             if store is not None

@@ -345,6 +345,7 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     from monitor.agents import register
     from monitor.app import BrokerUnreachableError, check_broker, create_app
     from monitor.config import ConfigError, load_config
+    from monitor.drift_stage import drift_plans
     from monitor.stages import load_model_detectors
     from monitor.storage.engine import DatabaseUrlError, incident_store
     from monitor.storage.schema import SchemaBehindError, ensure_current
@@ -356,6 +357,7 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     try:
         config = load_config(path)
         models = load_model_detectors(config)
+        drift_plans(models)  # a drift signal that does not fit its model stops here
         check_device(settings.scoring.device)
         store = None
         if settings.database.url is not None:

@@ -7,6 +7,7 @@ Example::
       dead_letter: advmon-dead-letter
       detections: advmon-detections
       source_flags: advmon-source-flags   # internal, keyed by source
+      signals: advmon-signals             # internal, keyed by model (drift signals)
     batching:
       max_events: 64             # events scored per run of the fused graph, at most
       max_wait_ms: 50            # how long a partial batch waits for more events
@@ -19,6 +20,12 @@ Example::
         detector: detectors/digits.json
         topics: [inference-events]
         policy: enforce          # observe: never more than "flag"
+        drift:                   # optional; defaults shown in docs/drift.md
+          cooldown_seconds: 600
+          warmup: 100
+          signals:               # omit for the default set
+            top1: adwin
+            input_mean: {detector: page_hinkley, params: {threshold: 5, delta: 0.05}}
 
 Relative paths are resolved against the config file's folder.
 """
@@ -31,9 +38,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from detectors import DriftConfigError, DriftDetectorSpec, SignalSpec, default_signals
+
 __all__ = [
     "BatchingConfig",
     "ConfigError",
+    "DriftConfig",
+    "DriftSignalConfig",
     "ModelConfig",
     "MonitorConfig",
     "QuarantineConfig",
@@ -63,6 +74,11 @@ class TopicsConfig(_Strict):
         min_length=1,
         description="Internal: flagged events re-keyed by source for quarantine counts.",
     )
+    signals: str = Field(
+        default="advmon-signals",
+        min_length=1,
+        description="Internal: per-event drift signals re-keyed by model.",
+    )
 
 
 class BatchingConfig(_Strict):
@@ -80,6 +96,70 @@ class QuarantineConfig(_Strict):
     ttl_seconds: int = Field(default=900, ge=1)
 
 
+class DriftSignalConfig(_Strict):
+    """The drift detector of one signal: a River detector's name and parameters."""
+
+    detector: str = Field(default="adwin", description="adwin, kswin, page_hinkley, ddm, …")
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    warmup: int | None = Field(default=None, ge=0, description="Overrides the model's warmup.")
+
+
+class DriftConfig(_Strict):
+    """Online drift detection for one model (see docs/drift.md)."""
+
+    enabled: bool = True
+    signals: dict[str, DriftSignalConfig] | None = Field(
+        default=None, description="Signal name → detector; omitted: the default set."
+    )
+    warmup: int = Field(default=100, ge=0, description="No drift verdict before N events.")
+    cooldown_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="After a drift on a signal, repeats on it are not reported for this long.",
+    )
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _detector_names(cls, signals: object) -> object:
+        # `top1: adwin` is short for `top1: {detector: adwin}`.
+        if isinstance(signals, dict):
+            return {k: {"detector": v} if isinstance(v, str) else v for k, v in signals.items()}
+        return signals
+
+    def signal_specs(
+        self, input_kind: str, num_classes: int | None, n_features: int | None
+    ) -> list[SignalSpec]:
+        """The configured signals (the default set when none are given), as specs.
+
+        Raises :class:`detectors.DriftConfigError` naming a bad signal or detector.
+        """
+        if self.signals is None:
+            return [
+                SignalSpec(s.name, DriftDetectorSpec(s.detector.kind, warmup=self.warmup))
+                for s in default_signals(input_kind, num_classes, n_features)
+            ]
+        return [
+            SignalSpec(
+                name,
+                DriftDetectorSpec(
+                    signal.detector,
+                    signal.params,
+                    self.warmup if signal.warmup is None else signal.warmup,
+                ),
+            )
+            for name, signal in self.signals.items()
+        ]
+
+    @model_validator(mode="after")
+    def _known_signals(self) -> DriftConfig:
+        try:
+            # Shape-dependent checks (classes, feature count) wait for the detector file.
+            self.signal_specs("image", 2, None)
+        except DriftConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class ModelConfig(_Strict):
     """One monitored model."""
 
@@ -87,6 +167,7 @@ class ModelConfig(_Strict):
     detector: Path = Field(description="Detector file written by advmon calibrate.")
     topics: list[str] = Field(default_factory=lambda: [DEFAULT_INFERENCE_TOPIC], min_length=1)
     policy: Literal["observe", "enforce"] = "observe"
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @field_validator("topics")
     @classmethod
@@ -115,6 +196,7 @@ class MonitorConfig(_Strict):
             self.topics.dead_letter,
             self.topics.detections,
             self.topics.source_flags,
+            self.topics.signals,
         }
         clash = sorted(ours.intersection(t for m in self.models for t in m.topics))
         if clash:

@@ -30,6 +30,11 @@ class Metrics:
     scoring_seconds: Histogram
     event_to_decision_seconds: Histogram
     quarantined_sources: Gauge
+    drift_detections: Counter
+    drift_signal: Gauge
+    drift_state_events: Gauge
+    drift_state_age: Gauge
+    drift_suppressed: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -95,6 +100,36 @@ class Metrics:
             quarantined_sources=Gauge(
                 "advmon_quarantined_sources",
                 "Sources under a quarantine in force, on this worker's partitions.",
+                registry=registry,
+            ),
+            drift_detections=Counter(
+                "advmon_drift_detections",
+                "Drift detections published, by model and signal.",
+                ["model", "signal"],
+                registry=registry,
+            ),
+            drift_signal=Gauge(
+                "advmon_drift_signal_value",
+                "Mean of a drift signal stream over its last 100 events.",
+                ["model", "stream"],
+                registry=registry,
+            ),
+            drift_state_events=Gauge(
+                "advmon_drift_state_events",
+                "Events a model's drift detectors have learned from.",
+                ["model"],
+                registry=registry,
+            ),
+            drift_state_age=Gauge(
+                "advmon_drift_state_age_seconds",
+                "Time since a model's drift detectors started learning their baseline.",
+                ["model"],
+                registry=registry,
+            ),
+            drift_suppressed=Gauge(
+                "advmon_drift_suppressed",
+                "Drifts not reported because of the cooldown, since the detectors started.",
+                ["model", "stream"],
                 registry=registry,
             ),
         )

@@ -161,6 +161,9 @@ def detection_dict(detection: DetectionRow) -> dict[str, Any]:
         "topic": detection.topic,
         "partition": detection.partition,
         "offset": detection.offset,
+        "signal": detection.signal,
+        "detector": detection.detector,
+        "details": detection.details,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ import mode
 
 from detectors import Detector, DetectorConfig, Device, file_sha256, load_model
 from monitor.config import MonitorConfig
+from monitor.drift_stage import DriftPlan, signal_batch
 from monitor.metrics import Metrics
 from monitor.pipeline import InputMessage, ModelDetector, OutputRecord, ScoringPipeline, event_time
 from monitor.policy import quarantine_due, source_action
@@ -60,10 +61,12 @@ class ScoringStage(mode.Service):
         *,
         device: Device = "auto",
         intra_op_threads: int | None = None,
+        drift: Mapping[str, DriftPlan] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.pipeline = ScoringPipeline(config, models)
+        self.drift = dict(drift or {})
         self.metrics = metrics
         self.publish = publish
         self.device: Device = device
@@ -129,10 +132,9 @@ class ScoringStage(mode.Service):
             detector = self.detectors[batch.model_id]
             metrics.batch_size.observe(len(batch.events))
             started = time.perf_counter()
+            inputs = batch.stacked()
             try:
-                verdict = await loop.run_in_executor(
-                    self._executor, detector.score, batch.stacked()
-                )
+                verdict = await loop.run_in_executor(self._executor, detector.score, inputs)
             except Exception as exc:  # ONNX Runtime refused an input the checks let through
                 if len(batch.events) > 1:
                     logger.warning(
@@ -166,6 +168,24 @@ class ScoringStage(mode.Service):
             actions.extend(decided.actions)
             times = [event_time(e, m) for e, m in zip(batch.events, batch.messages, strict=True)]
             timed.append((batch.model_id, times))
+            plan = self.drift.get(batch.model_id)
+            if plan is not None:
+                now = time.time()
+                signals = signal_batch(
+                    plan,
+                    batch.messages,
+                    batch.events,
+                    [now if t is None else t for t in times],
+                    inputs,
+                    verdict.scores,
+                )
+                outputs.append(
+                    OutputRecord(
+                        self.pipeline.config.topics.signals,
+                        plan.model_id.encode(),
+                        signals.model_dump_json().encode(),
+                    )
+                )
         await self.publish(outputs)
         for action in actions:
             metrics.decisions.labels(action.value, Scope.REQUEST.value).inc()

@@ -34,6 +34,7 @@ from schemas._events import (
     validate_event,
 )
 from schemas._scores import ScoreRecord
+from schemas._signals import SignalBatch
 
 __all__ = [
     "Action",
@@ -47,6 +48,7 @@ __all__ = [
     "SchemaError",
     "Scope",
     "ScoreRecord",
+    "SignalBatch",
     "SourceFlag",
     "TensorDType",
     "TensorPayload",

@@ -21,7 +21,12 @@ class DetectionKind(StrEnum):
 
 
 class Detection(WireModel):
-    """An event a detector flagged; published on the detections topic, keyed by model."""
+    """An event a detector flagged; published on the detections topic, keyed by model.
+
+    A drift detection names the event at which the drift detector signalled; its
+    ``score`` is the size of the shift of the signal's mean (recent against before),
+    ``threshold`` is 0 and ``details`` holds the window statistics.
+    """
 
     event_id: NonEmptyStr = Field(description="Id of the flagged event.")
     model_id: NonEmptyStr = Field(description="Model that served the event; the message key.")
@@ -50,9 +55,19 @@ class Detection(WireModel):
         default=None, description="Kafka partition the event was read from."
     )
     offset: NonNegativeInt | None = Field(default=None, description="Kafka offset of the event.")
+    signal: str | None = Field(
+        default=None,
+        description="For drift: the signal stream that changed (e.g. top1, predicted_class:3).",
+    )
+    detector: str | None = Field(
+        default=None, description="For drift: the drift detector that signalled (e.g. adwin)."
+    )
     details: dict[str, FiniteFloat] = Field(
         default_factory=dict,
-        description="Named contributions to the score, such as the distance per squeezer.",
+        description=(
+            "Named contributions to the score, such as the distance per squeezer, or a "
+            "drift's window statistics."
+        ),
     )
 
     @property

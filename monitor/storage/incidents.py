@@ -180,6 +180,9 @@ class IncidentStore:
             topic=detection.topic,
             partition=detection.partition,
             offset=detection.offset,
+            signal=detection.signal,
+            detector=detection.detector,
+            details=dict(detection.details) or None,
         )
 
     def _open_incident_for(
@@ -244,12 +247,15 @@ class IncidentStore:
 
     @staticmethod
     def _sample(detection: Detection) -> dict[str, object]:
-        return {
+        sample: dict[str, object] = {
             "event_id": detection.event_id,
             "score": detection.score,
             "source": detection.source,
             "detected_at": detection.detected_at.isoformat(),
         }
+        if detection.signal is not None:
+            sample["signal"] = detection.signal
+        return sample
 
     def _note_quarantine(self, session: Session, detection: Detection) -> None:
         """Record a source quarantine among the decisions of the model's open incidents."""

@@ -181,6 +181,12 @@ class DetectionRow(Base):
     topic: Mapped[str | None] = mapped_column(String(249))
     partition: Mapped[int | None] = mapped_column(Integer)
     offset: Mapped[int | None] = mapped_column(BigInteger)
+    signal: Mapped[str | None] = mapped_column(String(200))
+    """For drift: the signal stream that changed."""
+    detector: Mapped[str | None] = mapped_column(String(100))
+    """For drift: the drift detector that signalled."""
+    details: Mapped[dict[str, Any] | None] = mapped_column()
+    """The detection's details: distances per squeezer, or a drift's window statistics."""
 
     incident: Mapped[Incident] = relationship(back_populates="detections")
 

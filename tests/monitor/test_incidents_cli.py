@@ -403,7 +403,7 @@ def test_commands_refuse_a_schema_that_is_behind(
     message = assert_clean_failure(_run(*args))
     database = make_url(pg_url).render_as_string(hide_password=True)
     assert message == (
-        f"the database {database} is empty, this advmon needs revision 0001: "
+        f"the database {database} is empty, this advmon needs revision 0002: "
         "run `advmon db upgrade`"
     )
 

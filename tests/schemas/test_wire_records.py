@@ -109,6 +109,8 @@ def test_detection_json_fields() -> None:
         "topic",
         "partition",
         "offset",
+        "signal",
+        "detector",
         "details",
     ]
     assert data["kind"] == "adversarial"

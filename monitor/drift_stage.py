@@ -1,0 +1,367 @@
+"""The drift stage: per-event signals of each model → River detectors → drift detections.
+
+The scoring stage publishes a :class:`~schemas.SignalBatch` per scored batch on the
+internal signals topic, keyed by model id, so that all of a model's signals reach one
+worker. That worker keeps the model's :class:`DriftState` (its detectors, and the last
+inference offset applied per partition) in a Faust table keyed by model id: the state
+moves with the partition on a rebalance, and a restarted worker recovers it from the
+table's changelog instead of learning the baseline again.
+
+The detectors see every event once under at-least-once delivery: the state records the
+highest inference offset applied per topic-partition and skips any event at or below it,
+so neither a replayed signals record nor an inference batch scored again after a crash
+updates them twice. Per inference partition, events reach the detectors in offset order,
+so a restarted worker continues exactly as an uninterrupted one would.
+
+State is pickled (River detectors have no other serialisation). Unpickling is restricted
+to the classes a state is made of (:class:`StateUnpickler`), so a forged changelog record
+cannot make the worker run code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import pickle
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from river import drift
+
+from detectors import DriftAlarm, DriftConfigError, DriftMonitor, SignalSpec, signal_columns
+from detectors.runtime import SqueezeScores
+from monitor.config import MonitorConfig
+from monitor.metrics import Metrics
+from monitor.pipeline import InputMessage, ModelDetector, OutputRecord
+from schemas import Detection, DetectionKind, InferenceEvent, SignalBatch
+
+__all__ = [
+    "DriftPlan",
+    "DriftStage",
+    "DriftState",
+    "StateUnpickler",
+    "UnsafeStateError",
+    "drift_detection_id",
+    "drift_plans",
+    "signal_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[OutputRecord]], Awaitable[None]]
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DriftPlan:
+    """What drift detection does for one model: its signals and the columns they need."""
+
+    model_id: str
+    signals: tuple[SignalSpec, ...]
+    num_classes: int | None
+    cooldown_seconds: float
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the configuration a state was learned under."""
+        return repr((self.signals, self.num_classes, self.cooldown_seconds))
+
+    def new_monitor(self) -> DriftMonitor:
+        """Fresh detectors for this plan."""
+        return DriftMonitor(self.signals, self.num_classes, self.cooldown_seconds)
+
+    @property
+    def columns(self) -> list[str]:
+        """The per-event columns the scoring stage computes for this model."""
+        return list(dict.fromkeys(s.column for s in self.signals))
+
+
+def drift_plans(models: Mapping[str, ModelDetector]) -> dict[str, DriftPlan]:
+    """The drift plan of every model with drift detection on.
+
+    Raises :class:`detectors.DriftConfigError` naming the model when a signal does not
+    fit it (``predicted_class`` without classes, a feature index beyond the input).
+    """
+    plans: dict[str, DriftPlan] = {}
+    for model_id, model in models.items():
+        drift = model.config.drift
+        if not drift.enabled:
+            continue
+        detector = model.detector
+        dims = detector.input_shape
+        n_features = None if None in dims else math.prod(d for d in dims if d is not None)
+        try:
+            specs = drift.signal_specs(detector.input_kind, detector.num_classes, n_features)
+            for spec in specs:
+                name, _, index = spec.name.partition(":")
+                if name == "feature" and n_features is not None and int(index) >= n_features:
+                    raise DriftConfigError(
+                        f"signal {spec.name!r}: the input has {n_features} features"
+                    )
+            plan = DriftPlan(model_id, tuple(specs), detector.num_classes, drift.cooldown_seconds)
+            plan.new_monitor()
+        except DriftConfigError as exc:
+            raise DriftConfigError(f"model {model_id!r}: drift: {exc}") from None
+        plans[model_id] = plan
+    return plans
+
+
+def signal_batch(
+    plan: DriftPlan,
+    messages: Sequence[InputMessage],
+    events: Sequence[InferenceEvent],
+    times: Sequence[float],
+    inputs: np.ndarray,
+    scores: SqueezeScores,
+) -> SignalBatch:
+    """The signals record of a scored batch of one model."""
+    columns = signal_columns(
+        plan.columns, inputs, scores.probabilities, scores.score, scores.prediction
+    )
+    return SignalBatch.model_construct(
+        model_id=plan.model_id,
+        event_ids=[e.event_id for e in events],
+        times=list(times),
+        topics=[m.topic for m in messages],
+        partitions=[m.partition for m in messages],
+        offsets=[m.offset for m in messages],
+        columns={name: values.tolist() for name, values in columns.items()},
+    )
+
+
+def drift_detection_id(stream: str, event_id: str) -> str:
+    """The detection's id: a replay of the same drift is stored once."""
+    return f"drift:{stream}:{event_id}"
+
+
+class UnsafeStateError(pickle.UnpicklingError):
+    """A stored drift state refers to something a drift state is never made of."""
+
+
+_PAGE_HINKLEY_TESTS = frozenset({"_test_both", "_test_increase", "_test_decrease"})
+
+
+def _page_hinkley_test(obj: object, name: str) -> Any:
+    """``getattr`` for unpickling, limited to Page-Hinkley's test methods."""
+    if type(obj) is not drift.PageHinkley or name not in _PAGE_HINKLEY_TESTS:
+        raise UnsafeStateError(f"a drift state may not look up {type(obj).__name__}.{name}")
+    return getattr(obj, name)
+
+
+class StateUnpickler(pickle.Unpickler):
+    """Unpickles drift states, refusing every global outside a fixed allowlist."""
+
+    ALLOWED: frozenset[tuple[str, str]] = frozenset(
+        {
+            ("collections", "deque"),
+            ("random", "Random"),
+            ("numpy", "dtype"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("detectors.drift", "DriftMonitor"),
+            ("detectors.drift", "DriftDetector"),
+            ("detectors.drift", "DriftDetectorSpec"),
+            ("detectors.drift", "SignalSpec"),
+            ("detectors.drift", "_Stream"),
+            ("monitor.drift_stage", "DriftState"),
+            ("river.drift.adwin", "ADWIN"),
+            ("river._river_rust.drift", "AdaptiveWindowing"),
+            ("river.drift.kswin", "KSWIN"),
+            ("river.drift.page_hinkley", "PageHinkley"),
+            ("river.drift.no_drift", "NoDrift"),
+            ("river.drift.binary.ddm", "DDM"),
+            ("river.drift.binary.eddm", "EDDM"),
+            ("river.drift.binary.hddm_a", "HDDMA"),
+            ("river.drift.binary.hddm_w", "HDDMW"),
+            ("river.drift.binary.hddm_w", "SampleInfo"),
+            ("river.drift.binary.fhddm", "FHDDM"),
+            ("river.stats.mean", "Mean"),
+            ("river.stats.var", "Var"),
+            ("river.stats.ewmean", "EWMean"),
+            ("river._river_rust.stats", "RsEWMean"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("builtins", "getattr"):
+            # Page-Hinkley keeps a bound method; only those may be looked up by name.
+            return _page_hinkley_test
+        if (module, name) not in self.ALLOWED:
+            raise UnsafeStateError(f"a drift state may not refer to {module}.{name}")
+        return super().find_class(module, name)
+
+    @classmethod
+    def loads(cls, data: bytes) -> Any:
+        """Unpickle ``data`` with the allowlist."""
+        return cls(io.BytesIO(data)).load()
+
+
+@dataclass
+class DriftState:
+    """One model's drift detectors and what they have seen, as checkpointed."""
+
+    fingerprint: str
+    monitor: DriftMonitor
+    applied: dict[str, int]
+    """Highest inference offset applied, by ``topic/partition``."""
+    created_at: float
+    """When the detectors started learning (epoch seconds)."""
+    format: int = STATE_FORMAT
+
+    def dumps(self) -> bytes:
+        """The checkpoint."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class DriftStage:
+    """Feed each model's signals to its detectors and publish drift detections.
+
+    Parameters
+    ----------
+    config
+        The worker config (topic names).
+    plans
+        Each drift-monitored model's plan, by model id.
+    table
+        Checkpoints by model id (a Faust table in the worker; any mapping in tests).
+    metrics, publish
+        Where the stage reports, and how it sends records (returns once acknowledged).
+    """
+
+    def __init__(
+        self,
+        config: MonitorConfig,
+        plans: Mapping[str, DriftPlan],
+        table: MutableMapping[str, bytes],
+        metrics: Metrics,
+        publish: Publish,
+    ) -> None:
+        self.config = config
+        self.plans = dict(plans)
+        self.table = table
+        self.metrics = metrics
+        self.publish = publish
+
+    def load(self, model_id: str) -> DriftState:
+        """The model's checkpointed state, or a fresh one (also when it does not fit)."""
+        plan = self.plans[model_id]
+        raw = self.table.get(model_id)
+        if raw:
+            try:
+                state = StateUnpickler.loads(bytes(raw))
+            except Exception as exc:
+                logger.error("model %s: drift state unreadable, starting afresh: %s", model_id, exc)
+            else:
+                if (
+                    isinstance(state, DriftState)
+                    and state.format == STATE_FORMAT
+                    and state.fingerprint == plan.fingerprint
+                ):
+                    return state
+                logger.warning(
+                    "model %s: drift configuration changed; detectors start afresh", model_id
+                )
+        return DriftState(plan.fingerprint, plan.new_monitor(), {}, time.time())
+
+    async def process(self, raw_batches: Sequence[bytes]) -> None:
+        """Apply signals records in order; returns once drift detections are acknowledged
+        and the new states are written to the table."""
+        states: dict[str, DriftState] = {}
+        records: list[OutputRecord] = []
+        counted: list[tuple[str, str]] = []
+        for raw in raw_batches:
+            try:
+                batch = SignalBatch.model_validate_json(raw)
+            except ValidationError as exc:
+                logger.error("skipping a malformed signals record: %s", exc)
+                continue
+            plan = self.plans.get(batch.model_id)
+            if plan is None:
+                logger.warning("skipping signals of model %s: drift is off for it", batch.model_id)
+                continue
+            state = states.get(batch.model_id)
+            if state is None:
+                state = states[batch.model_id] = self.load(batch.model_id)
+            for alarm, position in self._apply(state, batch):
+                records.append(self._detection(batch, alarm, position))
+                counted.append((batch.model_id, alarm.signal))
+        if records:
+            await self.publish(records)
+        for model_id, state in states.items():
+            self.table[model_id] = state.dumps()
+            self._report(model_id, state)
+        for model_id, signal in counted:
+            self.metrics.drift_detections.labels(model_id, signal).inc()
+
+    def _apply(self, state: DriftState, batch: SignalBatch) -> list[tuple[DriftAlarm, int]]:
+        """Update the detectors with the batch's new events; alarms with batch positions."""
+        applied = state.applied
+        fresh: list[int] = []
+        for i, (topic, partition, offset) in enumerate(
+            zip(batch.topics, batch.partitions, batch.offsets, strict=True)
+        ):
+            where = f"{topic}/{partition}"
+            if offset > applied.get(where, -1):
+                applied[where] = offset
+                fresh.append(i)
+        if not fresh:
+            return []
+        index = np.asarray(fresh)
+        columns = {name: np.asarray(values)[index] for name, values in batch.columns.items()}
+        times = np.asarray(batch.times)[index]
+        alarms = state.monitor.update(columns, times)
+        return [(alarm, fresh[alarm.index]) for alarm in alarms]
+
+    def _detection(self, batch: SignalBatch, alarm: DriftAlarm, position: int) -> OutputRecord:
+        stats = alarm.statistics
+        event_id = batch.event_ids[position]
+        detection = Detection(
+            event_id=drift_detection_id(alarm.stream, event_id),
+            model_id=batch.model_id,
+            kind=DetectionKind.DRIFT,
+            score=abs(stats["shift"]),
+            threshold=0.0,
+            event_ts=datetime.fromtimestamp(batch.times[position], UTC),
+            detected_at=datetime.now(UTC),
+            topic=batch.topics[position],
+            partition=batch.partitions[position],
+            offset=batch.offsets[position],
+            signal=alarm.stream,
+            detector=alarm.detector,
+            details=stats,
+        )
+        logger.warning(
+            "model %s: drift on %s (%s) at event %s: mean %.4g → %.4g",
+            batch.model_id,
+            alarm.stream,
+            alarm.detector,
+            event_id,
+            stats["mean_before"],
+            stats["mean_recent"],
+        )
+        return OutputRecord(
+            self.config.topics.detections,
+            batch.model_id.encode(),
+            detection.model_dump_json().encode(),
+        )
+
+    def _report(self, model_id: str, state: DriftState) -> None:
+        metrics = self.metrics
+        monitor = state.monitor
+        for stream in monitor.streams:
+            recent = stream.detector.recent_mean
+            if recent is not None:
+                metrics.drift_signal.labels(model_id, stream.name).set(recent)
+        metrics.drift_state_events.labels(model_id).set(monitor.n_seen)
+        metrics.drift_state_age.labels(model_id).set(max(0.0, time.time() - state.created_at))
+        for name, suppressed in monitor.suppressed().items():
+            metrics.drift_suppressed.labels(model_id, name).set(suppressed)
