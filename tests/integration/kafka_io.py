@@ -66,18 +66,21 @@ class OutputTopics:
     dead_letter: str
     detections: str
     source_flags: str
+    signals: str
 
     @classmethod
     async def create(cls, bootstrap: str, stem: str) -> OutputTopics:
-        """Name them after ``stem`` and create all but the internal source-flags topic.
+        """Name them after ``stem`` and create all but the internal topics.
 
-        The worker declares the source-flags topic itself, with its own partition count.
+        The worker declares the source-flags and signals topics itself, with its own
+        partition count.
         """
         topics = cls(
             decisions=unique_name(f"{stem}-decisions"),
             dead_letter=unique_name(f"{stem}-dead-letter"),
             detections=unique_name(f"{stem}-detections"),
             source_flags=unique_name(f"{stem}-source-flags"),
+            signals=unique_name(f"{stem}-signals"),
         )
         await create_topics(
             bootstrap, {topics.decisions: 2, topics.dead_letter: 1, topics.detections: 1}

@@ -141,7 +141,9 @@ def _config_with_bad_yaml(folder: Path, detector: DemoDetector) -> Path:
 
 
 def _config(folder: Path, detector: Path) -> Path:
-    topics = OutputTopics("bad-decisions", "bad-dead-letter", "bad-detections", "bad-flags")
+    topics = OutputTopics(
+        "bad-decisions", "bad-dead-letter", "bad-detections", "bad-flags", "bad-signals"
+    )
     return write_worker_config(
         folder / "worker.yaml",
         detector=detector,

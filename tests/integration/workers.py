@@ -53,6 +53,7 @@ class ModelEntry:
     id: str
     topics: list[str]
     policy: str = "observe"
+    drift: dict[str, Any] | None = None
 
 
 def write_worker_config(
@@ -71,9 +72,11 @@ def write_worker_config(
             "dead_letter": topics.dead_letter,
             "detections": topics.detections,
             "source_flags": topics.source_flags,
+            "signals": topics.signals,
         },
         "models": [
             {"id": m.id, "detector": str(detector), "topics": m.topics, "policy": m.policy}
+            | ({"drift": m.drift} if m.drift is not None else {})
             for m in models
         ],
     }
