@@ -31,10 +31,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## Benchmarks; figures land in docs/benchmarks.md and docs/benchmarks-stream.md.
+## Benchmarks; figures land in docs/benchmarks.md, docs/benchmarks-stream.md and docs/benchmarks-drift.md.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.squeeze_scoring
 	$(BIN)/python -m benchmarks.worker_throughput --no-experiment
+	$(BIN)/python -m benchmarks.drift_cost
 
 ## Re-pin every dependency after changing pyproject.toml.
 constraints: $(STAMP)

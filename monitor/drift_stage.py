@@ -21,6 +21,7 @@ cannot make the worker run code.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import pickle
@@ -139,6 +140,28 @@ def signal_batch(
 def drift_detection_id(stream: str, event_id: str) -> str:
     """The detection's id: a replay of the same drift is stored once."""
     return f"drift:{stream}:{event_id}"
+
+
+def _fresh_events(batch: SignalBatch, applied: dict[str, int]) -> list[int]:
+    """Positions of the batch's events not applied yet; marks them applied."""
+    partitions = set(zip(batch.topics, batch.partitions, strict=True))
+    if len(partitions) == 1:  # the usual case: one inference partition per batch
+        ((topic, partition),) = partitions
+        key = f"{topic}/{partition}"
+        done = applied.get(key, -1)
+        offsets = batch.offsets
+        if offsets and offsets[0] > done and all(a < b for a, b in itertools.pairwise(offsets)):
+            applied[key] = offsets[-1]
+            return list(range(len(offsets)))
+    fresh: list[int] = []
+    for i, (topic, partition, offset) in enumerate(
+        zip(batch.topics, batch.partitions, batch.offsets, strict=True)
+    ):
+        key = f"{topic}/{partition}"
+        if offset > applied.get(key, -1):
+            applied[key] = offset
+            fresh.append(i)
+    return fresh
 
 
 class UnsafeStateError(pickle.UnpicklingError):
@@ -274,26 +297,30 @@ class DriftStage:
 
     async def process(self, raw_batches: Sequence[bytes]) -> None:
         """Apply signals records in order; returns once drift detections are acknowledged
-        and the new states are written to the table."""
-        states: dict[str, DriftState] = {}
-        records: list[OutputRecord] = []
-        counted: list[tuple[str, str]] = []
+        and the new states are written to the table.
+
+        A model's new events from all the records are applied in one update, so the
+        per-call work of each detector is shared by the whole take.
+        """
+        pending: dict[str, list[SignalBatch]] = {}
         for raw in raw_batches:
             try:
                 batch = SignalBatch.model_validate_json(raw)
             except ValidationError as exc:
                 logger.error("skipping a malformed signals record: %s", exc)
                 continue
-            plan = self.plans.get(batch.model_id)
-            if plan is None:
+            if batch.model_id not in self.plans:
                 logger.warning("skipping signals of model %s: drift is off for it", batch.model_id)
                 continue
-            state = states.get(batch.model_id)
-            if state is None:
-                state = states[batch.model_id] = self.load(batch.model_id)
-            for alarm, position in self._apply(state, batch):
+            pending.setdefault(batch.model_id, []).append(batch)
+        records: list[OutputRecord] = []
+        counted: list[tuple[str, str]] = []
+        states: dict[str, DriftState] = {}
+        for model_id, batches in pending.items():
+            state = states[model_id] = self.load(model_id)
+            for alarm, batch, position in self._apply(state, batches):
                 records.append(self._detection(batch, alarm, position))
-                counted.append((batch.model_id, alarm.signal))
+                counted.append((model_id, alarm.signal))
         if records:
             await self.publish(records)
         for model_id, state in states.items():
@@ -302,24 +329,32 @@ class DriftStage:
         for model_id, signal in counted:
             self.metrics.drift_detections.labels(model_id, signal).inc()
 
-    def _apply(self, state: DriftState, batch: SignalBatch) -> list[tuple[DriftAlarm, int]]:
-        """Update the detectors with the batch's new events; alarms with batch positions."""
+    @staticmethod
+    def _apply(
+        state: DriftState, batches: Sequence[SignalBatch]
+    ) -> list[tuple[DriftAlarm, SignalBatch, int]]:
+        """Update the detectors with the batches' new events, in order; each alarm with the
+        batch and position of its event."""
         applied = state.applied
-        fresh: list[int] = []
-        for i, (topic, partition, offset) in enumerate(
-            zip(batch.topics, batch.partitions, batch.offsets, strict=True)
-        ):
-            where = f"{topic}/{partition}"
-            if offset > applied.get(where, -1):
-                applied[where] = offset
-                fresh.append(i)
-        if not fresh:
+        where: list[tuple[SignalBatch, int]] = []
+        columns: dict[str, list[float]] = {}
+        times: list[float] = []
+        for batch in batches:
+            fresh = _fresh_events(batch, applied)
+            if not fresh:
+                continue
+            whole = len(fresh) == len(batch.offsets)
+            for name, values in batch.columns.items():
+                column = columns.setdefault(name, [])
+                column.extend(values if whole else [values[i] for i in fresh])
+            times.extend(batch.times if whole else [batch.times[i] for i in fresh])
+            where.extend((batch, i) for i in fresh)
+        if not where:
             return []
-        index = np.asarray(fresh)
-        columns = {name: np.asarray(values)[index] for name, values in batch.columns.items()}
-        times = np.asarray(batch.times)[index]
-        alarms = state.monitor.update(columns, times)
-        return [(alarm, fresh[alarm.index]) for alarm in alarms]
+        alarms = state.monitor.update(
+            {name: np.asarray(values) for name, values in columns.items()}, np.asarray(times)
+        )
+        return [(alarm, *where[alarm.index]) for alarm in alarms]
 
     def _detection(self, batch: SignalBatch, alarm: DriftAlarm, position: int) -> OutputRecord:
         stats = alarm.statistics

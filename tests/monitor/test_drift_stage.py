@@ -115,7 +115,15 @@ def signals(demo_model: DemoModel, detector_path: Path) -> list[bytes]:
 
 
 def identity(detection: Detection) -> tuple[Any, ...]:
-    return (detection.event_id, detection.signal, detection.offset, detection.details)
+    return (detection.event_id, detection.signal, detection.offset)
+
+
+def same_detections(got: list[Detection], expected: list[Detection]) -> None:
+    """Same events and signals; same statistics up to the order of float sums across
+    batches (a take groups events differently after a restart)."""
+    assert [identity(d) for d in got] == [identity(d) for d in expected]
+    for ours, theirs in zip(got, expected, strict=True):
+        assert ours.details == pytest.approx(theirs.details, rel=1e-12)
 
 
 def test_scoring_publishes_one_signals_record_per_batch_keyed_by_model(
@@ -179,7 +187,7 @@ def test_a_restart_from_the_checkpoint_detects_exactly_like_an_uninterrupted_run
     after = Run(config, dict(table))  # a new worker, recovering the table
     # At-least-once: the new worker is handed some records the old one already applied.
     after.feed(signals[35:])
-    assert [identity(d) for d in after.detections()] == expected
+    same_detections(after.detections(), uninterrupted.detections())
 
     cold = Run(config, {})
     cold.feed(signals[40:])
