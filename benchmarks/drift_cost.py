@@ -113,7 +113,7 @@ async def measure(detector_path: Path, images: np.ndarray, rounds: int) -> Resul
 
     def signals() -> list[bytes]:
         return [
-            signal_batch(plan, batch.messages, batch.events, times, inputs, scores)
+            signal_batch(plan, batch.messages, batch.rows, batch.events, times, inputs, scores)
             .model_dump_json()
             .encode()
             for batch, times, inputs, scores in scored

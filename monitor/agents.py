@@ -5,6 +5,10 @@
    topic; flagged events also go to the detections topic and, re-keyed by source, to the
    internal source-flags topic; each batch's drift signals go, keyed by model, to the
    internal signals topic.
+   OIP v2 records go, re-keyed by CloudEvent id, to the internal halves topic.
+   ``join`` pairs each request with its response there (table ``oip-pending``) and
+   publishes native events on the internal joined topic, which ``score-joined`` scores
+   like any inference topic.
 2. ``quarantine``: source flags → windowed count per source → one source-scoped
    decision when a source crosses its limit (and a quarantine detection).
 3. ``drift``: signals, keyed by model → each model's River detectors (checkpointed in
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import faust
@@ -38,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 def _input_message(event: faust.EventT[Any]) -> InputMessage:
     message = event.message
+    headers = message.headers or ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     return InputMessage(
         topic=message.topic,
         partition=message.partition,
@@ -45,6 +52,7 @@ def _input_message(event: faust.EventT[Any]) -> InputMessage:
         key=message.key,
         value=message.value or b"",
         timestamp=message.timestamp,
+        headers=tuple((str(name), bytes(value or b"")) for name, value in pairs),
     )
 
 
@@ -73,6 +81,35 @@ def register(wiring: AdvmonApp) -> None:
                 await wiring.scoring.process([_input_message(event) for event in events])
             except Exception:
                 _exit_without_commit("scoring a batch")
+
+    join = wiring.join
+    if join is not None:
+
+        @app.agent(wiring.joined, name="advmon.score-joined")
+        async def score_joined(stream: Any) -> None:
+            await wiring.scoring.wait_ready()
+            async for events in stream.take_events(
+                batching.max_events, batching.max_wait_ms / 1000
+            ):
+                try:
+                    await wiring.scoring.process([_input_message(event) for event in events])
+                except Exception:
+                    _exit_without_commit("scoring a batch of joined events")
+
+        @app.agent(wiring.halves, name="advmon.join")
+        async def join_halves(stream: Any) -> None:
+            async for value in stream:
+                try:
+                    await join.observe(value)
+                except Exception:
+                    _exit_without_commit("joining an OIP v2 request and response")
+
+        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+        async def expire_joins() -> None:
+            try:
+                await join.expire()
+            except Exception:
+                _exit_without_commit("expiring OIP v2 halves")
 
     @app.agent(wiring.source_flags, name="advmon.quarantine")
     async def quarantine(stream: Any) -> None:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from monitor.config import MonitorConfig
 from monitor.drift_stage import DriftStage, drift_plans
 from monitor.incident_stage import AlertingStage, IncidentStage
+from monitor.join_stage import JoinStage
 from monitor.metrics import Metrics
 from monitor.pipeline import ModelDetector, OutputRecord
 from monitor.settings import KafkaSettings, Settings
@@ -103,10 +104,13 @@ class AdvmonApp:
     inference: faust.TopicT
     source_flags: faust.TopicT
     signals: faust.TopicT
+    halves: faust.TopicT
+    joined: faust.TopicT
     outputs: dict[str, faust.TopicT]
     scoring: ScoringStage
     quarantine: QuarantineStage
     drift: DriftStage
+    join: JoinStage | None
     incidents: IncidentStage | None
     alerting: AlertingStage | None
     _declared: bool = False
@@ -219,6 +223,21 @@ def create_app(
         use_partitioner=True,
     )
     plans = drift_plans(models)
+    joining = any(m.format == "oip-v2" for m in config.models)
+    halves = raw_topic(topics.oip_halves, internal=True)
+    joined = raw_topic(topics.joined, internal=True)
+    if joining:
+        outputs[topics.oip_halves] = halves
+        outputs[topics.joined] = joined
+    pending = app.Table(
+        "oip-pending",
+        key_type=str,
+        value_type=bytes,
+        partitions=settings.worker.internal_partitions,
+        # Also written by the timeout timer, outside Faust's per-event context: the
+        # changelog partition comes from the key, like the halves topic's.
+        use_partitioner=True,
+    )
 
     wiring: AdvmonApp
     scoring = ScoringStage(
@@ -233,6 +252,11 @@ def create_app(
     drift = DriftStage(
         config, plans, drift_states, metrics, lambda records: wiring.publish(records)
     )
+    join = (
+        JoinStage(config, pending, metrics, lambda records: wiring.publish(records))
+        if joining
+        else None
+    )
     quarantine = QuarantineStage(
         config, counts, in_force, metrics, lambda records: wiring.publish(records)
     )
@@ -245,10 +269,13 @@ def create_app(
         inference=raw_topic(*config.inference_topics),
         source_flags=source_flags,
         signals=signals,
+        halves=halves,
+        joined=joined,
         outputs=outputs,
         scoring=scoring,
         quarantine=quarantine,
         drift=drift,
+        join=join,
         incidents=(
             IncidentStage(store, settings.database.retry_max_seconds, new_incident)
             if store is not None

@@ -8,6 +8,8 @@ Example::
       detections: advmon-detections
       source_flags: advmon-source-flags   # internal, keyed by source
       signals: advmon-signals             # internal, keyed by model (drift signals)
+      oip_halves: advmon-oip-halves       # internal, keyed by CloudEvent id (OIP v2 join)
+      joined: advmon-joined-events        # internal, joined OIP v2 events (native format)
     batching:
       max_events: 64             # events scored per run of the fused graph, at most
       max_wait_ms: 50            # how long a partial batch waits for more events
@@ -19,6 +21,7 @@ Example::
       - id: digits               # matches the events' model_id
         detector: detectors/digits.json
         topics: [inference-events]
+        format: native           # native | oip-v2 | sagemaker | mapped (docs/formats.md)
         policy: enforce          # observe: never more than "flag"
         drift:                   # optional; defaults shown in docs/drift.md
           cooldown_seconds: 600
@@ -39,14 +42,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detectors import DriftConfigError, DriftDetectorSpec, SignalSpec, default_signals
+from monitor.formats import FieldMapping
 
 __all__ = [
     "BatchingConfig",
     "ConfigError",
     "DriftConfig",
     "DriftSignalConfig",
+    "EventFormat",
     "ModelConfig",
     "MonitorConfig",
+    "OipV2Config",
     "QuarantineConfig",
     "TopicsConfig",
     "load_config",
@@ -79,6 +85,21 @@ class TopicsConfig(_Strict):
         min_length=1,
         description="Internal: per-event drift signals re-keyed by model.",
     )
+    oip_halves: str = Field(
+        default="advmon-oip-halves",
+        min_length=1,
+        description="Internal: OIP v2 requests and responses re-keyed by CloudEvent id.",
+    )
+    joined: str = Field(
+        default="advmon-joined-events",
+        min_length=1,
+        description="Internal: OIP v2 requests joined with their responses, as native events.",
+    )
+
+    @property
+    def internal(self) -> list[str]:
+        """The topics only advmon reads and writes."""
+        return [self.source_flags, self.signals, self.oip_halves, self.joined]
 
 
 class BatchingConfig(_Strict):
@@ -160,14 +181,50 @@ class DriftConfig(_Strict):
         return self
 
 
+EventFormat = Literal["native", "oip-v2", "sagemaker", "mapped"]
+"""How the messages of a model's topics are written (see docs/formats.md)."""
+
+
+class OipV2Config(_Strict):
+    """How OIP v2 (KServe payload logger) requests and responses are read and joined."""
+
+    input_name: str | None = Field(
+        default=None, description="Request tensor to score; needed when there are several."
+    )
+    output_name: str | None = Field(
+        default=None, description="Response tensor to keep as output; default: the only one."
+    )
+    join_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a request waits for its response before it is scored alone (and a "
+            "response for its request before it is dropped and counted)."
+        ),
+    )
+
+
 class ModelConfig(_Strict):
     """One monitored model."""
 
     id: str = Field(min_length=1, description="The events' model_id.")
     detector: Path = Field(description="Detector file written by advmon calibrate.")
     topics: list[str] = Field(default_factory=lambda: [DEFAULT_INFERENCE_TOPIC], min_length=1)
+    format: EventFormat = Field(default="native", description="How the topics' messages read.")
+    oip_v2: OipV2Config = Field(default_factory=OipV2Config)
+    mapping: FieldMapping | None = Field(
+        default=None, description="For format mapped: JSONPath of each event field."
+    )
     policy: Literal["observe", "enforce"] = "observe"
     drift: DriftConfig = Field(default_factory=DriftConfig)
+
+    @model_validator(mode="after")
+    def _mapping_for_mapped(self) -> ModelConfig:
+        if self.format == "mapped" and self.mapping is None:
+            raise ValueError("format mapped needs a mapping: (event_id and input paths at least)")
+        if self.format != "mapped" and self.mapping is not None:
+            raise ValueError(f"mapping is only read with format mapped, not {self.format}")
+        return self
 
     @field_validator("topics")
     @classmethod
@@ -195,13 +252,31 @@ class MonitorConfig(_Strict):
             self.topics.decisions,
             self.topics.dead_letter,
             self.topics.detections,
-            self.topics.source_flags,
-            self.topics.signals,
+            *self.topics.internal,
         }
         clash = sorted(ours.intersection(t for m in self.models for t in m.topics))
         if clash:
             raise ValueError(f"inference topics must differ from advmon's own: {clash}")
+        # Only native events name their model: a topic in another format has one model.
+        for model in self.models:
+            if model.format == "native":
+                continue
+            for topic in model.topics:
+                sharing = sorted(m.id for m in self.models if topic in m.topics and m is not model)
+                if sharing:
+                    raise ValueError(
+                        f"topic {topic!r} of model {model.id!r} (format {model.format}) is also "
+                        f"listed by {', '.join(sharing)}: a topic in a format other than native "
+                        "belongs to one model"
+                    )
         return self
+
+    def topic_model(self, topic: str) -> ModelConfig | None:
+        """The model a non-native topic belongs to (``None`` for native topics)."""
+        for model in self.models:
+            if model.format != "native" and topic in model.topics:
+                return model
+        return None
 
     @property
     def inference_topics(self) -> list[str]:

@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[OutputRecord]], Awaitable[None]]
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def drift_plans(models: Mapping[str, ModelDetector]) -> dict[str, DriftPlan]:
 def signal_batch(
     plan: DriftPlan,
     messages: Sequence[InputMessage],
+    rows: Sequence[int],
     events: Sequence[InferenceEvent],
     times: Sequence[float],
     inputs: np.ndarray,
@@ -133,6 +134,7 @@ def signal_batch(
         topics=[m.topic for m in messages],
         partitions=[m.partition for m in messages],
         offsets=[m.offset for m in messages],
+        rows=list(rows) if any(rows) else None,
         columns={name: values.tolist() for name, values in columns.items()},
     )
 
@@ -142,24 +144,32 @@ def drift_detection_id(stream: str, event_id: str) -> str:
     return f"drift:{stream}:{event_id}"
 
 
-def _fresh_events(batch: SignalBatch, applied: dict[str, int]) -> list[int]:
-    """Positions of the batch's events not applied yet; marks them applied."""
+def _fresh_events(batch: SignalBatch, applied: dict[str, tuple[int, int]]) -> list[int]:
+    """Positions of the batch's events not applied yet; marks them applied.
+
+    An event's place in its partition is ``(offset, row)``: formats that log a batch per
+    message give each row an event.
+    """
+    rows = batch.rows if batch.rows is not None else [0] * len(batch.offsets)
+    places = list(zip(batch.offsets, rows, strict=True))
     partitions = set(zip(batch.topics, batch.partitions, strict=True))
     if len(partitions) == 1:  # the usual case: one inference partition per batch
         ((topic, partition),) = partitions
         key = f"{topic}/{partition}"
-        done = applied.get(key, -1)
-        offsets = batch.offsets
-        if offsets and offsets[0] > done and all(a < b for a, b in itertools.pairwise(offsets)):
-            applied[key] = offsets[-1]
-            return list(range(len(offsets)))
+        if (
+            places
+            and places[0] > applied.get(key, (-1, -1))
+            and all(a < b for a, b in itertools.pairwise(places))
+        ):
+            applied[key] = places[-1]
+            return list(range(len(places)))
     fresh: list[int] = []
-    for i, (topic, partition, offset) in enumerate(
-        zip(batch.topics, batch.partitions, batch.offsets, strict=True)
+    for i, (topic, partition, place) in enumerate(
+        zip(batch.topics, batch.partitions, places, strict=True)
     ):
         key = f"{topic}/{partition}"
-        if offset > applied.get(key, -1):
-            applied[key] = offset
+        if place > applied.get(key, (-1, -1)):
+            applied[key] = place
             fresh.append(i)
     return fresh
 
@@ -234,8 +244,8 @@ class DriftState:
 
     fingerprint: str
     monitor: DriftMonitor
-    applied: dict[str, int]
-    """Highest inference offset applied, by ``topic/partition``."""
+    applied: dict[str, tuple[int, int]]
+    """Highest ``(offset, row)`` applied, by inference ``topic/partition``."""
     created_at: float
     """When the detectors started learning (epoch seconds)."""
     format: int = STATE_FORMAT

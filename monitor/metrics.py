@@ -35,6 +35,9 @@ class Metrics:
     drift_state_events: Gauge
     drift_state_age: Gauge
     drift_suppressed: Gauge
+    oip_halves: Counter
+    oip_joins: Counter
+    oip_pending: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -124,6 +127,24 @@ class Metrics:
                 "advmon_drift_state_age_seconds",
                 "Time since a model's drift detectors started learning their baseline.",
                 ["model"],
+                registry=registry,
+            ),
+            oip_halves=Counter(
+                "advmon_oip_halves",
+                "OIP v2 requests and responses read, by model and kind.",
+                ["model", "kind"],
+                registry=registry,
+            ),
+            oip_joins=Counter(
+                "advmon_oip_joins",
+                "OIP v2 join outcomes: joined, request_alone (no response in time), "
+                "response_dropped (no request in time), duplicate (a half read again).",
+                ["model", "outcome"],
+                registry=registry,
+            ),
+            oip_pending=Gauge(
+                "advmon_oip_pending",
+                "OIP v2 halves waiting for their other half, on this worker's partitions.",
                 registry=registry,
             ),
             drift_suppressed=Gauge(

@@ -18,6 +18,7 @@ import numpy as np
 from detectors import DetectorConfig, DetectorScores, InvalidInputError
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.event_files import event_input
+from monitor.formats import FormatError, decode_oip_v2, mapped_event, sagemaker_events
 from monitor.policy import request_action
 from schemas import (
     Action,
@@ -27,6 +28,7 @@ from schemas import (
     DetectionKind,
     InferenceEvent,
     InvalidEventError,
+    OipHalf,
     Reason,
     Scope,
     SourceFlag,
@@ -59,6 +61,8 @@ class InputMessage:
     value: bytes
     timestamp: float | None = None
     """Kafka timestamp, seconds since the epoch."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """Kafka headers, in order."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class ScoringBatch:
     messages: list[InputMessage] = field(default_factory=list)
     events: list[InferenceEvent] = field(default_factory=list)
     inputs: list[np.ndarray] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    """Row of each event within its message (formats that log a batch per message)."""
 
     def stacked(self) -> np.ndarray:
         """Inputs as one ``[N, *input_shape]`` array."""
@@ -95,18 +101,22 @@ class ScoringBatch:
     def split(self) -> list[ScoringBatch]:
         """One single-event batch per event (to isolate an event that fails to score)."""
         return [
-            ScoringBatch(self.model_id, [m], [e], [x])
-            for m, e, x in zip(self.messages, self.events, self.inputs, strict=True)
+            ScoringBatch(self.model_id, [m], [e], [x], [r])
+            for m, e, x, r in zip(self.messages, self.events, self.inputs, self.rows, strict=True)
         ]
 
 
 @dataclass
 class DecodedMessages:
-    """A decoded batch: per-model scoring batches and dead letters, with their reasons."""
+    """A decoded batch: per-model scoring batches and dead letters, with their reasons, and
+    the OIP v2 halves to forward to the join."""
 
     batches: list[ScoringBatch]
     dead_letters: list[OutputRecord]
     invalid_reasons: list[str]
+    halves: list[OutputRecord] = field(default_factory=list)
+    half_kinds: list[tuple[str, str]] = field(default_factory=list)
+    """``(model id, request|response)`` of each forwarded half."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class DecidedBatch:
 
     records: list[OutputRecord]
     actions: list[Action]
+
+
+def _b64(value: bytes | None) -> str | None:
+    return base64.b64encode(value).decode() if value is not None else None
 
 
 class _RejectedError(Exception):
@@ -138,35 +152,91 @@ class ScoringPipeline:
     def __init__(self, config: MonitorConfig, models: Mapping[str, ModelDetector]) -> None:
         self.config = config
         self.models = dict(models)
+        self.topic_models = {
+            topic: model
+            for model in config.models
+            if model.format != "native"
+            for topic in model.topics
+        }
 
     def decode(self, messages: Sequence[InputMessage]) -> DecodedMessages:
-        """Split messages into per-model scoring batches and dead letters."""
+        """Split messages into per-model scoring batches, dead letters and OIP v2 halves."""
         batches: dict[tuple[str, tuple[int, ...]], ScoringBatch] = {}
-        dead: list[OutputRecord] = []
-        reasons: list[str] = []
+        decoded = DecodedMessages([], [], [])
         for message in messages:
+            model = self.topic_models.get(message.topic)
             try:
-                event, model, array = self._accept(message)
+                if model is not None and model.format == "oip-v2":
+                    record, kind = self._half(message, model)
+                    decoded.halves.append(record)
+                    decoded.half_kinds.append((model.id, kind))
+                    continue
+                events = self._events(message, model)
             except _RejectedError as rejected:
-                reasons.append(rejected.reason)
-                dead.append(
+                decoded.invalid_reasons.append(rejected.reason)
+                decoded.dead_letters.append(
                     self.dead_letter(message, rejected.reason, str(rejected), rejected.event)
                 )
                 continue
-            key = (model, array.shape)
-            batch = batches.get(key)
-            if batch is None:
-                batch = batches[key] = ScoringBatch(model)
-            batch.messages.append(message)
-            batch.events.append(event)
-            batch.inputs.append(array)
-        return DecodedMessages(list(batches.values()), dead, reasons)
+            for row, event in enumerate(events):
+                try:
+                    array = self._accept(message, event)
+                except _RejectedError as rejected:
+                    decoded.invalid_reasons.append(rejected.reason)
+                    decoded.dead_letters.append(
+                        self.dead_letter(message, rejected.reason, str(rejected), rejected.event)
+                    )
+                    continue
+                key = (event.model_id, array.shape)
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = ScoringBatch(event.model_id)
+                batch.messages.append(message)
+                batch.events.append(event)
+                batch.inputs.append(array)
+                batch.rows.append(row)
+        decoded.batches.extend(batches.values())
+        return decoded
 
-    def _accept(self, message: InputMessage) -> tuple[InferenceEvent, str, np.ndarray]:
+    def _events(self, message: InputMessage, model: ModelConfig | None) -> list[InferenceEvent]:
+        """The events a message holds, in its topic's format."""
         try:
-            event = decode_event(message.value)
+            if model is None:
+                return [decode_event(message.value)]
+            if model.format == "sagemaker":
+                return sagemaker_events(message.value, model_id=model.id)
+            if model.mapping is None:  # pragma: no cover - the config guarantees one
+                raise _RejectedError("invalid_config", f"model {model.id!r} has no mapping")
+            return [mapped_event(message.value, model.mapping, model_id=model.id)]
         except InvalidEventError as exc:
             raise _RejectedError("invalid_event", str(exc)) from None
+        except FormatError as exc:
+            raise _RejectedError(exc.reason.value, str(exc)) from None
+
+    def _half(self, message: InputMessage, model: ModelConfig) -> tuple[OutputRecord, str]:
+        """An OIP v2 record, checked, as a record for the join topic keyed by its id."""
+        try:
+            half = decode_oip_v2(message.value, message.headers)
+        except FormatError as exc:
+            raise _RejectedError(exc.reason.value, str(exc)) from None
+        record = OipHalf(
+            id=half.id,
+            kind=half.kind,
+            model_id=model.id,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key_b64=_b64(message.key),
+            value_b64=base64.b64encode(message.value).decode(),
+            headers=[(name, base64.b64encode(value).decode()) for name, value in message.headers],
+            timestamp=message.timestamp,
+            received_at=datetime.now(UTC),
+        )
+        topic = self.config.topics.oip_halves
+        return OutputRecord(topic, half.id.encode(), record.model_dump_json().encode()), half.kind
+
+    def _accept(self, message: InputMessage, event: InferenceEvent) -> np.ndarray:
+        """The event's model input, checked against its model's detector."""
         model = self.models.get(event.model_id)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
@@ -175,7 +245,8 @@ class ScoringPipeline:
                 f"model_id {event.model_id!r} is not monitored (configured: {known})",
                 event,
             )
-        if message.topic not in model.config.topics:
+        joined = message.topic == self.config.topics.joined
+        if not joined and message.topic not in model.config.topics:
             raise _RejectedError(
                 "unknown_model",
                 f"model {event.model_id!r} is not configured for topic {message.topic!r}",
@@ -186,10 +257,9 @@ class ScoringPipeline:
         # seen in calibration, so only their shape and finiteness are checked.
         value_range = detector.input_range if detector.input_kind == "image" else None
         try:
-            array = event_input(event, detector.input_shape, value_range)
+            return event_input(event, detector.input_shape, value_range)
         except InvalidInputError as exc:
             raise _RejectedError(exc.reason, str(exc), event) from None
-        return event, event.model_id, array
 
     def dead_letter(
         self, message: InputMessage, reason: str, error: str, event: InferenceEvent | None
@@ -201,7 +271,7 @@ class ScoringPipeline:
             topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            key_b64=base64.b64encode(message.key).decode() if message.key is not None else None,
+            key_b64=_b64(message.key),
             value_b64=base64.b64encode(message.value).decode(),
             event_id=event.event_id if event else None,
             model_id=event.model_id if event else None,

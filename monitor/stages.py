@@ -120,7 +120,9 @@ class ScoringStage(mode.Service):
         decoded = self.pipeline.decode(messages)
         for reason in decoded.invalid_reasons:
             metrics.events_invalid.labels(reason).inc()
-        outputs: list[OutputRecord] = list(decoded.dead_letters)
+        outputs: list[OutputRecord] = [*decoded.dead_letters, *decoded.halves]
+        for model_id, kind in decoded.half_kinds:
+            metrics.oip_halves.labels(model_id, kind).inc()
         loop = asyncio.get_running_loop()
         timed: list[tuple[str, list[float | None]]] = []
         actions: list[Action] = []
@@ -174,6 +176,7 @@ class ScoringStage(mode.Service):
                 signals = signal_batch(
                     plan,
                     batch.messages,
+                    batch.rows,
                     batch.events,
                     [now if t is None else t for t in times],
                     inputs,

@@ -33,6 +33,7 @@ from schemas._events import (
     decode_event,
     validate_event,
 )
+from schemas._joins import OipHalf
 from schemas._scores import ScoreRecord
 from schemas._signals import SignalBatch
 
@@ -44,6 +45,7 @@ __all__ = [
     "DetectionKind",
     "InferenceEvent",
     "InvalidEventError",
+    "OipHalf",
     "Reason",
     "SchemaError",
     "Scope",

@@ -25,6 +25,13 @@ class SignalBatch(WireModel):
     topics: list[NonEmptyStr] = Field(description="Inference topic of each event.")
     partitions: list[NonNegativeInt] = Field(description="Partition of each event.")
     offsets: list[NonNegativeInt] = Field(description="Offset of each event.")
+    rows: list[NonNegativeInt] | None = Field(
+        default=None,
+        description=(
+            "Row of each event within its message, for formats that log a batch per "
+            "message; none: every event is row 0."
+        ),
+    )
     columns: dict[str, list[FiniteFloat]] = Field(
         description="Signal values by column name (top1, entropy, score, prediction, …)."
     )
@@ -37,6 +44,7 @@ class SignalBatch(WireModel):
             "topics": len(self.topics),
             "partitions": len(self.partitions),
             "offsets": len(self.offsets),
+            **({"rows": len(self.rows)} if self.rows is not None else {}),
             **{f"columns.{k}": len(v) for k, v in self.columns.items()},
         }
         wrong = {k: v for k, v in lengths.items() if v != n}

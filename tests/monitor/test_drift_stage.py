@@ -266,7 +266,7 @@ def every_kind_state() -> DriftState:
     for _ in range(40):
         columns = {"top1": rng.random(64), "prediction": rng.integers(0, 3, 64).astype(float)}
         monitor.update(columns, np.arange(64.0))
-    return DriftState("fingerprint", monitor, {"t/0": 5}, 1.0)
+    return DriftState("fingerprint", monitor, {"t/0": (5, 0)}, 1.0)
 
 
 def test_states_of_every_detector_kind_round_trip_through_the_restricted_unpickler() -> None:
