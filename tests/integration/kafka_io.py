@@ -67,6 +67,8 @@ class OutputTopics:
     detections: str
     source_flags: str
     signals: str
+    oip_halves: str = ""
+    joined: str = ""
 
     @classmethod
     async def create(cls, bootstrap: str, stem: str) -> OutputTopics:
@@ -81,6 +83,8 @@ class OutputTopics:
             detections=unique_name(f"{stem}-detections"),
             source_flags=unique_name(f"{stem}-source-flags"),
             signals=unique_name(f"{stem}-signals"),
+            oip_halves=unique_name(f"{stem}-oip-halves"),
+            joined=unique_name(f"{stem}-joined"),
         )
         await create_topics(
             bootstrap, {topics.decisions: 2, topics.dead_letter: 1, topics.detections: 1}

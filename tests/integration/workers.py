@@ -54,6 +54,8 @@ class ModelEntry:
     topics: list[str]
     policy: str = "observe"
     drift: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+    """More keys of the entry: format, mapping, oip_v2."""
 
 
 def write_worker_config(
@@ -73,10 +75,13 @@ def write_worker_config(
             "detections": topics.detections,
             "source_flags": topics.source_flags,
             "signals": topics.signals,
-        },
+        }
+        | ({"oip_halves": topics.oip_halves} if topics.oip_halves else {})
+        | ({"joined": topics.joined} if topics.joined else {}),
         "models": [
             {"id": m.id, "detector": str(detector), "topics": m.topics, "policy": m.policy}
             | ({"drift": m.drift} if m.drift is not None else {})
+            | (m.extra or {})
             for m in models
         ],
     }
