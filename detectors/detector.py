@@ -38,6 +38,7 @@ from detectors.graph import (
     ModelSignature,
     OutputKind,
     build_squeeze_graph,
+    check_squeezers_apply,
     inspect_model,
     load_model,
 )
@@ -45,6 +46,7 @@ from detectors.runtime import Device, SqueezeScorer, SqueezeScores, create_sessi
 from detectors.squeezers import (
     PRESETS,
     InputKind,
+    QuantileGrid,
     Quantize,
     Squeezer,
     format_squeezer_spec,
@@ -346,6 +348,22 @@ def _default_input_range(kind: InputKind, observed: tuple[float, float]) -> tupl
     )
 
 
+def _shape_fits(event_shape: tuple[int, ...], model_shape: tuple[int | None, ...]) -> bool:
+    """Whether one input of ``event_shape`` fits the model (``None`` axes take any size)."""
+    return len(event_shape) == len(model_shape) and all(
+        d is None or d == e for d, e in zip(model_shape, event_shape, strict=True)
+    )
+
+
+def _fit_to_benign(squeezer: Squeezer, stats: FeatureStats) -> Squeezer:
+    """Learn a squeezer's per-feature grid from the benign inputs, when it has one."""
+    if isinstance(squeezer, Quantize):
+        return squeezer.fit(stats.mean, stats.std)
+    if isinstance(squeezer, QuantileGrid):
+        return squeezer.fit(stats.sample)
+    return squeezer
+
+
 def calibrate_detector(
     model_path: str | os.PathLike[str],
     benign_batches: Callable[[], Iterable[np.ndarray]],
@@ -361,14 +379,22 @@ def calibrate_detector(
 
     ``benign_batches`` is called twice and must yield the same batches each time
     (``[N, *input_shape]`` float32 arrays): once to learn input statistics (the value
-    range, and the grid of ``quantize`` squeezers), once to score. Without
-    ``squeezer_spec`` the preset for the input's shape is used (:func:`preset_for`).
+    range, and the grids of ``quantize`` and ``quantile`` squeezers), once to score.
+    Without ``squeezer_spec`` the preset for the input's shape is used
+    (:func:`preset_for`). A ``quantile`` squeezer needs exact quantiles, so the benign
+    inputs are then kept in memory during calibration (float32, ``4 · events ·
+    features`` bytes).
     """
     model_file = Path(model_path).resolve()
     model = load_model(str(model_file))
     signature = inspect_model(model, output_name)
+    spec = squeezer_spec if squeezer_spec is not None else preset_for(signature)
+    # Checked before reading any data: a bad spec fails at once, and the spec says
+    # whether the benign sample must be kept.
+    requested = parse_squeezer_spec(spec)
+    check_squeezers_apply(requested, signature)
 
-    stats = FeatureStats()
+    stats = FeatureStats(keep_sample=any(isinstance(s, QuantileGrid) for s in requested))
     first_batch: np.ndarray | None = None
     for batch in benign_batches():
         if first_batch is None and len(batch):
@@ -377,6 +403,14 @@ def calibrate_detector(
     if stats.count < MIN_CALIBRATION_EVENTS or first_batch is None:
         raise CalibrationError(
             f"calibration needs at least {MIN_CALIBRATION_EVENTS} benign events, got {stats.count}"
+        )
+    event_shape = stats.input_shape
+    # Checked before any squeezer is fitted to inputs the model cannot take.
+    if event_shape is not None and not _shape_fits(event_shape, signature.input_shape):
+        expected = [d if d is not None else "?" for d in signature.input_shape]
+        raise CalibrationError(
+            f"the benign inputs are shaped {list(event_shape)} per event, but the model "
+            f"takes {expected}"
         )
     observed = stats.value_range
     if input_range is None:
@@ -387,10 +421,8 @@ def calibrate_detector(
             f"input range [{input_range[0]:g}, {input_range[1]:g}]"
         )
 
-    spec = squeezer_spec if squeezer_spec is not None else preset_for(signature)
     squeezers = tuple(
-        s.fit(stats.mean, stats.std) if isinstance(s, Quantize) else s
-        for s in parse_squeezer_spec(spec, input_range=input_range)
+        _fit_to_benign(s, stats) for s in parse_squeezer_spec(spec, input_range=input_range)
     )
     kind: OutputKind
     if output_kind == "auto":

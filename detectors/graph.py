@@ -26,13 +26,14 @@ from onnx import TensorProto, helper
 
 from detectors._errors import ModelValidationError
 from detectors._onnx_builder import GraphBuilder
-from detectors.squeezers import InputKind, Squeezer
+from detectors.squeezers import InputKind, QuantileGrid, Quantize, Squeezer
 
 __all__ = [
     "FUSED_OUTPUTS",
     "ModelSignature",
     "OutputKind",
     "build_squeeze_graph",
+    "check_squeezers_apply",
     "inspect_model",
     "load_model",
 ]
@@ -173,6 +174,28 @@ def inspect_model(model: onnx.ModelProto, output_name: str | None = None) -> Mod
     )
 
 
+def check_squeezers_apply(squeezers: tuple[Squeezer, ...], signature: ModelSignature) -> None:
+    """Raise :class:`ModelValidationError` unless every squeezer fits the model's input.
+
+    A squeezer must support the input kind (image or tabular), and one fitted per feature
+    must have been fitted on as many features as the model takes.
+    """
+    features = signature.input_shape[-1] if signature.input_kind == "tabular" else None
+    for squeezer in squeezers:
+        if signature.input_kind not in squeezer.input_kinds:
+            raise ModelValidationError(
+                f"squeezer {squeezer.spec!r} does not apply to {signature.input_kind} inputs "
+                f"(input shape {list(signature.input_shape)})"
+            )
+        if isinstance(squeezer, Quantize | QuantileGrid):
+            fitted = squeezer.n_features
+            if fitted is not None and features is not None and fitted != features:
+                raise ModelValidationError(
+                    f"squeezer {squeezer.spec!r} was fitted on {fitted} features but the "
+                    f"model takes {features}; calibrate it on inputs shaped like the model's"
+                )
+
+
 def _tensor_info(name: str, elem: int, shape: list[int | str | None]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
@@ -193,12 +216,7 @@ def build_squeeze_graph(
         raise ModelValidationError("at least one squeezer is needed")
     signature = inspect_model(model, output_name)
     rank = len(signature.input_shape) + 1
-    for squeezer in squeezers:
-        if signature.input_kind not in squeezer.input_kinds:
-            raise ModelValidationError(
-                f"squeezer {squeezer.spec!r} does not apply to {signature.input_kind} inputs "
-                f"(input shape {list(signature.input_shape)})"
-            )
+    check_squeezers_apply(squeezers, signature)
 
     inner = onnx.compose.add_prefix(model, _MODEL_PREFIX)
     # Intermediate shapes recorded at export time may pin the batch size; the fused graph

@@ -12,7 +12,14 @@ Spec strings list squeezers separated by commas, each ``name:parameter``:
 ``median:K``        K×K median filter over the last two (spatial) axes, K ≥ 2
 ``quantize:S``      round each tabular feature to a grid of ``S`` standard
                     deviations of that feature, centred on its benign mean
+``quantile:K``      snap each tabular feature to the nearest of ``K`` points
+                    placed at its benign quantiles (2 ≤ K ≤ 1024)
+``round:D``         round each tabular feature to ``D`` decimal places
+                    (−6 ≤ D ≤ 12; negative D rounds to tens, hundreds, …)
 ==================  ===========================================================
+
+``quantize`` and ``quantile`` learn a per-feature grid from benign data during
+calibration (:meth:`Quantize.fit`, :meth:`QuantileGrid.fit`); ``round`` needs no fitting.
 
 Median filter conventions (they match ``scipy.ndimage.median_filter`` with
 ``mode="nearest"``):
@@ -30,6 +37,8 @@ Examples
 (BitDepth(bits=1, low=0.0, high=1.0), MedianFilter(size=2), MedianFilter(size=3))
 >>> format_squeezer_spec(parse_squeezer_spec("median:3x3"))
 'median:3'
+>>> parse_squeezer_spec("quantile:8,round:2")
+(QuantileGrid(levels=8), RoundDecimals(decimals=2))
 """
 
 from __future__ import annotations
@@ -39,8 +48,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from onnx import TensorProto
 
-from detectors._errors import SqueezerSpecError
+from detectors._errors import CalibrationError, SqueezerSpecError
 from detectors._onnx_builder import INT64_MAX, GraphBuilder
 
 __all__ = [
@@ -48,7 +58,9 @@ __all__ = [
     "BitDepth",
     "InputKind",
     "MedianFilter",
+    "QuantileGrid",
     "Quantize",
+    "RoundDecimals",
     "Squeezer",
     "format_squeezer_spec",
     "parse_squeezer_spec",
@@ -266,6 +278,11 @@ class Quantize:
         """Whether the per-feature grid has been learned."""
         return self.center is not None
 
+    @property
+    def n_features(self) -> int | None:
+        """How many features the grid was fitted on; ``None`` until fitted."""
+        return None if self.center is None else len(self.center)
+
     def fit(self, mean: np.ndarray, std: np.ndarray) -> Quantize:
         """Return a copy whose grid follows the given per-feature mean and deviation."""
         return replace(
@@ -304,7 +321,220 @@ class Quantize:
         }
 
 
-Squeezer = BitDepth | MedianFilter | Quantize
+#: Most grid points ``quantile:K`` accepts. The graph compares every value with its
+#: feature's K − 1 midpoints, a ``[batch, features, K − 1]`` table, so K bounds its memory.
+MAX_QUANTILE_LEVELS = 1024
+
+
+@dataclass(frozen=True)
+class QuantileGrid:
+    """Snap each tabular feature to the nearest of ``levels`` points at its benign quantiles.
+
+    Point ``i`` (``i = 0 … K−1``) of feature ``j`` is the benign ``(i + 0.5)/K`` quantile of
+    that feature, taken as an observed value (NumPy's ``method="inverted_cdf"``: the
+    smallest benign value with at least that fraction of the benign values at or below
+    it), learned by :meth:`fit` during calibration. Grid points are therefore values the
+    feature really takes, so integer and one-hot features stay on their values.
+
+    A value goes to the nearest point in exact arithmetic; a value exactly halfway between
+    two points goes to the lower one. Discrete features repeat quantiles; the grid keeps
+    all ``K`` points per feature (duplicates included) so the graph has a fixed
+    ``[features, K]`` shape, and repeats do not change which value a feature snaps to.
+    A feature that was constant in the benign data snaps every value to that constant.
+
+    Parameters
+    ----------
+    levels
+        Grid points per feature, 2 to :data:`MAX_QUANTILE_LEVELS`.
+    points
+        Per feature, its ``levels`` grid points in ascending order; ``None`` until fitted.
+
+    Examples
+    --------
+    >>> benign = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [3.0, 1.0]], np.float32)
+    >>> grid = QuantileGrid(2).fit(benign)
+    >>> grid.points
+    ((0.0, 2.0), (0.0, 1.0))
+    """
+
+    levels: int
+    points: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
+    kind: ClassVar[str] = "quantile"
+    input_kinds: ClassVar[tuple[InputKind, ...]] = ("tabular",)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.levels <= MAX_QUANTILE_LEVELS:
+            raise SqueezerSpecError(
+                f"quantile: the number of grid points must be 2 to {MAX_QUANTILE_LEVELS}, "
+                f"got {self.levels}"
+            )
+        if self.points is None:
+            return
+        lengths = {len(row) for row in self.points}
+        if not self.points or lengths != {self.levels}:
+            raise SqueezerSpecError(
+                f"quantile: the fitted grid must hold {self.levels} points for each of at "
+                f"least one feature, got rows of {sorted(lengths) or 'no'} points"
+            )
+        grid = np.asarray(self.points, dtype=np.float64)
+        if not np.all(np.isfinite(grid)):
+            raise SqueezerSpecError("quantile: the fitted grid holds non-finite points")
+        if np.any(np.diff(grid, axis=1) < 0):
+            raise SqueezerSpecError("quantile: each feature's grid points must be ascending")
+
+    @property
+    def spec(self) -> str:
+        """This squeezer as a spec item."""
+        return f"quantile:{self.levels}"
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the per-feature grid has been learned."""
+        return self.points is not None
+
+    @property
+    def n_features(self) -> int | None:
+        """How many features the grid was fitted on; ``None`` until fitted."""
+        return None if self.points is None else len(self.points)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The quantile levels of the grid points, ``(i + 0.5) / K`` for ``i = 0 … K−1``."""
+        levels: np.ndarray = (np.arange(self.levels) + 0.5) / self.levels
+        return levels
+
+    def fit(self, sample: np.ndarray) -> QuantileGrid:
+        """Return a copy whose grid holds the quantiles of a benign ``[events, features]`` sample.
+
+        Raises :class:`CalibrationError` for an empty, non-2-D or non-finite sample.
+        """
+        values = np.asarray(sample, dtype=np.float32)
+        if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+            raise CalibrationError(
+                "quantile: fitting needs benign inputs shaped [events, features], "
+                f"got shape {list(values.shape)}"
+            )
+        if not np.all(np.isfinite(values)):
+            raise CalibrationError("quantile: the benign inputs hold non-finite values")
+        quantiles = np.quantile(values, self.probabilities, axis=0, method="inverted_cdf")
+        points = tuple(tuple(float(v) for v in feature) for feature in quantiles.T)
+        return replace(self, points=points)
+
+    def grid(self) -> np.ndarray:
+        """The grid points as a ``[features, levels]`` float32 array."""
+        if self.points is None:
+            raise SqueezerSpecError("quantile: the grid is not fitted; calibrate first")
+        return np.asarray(self.points, dtype=np.float32)
+
+    def to_onnx(self, graph: GraphBuilder, x: str, rank: int) -> str:
+        """Emit ``points[j, #{midpoints of feature j below x}]`` for each feature ``j``.
+
+        The index of the nearest point is the number of midpoints between neighbouring
+        points that ``x`` lies strictly above: elementwise ``Greater`` against a constant
+        ``[features, K − 1]`` table, summed, then a ``Gather`` from the flattened grid.
+        Unlike ``ArgMin``, whose choice among equal values could differ between execution
+        providers, this settles ties the same way everywhere.
+        """
+        if rank != 2:
+            raise SqueezerSpecError("quantile: applies to tabular inputs [batch, features] only")
+        points = self.grid()
+        n_features, levels = points.shape
+        midpoints = _midpoint_floors(points)
+        above = graph.op("Greater", [graph.unsqueeze(x, [2]), graph.const(midpoints, "midpoints")])
+        # Counted in float32 (exact up to 2^24): not every execution provider sums booleans.
+        count = graph.reduce(
+            "ReduceSum", graph.op("Cast", [above], to=TensorProto.FLOAT), [2], keepdims=False
+        )
+        offsets = graph.const(np.arange(n_features) * levels, "feature_offsets")
+        index = graph.op("Add", [graph.op("Cast", [count], to=TensorProto.INT64), offsets])
+        flat = graph.const(points.reshape(-1), "quantile_points")
+        return graph.op("Gather", [flat, index], hint="quantile", axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters as stored in a detector file."""
+        return {
+            "kind": self.kind,
+            "levels": self.levels,
+            "points": [list(row) for row in self.points] if self.points is not None else None,
+        }
+
+
+#: Decimal places ``round:D`` accepts: from rounding to millions to 12 decimals, beyond
+#: which float32 (about 7 significant digits) cannot tell the difference.
+ROUND_DECIMALS_RANGE = (-6, 12)
+
+
+@dataclass(frozen=True)
+class RoundDecimals:
+    """Round every tabular feature to ``decimals`` decimal places, like ``numpy.round``.
+
+    Needs no fitting: one precision for all features, so it suits data whose features
+    share a natural resolution (amounts in currency units, measurements recorded to a
+    fixed number of digits). Halves round to even, as in ONNX ``Round`` and NumPy. The
+    arithmetic is NumPy's, in float32: for ``D ≥ 0`` ``rint(x · 10^D) / 10^D``, for
+    ``D < 0`` ``rint(x / 10^−D) · 10^−D``, so the result equals ``numpy.round(x, D)`` on a
+    float32 array bit for bit.
+
+    Parameters
+    ----------
+    decimals
+        Decimal places kept, −6 to 12; ``-2`` rounds to hundreds.
+    """
+
+    decimals: int
+    kind: ClassVar[str] = "round"
+    input_kinds: ClassVar[tuple[InputKind, ...]] = ("tabular",)
+
+    def __post_init__(self) -> None:
+        low, high = ROUND_DECIMALS_RANGE
+        if not low <= self.decimals <= high:
+            raise SqueezerSpecError(
+                f"round: decimal places must be {low} to {high}, got {self.decimals}"
+            )
+
+    @property
+    def spec(self) -> str:
+        """This squeezer as a spec item."""
+        return f"round:{self.decimals}"
+
+    def to_onnx(self, graph: GraphBuilder, x: str, rank: int) -> str:
+        """Emit ``Round(x · 10^D) / 10^D`` (``Round(x / 10^−D) · 10^−D`` for ``D < 0``)."""
+        # Scaling by a power of ten ≥ 1 keeps the constant exact in float32 (to 10^10).
+        scale = graph.const(10.0 ** abs(self.decimals), "scale")
+        scale_up, scale_down = ("Mul", "Div") if self.decimals >= 0 else ("Div", "Mul")
+        rounded = graph.op("Round", [graph.op(scale_up, [x, scale])])
+        return graph.op(scale_down, [rounded, scale], hint="round")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters as stored in a detector file."""
+        return {"kind": self.kind, "decimals": self.decimals}
+
+
+Squeezer = BitDepth | MedianFilter | Quantize | QuantileGrid | RoundDecimals
+
+
+def _midpoint_floors(points: np.ndarray) -> np.ndarray:
+    """Per feature, the largest float32 at or below the exact midpoint of each point pair.
+
+    A float32 ``x`` lies strictly above the exact midpoint ``m`` of two points exactly when
+    ``x > floor32(m)``, so comparing with these floors snaps each value to its nearest point
+    with ties to the lower one, however a float32 midpoint would have been rounded.
+    """
+    low = points[:, :-1].astype(np.float64)
+    high = points[:, 1:].astype(np.float64)
+    total = low + high
+    # Knuth's TwoSum: the exact sum is total + error, so the exact midpoint lies below
+    # total / 2 (which is exact: halving cannot round at float32 magnitudes) iff error < 0.
+    high_part = total - low
+    error = (low - (total - high_part)) + (high - high_part)
+    midpoint = total / 2
+    nearest = midpoint.astype(np.float32)
+    widened = nearest.astype(np.float64)
+    above = (widened > midpoint) | ((widened == midpoint) & (error < 0))
+    floors: np.ndarray = np.where(
+        above, np.nextafter(nearest, np.float32(-np.inf)), nearest
+    ).astype(np.float32)
+    return floors
 
 
 def _median_of_three(graph: GraphBuilder, a: str, b: str, c: str) -> str:
@@ -327,7 +557,8 @@ def _parse_item(item: str, input_range: tuple[float, float]) -> Squeezer:
     name, param = name.strip(), param.strip()
     if not sep or not param:
         raise SqueezerSpecError(
-            f"squeezer {item!r} needs a parameter, e.g. bit_depth:4, median:2, quantize:0.5"
+            f"squeezer {item!r} needs a parameter, e.g. bit_depth:4, median:2, quantize:0.5, "
+            "quantile:8, round:2"
         )
     if name == "bit_depth":
         return BitDepth(_parse_int(name, param), low=input_range[0], high=input_range[1])
@@ -342,8 +573,12 @@ def _parse_item(item: str, input_range: tuple[float, float]) -> Squeezer:
         except ValueError:
             raise SqueezerSpecError(f"quantize: expected a number, got {param!r}") from None
         return Quantize(step)
+    if name == "quantile":
+        return QuantileGrid(_parse_int(name, param))
+    if name == "round":
+        return RoundDecimals(_parse_int(name, param))
     raise SqueezerSpecError(
-        f"unknown squeezer {name!r}; known squeezers: bit_depth, median, quantize"
+        f"unknown squeezer {name!r}; known squeezers: bit_depth, median, quantize, quantile, round"
     )
 
 
@@ -381,6 +616,18 @@ def squeezer_from_dict(data: dict[str, Any]) -> Squeezer:
                 center=tuple(float(v) for v in center) if center is not None else None,
                 scale=tuple(float(v) for v in scale) if scale is not None else None,
             )
+        if kind == QuantileGrid.kind:
+            points = data.get("points")
+            return QuantileGrid(
+                int(data["levels"]),
+                points=(
+                    tuple(tuple(float(v) for v in row) for row in points)
+                    if points is not None
+                    else None
+                ),
+            )
+        if kind == RoundDecimals.kind:
+            return RoundDecimals(int(data["decimals"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise SqueezerSpecError(f"malformed {kind} squeezer parameters: {exc}") from None
     raise SqueezerSpecError(f"unknown squeezer kind {kind!r}")

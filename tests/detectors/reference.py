@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 from scipy import ndimage, special
@@ -29,6 +30,27 @@ def quantize(x: np.ndarray, center: np.ndarray, spacing: np.ndarray) -> np.ndarr
     safe = np.where(spacing > 0, spacing, 1.0).astype(np.float32)
     snapped = np.rint((x - center) / safe) * safe + center
     return np.where(spacing > 0, snapped, x).astype(np.float32)
+
+
+def quantile_snap(x: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Each feature moved to its nearest grid point, in exact arithmetic; ties go lower.
+
+    ``x`` is ``[N, features]``, ``points`` the ascending ``[features, K]`` grid; distances
+    are exact fractions, and ``argmin`` takes the first (lowest) of equally near points.
+    """
+    exact = np.frompyfunc(Fraction, 1, 1)
+    x_exact = np.asarray(exact(x.astype(np.float64)), dtype=object)
+    points_exact = np.asarray(exact(points.astype(np.float64)), dtype=object)
+    distance = np.abs(x_exact[:, :, None] - points_exact)
+    nearest = np.argmin(distance, axis=2)
+    snapped: np.ndarray = points[np.arange(points.shape[0]), nearest].astype(np.float32)
+    return snapped
+
+
+def round_decimals(x: np.ndarray, decimals: int) -> np.ndarray:
+    """NumPy's own rounding to ``decimals`` places (half to even), in float32."""
+    rounded: np.ndarray = np.round(x.astype(np.float32), decimals)
+    return rounded
 
 
 def squeeze_score(

@@ -65,6 +65,7 @@ def test_feature_stats_do_not_depend_on_batching() -> None:
     for chunk in np.array_split(x, [1, 7, 300, 301, 999]):
         stats.update(chunk)
     assert stats.count == 1000
+    assert stats.input_shape == (2, 3)
     np.testing.assert_allclose(stats.mean, x.astype(np.float64).mean(axis=0), rtol=1e-9)
     np.testing.assert_allclose(stats.std, x.astype(np.float64).std(axis=0), rtol=1e-9)
     assert stats.value_range == (float(x.min()), float(x.max()))
@@ -81,5 +82,33 @@ def test_feature_stats_of_inputs_with_different_shapes_keep_only_count_and_range
     stats.update(np.ones((2, 1, 6, 6)))
     assert stats.count == 5
     assert stats.value_range == (0.0, 1.0)
+    assert stats.input_shape is None
     with pytest.raises(CalibrationError, match="differ in shape"):
         _ = stats.std
+
+
+def test_feature_stats_keep_the_sample_on_request() -> None:
+    x = np.random.default_rng(1).normal(size=(300, 4)).astype(np.float32)
+    stats = FeatureStats(keep_sample=True)
+    for chunk in np.array_split(x, [1, 50, 51, 299]):
+        buffer = chunk.copy()
+        stats.update(buffer)
+        buffer[:] = 0.0  # callers may reuse their batch buffers
+    np.testing.assert_array_equal(stats.sample, x)
+    assert stats.sample.dtype == np.float32
+    stats.update(x[:2])
+    np.testing.assert_array_equal(stats.sample, np.concatenate([x, x[:2]]))
+
+
+def test_feature_stats_sample_refusals() -> None:
+    not_kept = FeatureStats()
+    not_kept.update(np.zeros((3, 2)))
+    with pytest.raises(CalibrationError, match="keep_sample=True"):
+        _ = not_kept.sample
+    with pytest.raises(CalibrationError, match="no inputs"):
+        _ = FeatureStats(keep_sample=True).sample
+    varying = FeatureStats(keep_sample=True)
+    varying.update(np.zeros((3, 2)))
+    varying.update(np.zeros((3, 5)))
+    with pytest.raises(CalibrationError, match="differ in shape"):
+        _ = varying.sample

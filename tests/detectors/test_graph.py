@@ -12,13 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 from detectors import (
     FUSED_OUTPUTS,
     ModelValidationError,
+    SqueezerSpecError,
     SqueezeScorer,
     build_squeeze_graph,
     create_session,
     inspect_model,
     parse_squeezer_spec,
 )
-from detectors.squeezers import BitDepth, MedianFilter, Quantize
+from detectors.squeezers import BitDepth, MedianFilter, QuantileGrid, Quantize, RoundDecimals
 from tests.detectors import reference
 from tests.detectors.conftest import TrainedDigits
 from tests.detectors.models import random_cnn, random_mlp_tabular
@@ -83,6 +84,47 @@ def test_fused_graph_for_tabular_quantize() -> None:
     copies = [reference.quantize(x, center, spacing), reference.bit_depth(x, 4, -8.0, 8.0)]
     score, _ = reference.squeeze_score(bare_predict(model), x, copies, logits=True)
     np.testing.assert_allclose(got.score, score, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 21])
+def test_fused_graph_for_tabular_quantile_and_round(opset: int) -> None:
+    rng = np.random.default_rng(opset)
+    benign = rng.normal(0, 2, size=(200, 6)).astype(np.float32)
+    benign[:, 4] = rng.integers(0, 3, size=200)  # a discrete feature: repeated quantiles
+    x = np.concatenate([benign[:20], rng.normal(0, 3, size=(20, 6)).astype(np.float32)])
+    model = random_mlp_tabular(features=6, opset=opset)
+    grid = QuantileGrid(8).fit(benign)
+    squeezers = (grid, RoundDecimals(1), RoundDecimals(-1))
+    fused = build_squeeze_graph(model, squeezers, output_kind="logits")
+    got = SqueezeScorer(fused, device="cpu").score(x)
+    copies = [
+        reference.quantile_snap(x, grid.grid()),
+        reference.round_decimals(x, 1),
+        reference.round_decimals(x, -1),
+    ]
+    score, distances = reference.squeeze_score(bare_predict(model), x, copies, logits=True)
+    np.testing.assert_allclose(got.score, score, atol=1e-5)
+    np.testing.assert_allclose(got.squeezer_distances, distances, atol=1e-5)
+    assert got.squeezer_distances.shape == (40, 3)
+
+
+def test_fitted_squeezers_must_match_the_feature_count() -> None:
+    model = random_mlp_tabular(features=6)
+    five = np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32)
+    fitted = (
+        QuantileGrid(4).fit(five),
+        Quantize(0.5).fit(five.mean(axis=0), five.std(axis=0)),
+    )
+    for squeezer in fitted:
+        with pytest.raises(
+            ModelValidationError, match="fitted on 5 features but the model takes 6"
+        ):
+            build_squeeze_graph(model, (squeezer,), output_kind="logits")
+    with pytest.raises(SqueezerSpecError, match="not fitted; calibrate first"):
+        build_squeeze_graph(model, (QuantileGrid(4),), output_kind="logits")
+    for tabular_only in (QuantileGrid(4), RoundDecimals(2)):
+        with pytest.raises(ModelValidationError, match="does not apply to image inputs"):
+            build_squeeze_graph(random_cnn(), (tabular_only,), output_kind="logits")
 
 
 def test_batch_of_one_and_empty_batch() -> None:

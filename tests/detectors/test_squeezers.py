@@ -10,8 +10,11 @@ from onnx import TensorProto, helper
 
 from detectors import (
     BitDepth,
+    CalibrationError,
     MedianFilter,
+    QuantileGrid,
     Quantize,
+    RoundDecimals,
     SqueezerSpecError,
     format_squeezer_spec,
     parse_squeezer_spec,
@@ -49,6 +52,8 @@ def run_squeezer(squeezer: Squeezer, x: np.ndarray, opset: int = 17) -> np.ndarr
         ("bit_depth:8, median:2x2 ,median:3", (BitDepth(8), MedianFilter(2), MedianFilter(3))),
         ("quantize:0.25", (Quantize(0.25),)),
         ("median:7,", (MedianFilter(7),)),
+        ("quantile:8", (QuantileGrid(8),)),
+        ("round:2,round:-3", (RoundDecimals(2), RoundDecimals(-3))),
     ],
 )
 def test_parse_spec(spec: str, expected: tuple[Squeezer, ...]) -> None:
@@ -56,8 +61,9 @@ def test_parse_spec(spec: str, expected: tuple[Squeezer, ...]) -> None:
 
 
 def test_spec_round_trips_through_its_canonical_form() -> None:
-    squeezers = parse_squeezer_spec("bit_depth:5,median:2,quantize:0.5")
-    assert format_squeezer_spec(squeezers) == "bit_depth:5,median:2,quantize:0.5"
+    spec = "bit_depth:5,median:2,quantize:0.5,quantile:16,round:-1"
+    squeezers = parse_squeezer_spec(spec)
+    assert format_squeezer_spec(squeezers) == spec
     assert parse_squeezer_spec(format_squeezer_spec(squeezers)) == squeezers
 
 
@@ -78,7 +84,14 @@ def test_input_range_reaches_bit_depth() -> None:
         ("median:2x3", "square"),
         ("quantize:-1", "positive"),
         ("quantize:nan", "positive"),
-        ("blur:3", "unknown squeezer 'blur'"),
+        ("quantile", "needs a parameter, e.g. .*quantile:8, round:2"),
+        ("quantile:1", "number of grid points must be 2 to 1024, got 1"),
+        ("quantile:1025", "number of grid points must be 2 to 1024, got 1025"),
+        ("quantile:8.5", "quantile: expected an integer, got '8.5'"),
+        ("round:13", "decimal places must be -6 to 12, got 13"),
+        ("round:-7", "decimal places must be -6 to 12, got -7"),
+        ("round:0.1", "round: expected an integer"),
+        ("blur:3", "unknown squeezer 'blur'; known squeezers: .*quantile, round"),
     ],
 )
 def test_bad_spec_says_what_is_wrong(spec: str, message: str) -> None:
@@ -88,12 +101,40 @@ def test_bad_spec_says_what_is_wrong(spec: str, message: str) -> None:
 
 def test_squeezer_parameters_round_trip_through_dicts() -> None:
     fitted = Quantize(0.5).fit(np.array([1.0, 2.0]), np.array([0.5, 0.0]))
-    for squeezer in (BitDepth(3, -1.0, 1.0), MedianFilter(4), fitted):
+    sample = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    grid = QuantileGrid(4).fit(sample)
+    for squeezer in (
+        BitDepth(3, -1.0, 1.0),
+        MedianFilter(4),
+        fitted,
+        grid,
+        QuantileGrid(4),
+        RoundDecimals(-2),
+    ):
         assert squeezer_from_dict(squeezer.to_dict()) == squeezer
+    assert grid.to_dict()["points"] == grid.grid().tolist()
     with pytest.raises(SqueezerSpecError, match="unknown squeezer kind"):
         squeezer_from_dict({"kind": "blur"})
     with pytest.raises(SqueezerSpecError, match="malformed median"):
         squeezer_from_dict({"kind": "median"})
+    with pytest.raises(SqueezerSpecError, match="malformed round"):
+        squeezer_from_dict({"kind": "round", "decimals": "two"})
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ([[0.0, 1.0, 2.0]], "must hold 2 points for each of at least one feature"),
+        ([[0.0, 1.0], [1.0]], "must hold 2 points"),
+        ([], "must hold 2 points"),
+        ([[1.0, 0.0]], "ascending"),
+        ([[0.0, float("nan")]], "non-finite"),
+        ([[0.0, "x"]], "malformed quantile"),
+    ],
+)
+def test_a_malformed_quantile_grid_is_refused(points: list[list[object]], message: str) -> None:
+    with pytest.raises(SqueezerSpecError, match=message):
+        squeezer_from_dict({"kind": "quantile", "levels": 2, "points": points})
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 5, 8])
@@ -159,3 +200,116 @@ def test_quantize_must_be_fitted_before_use() -> None:
 def test_median_matches_scipy_on_inputs_full_of_ties(size: int) -> None:
     x = (np.random.default_rng(size).integers(0, 3, (4, 2, 9, 7)) / 2).astype(np.float32)
     np.testing.assert_array_equal(run_squeezer(MedianFilter(size), x), reference.median(x, size))
+
+
+def test_quantile_grid_points_are_observed_benign_quantiles() -> None:
+    # 40 events: feature 0 continuous, 1 binary with 30 % ones, 2 constant.
+    rng = np.random.default_rng(4)
+    sample = np.stack(
+        [rng.normal(size=40), (np.arange(40) % 10 < 3), np.full(40, 2.5)], axis=1
+    ).astype(np.float32)
+    grid = QuantileGrid(8).fit(sample)
+    np.testing.assert_array_equal(grid.probabilities, (np.arange(8) + 0.5) / 8)
+    # Point i is the ceil(n·(i + 0.5)/K)-th smallest benign value.
+    ranks = np.ceil(40 * grid.probabilities).astype(int) - 1
+    np.testing.assert_array_equal(grid.grid(), np.sort(sample, axis=0)[ranks].T)
+    assert grid.points is not None
+    assert grid.points[1] == (0.0,) * 6 + (1.0,) * 2  # levels 1/16 … 11/16 fall on 0
+    assert grid.points[2] == (2.5,) * 8
+    assert grid.n_features == 3
+
+
+def test_quantile_matches_exact_reference() -> None:
+    rng = np.random.default_rng(5)
+    sample = np.stack(
+        [rng.normal(3.0, 2.0, 200), rng.integers(0, 3, 200), rng.exponential(1e4, 200)], axis=1
+    ).astype(np.float32)
+    grid = QuantileGrid(8).fit(sample)
+    points = grid.grid()
+    x = np.concatenate([sample[:100], rng.normal(0.0, 5e3, size=(50, 3))]).astype(np.float32)
+    # Exact midpoints between neighbouring points, and the float32 values either side.
+    middle = ((points[:, :-1].astype(np.float64) + points[:, 1:]) / 2).astype(np.float32).T
+    for ties in (middle, np.nextafter(middle, -np.inf), np.nextafter(middle, np.inf)):
+        x = np.concatenate([x, ties.astype(np.float32)])
+    for opset in (13, 21):
+        got = run_squeezer(grid, x, opset)
+        np.testing.assert_array_equal(got, reference.quantile_snap(x, points))
+    snapped = run_squeezer(grid, x)
+    assert all(set(snapped[:, j]) <= set(points[j]) for j in range(3))
+    # The discrete feature keeps its benign values.
+    np.testing.assert_array_equal(snapped[:100, 1], sample[:100, 1])
+
+
+def test_quantile_snaps_to_the_nearest_point_and_ties_go_lower() -> None:
+    grid = QuantileGrid(4, points=((0.0, 1.0, 1.0, 4.0), (-1.0, -1.0, -1.0, -1.0)))
+    x = np.array(
+        [
+            [-5.0, 7.0],  # below the grid: the lowest point; constant feature: its value
+            [0.5, 0.0],  # halfway between 0 and 1: the lower
+            [np.nextafter(np.float32(0.5), np.float32(1)), 0.0],  # just above: the upper
+            [1.0, 0.0],  # on a repeated point
+            [2.5, 0.0],  # halfway between 1 and 4: the lower
+            [2.6, 0.0],
+            [1e30, 0.0],  # above the grid: the highest point
+        ],
+        dtype=np.float32,
+    )
+    expected = np.array(
+        [[0, -1], [0, -1], [1, -1], [1, -1], [1, -1], [4, -1], [4, -1]], dtype=np.float32
+    )
+    np.testing.assert_array_equal(run_squeezer(grid, x), expected)
+    np.testing.assert_array_equal(reference.quantile_snap(x, grid.grid()), expected)
+
+
+def test_quantile_ties_are_exact_even_where_float32_midpoints_round() -> None:
+    # Points far apart in magnitude: the float32 nearest to their midpoint is not the
+    # midpoint, and a float64 sum drops the tiny point. The graph must still pick the
+    # exactly nearest point for the float32 values around every midpoint.
+    points = np.array(
+        [[-1e-30, 1.0], [1e-45, 3e38], [-3e38, 7e-8], [0.1, 0.3], [1.0, 1.0000001]],
+        dtype=np.float32,
+    )
+    grid = QuantileGrid(2, points=tuple(tuple(float(v) for v in row) for row in points))
+    middle = ((points[:, 0].astype(np.float64) + points[:, 1]) / 2).astype(np.float32)
+    around = [np.nextafter(middle, -np.inf), middle, np.nextafter(middle, np.inf)]
+    x = np.stack([m.astype(np.float32) for m in around])
+    np.testing.assert_array_equal(run_squeezer(grid, x), reference.quantile_snap(x, points))
+    # x = 0.5 is nearer to 1.0 than to -1e-30, by 1e-30.
+    assert run_squeezer(grid, np.array([[0.5, 0, 0, 0, 0]], np.float32))[0, 0] == 1.0
+
+
+def test_quantile_must_be_fitted_on_a_finite_table() -> None:
+    with pytest.raises(SqueezerSpecError, match="quantile: the grid is not fitted; calibrate"):
+        run_squeezer(QuantileGrid(8), np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(CalibrationError, match=r"shaped \[events, features\], got shape \[5\]"):
+        QuantileGrid(8).fit(np.zeros(5))
+    with pytest.raises(CalibrationError, match=r"got shape \[0, 3\]"):
+        QuantileGrid(8).fit(np.zeros((0, 3)))
+    with pytest.raises(CalibrationError, match="non-finite"):
+        QuantileGrid(8).fit(np.array([[1.0], [np.inf]]))
+    grid = QuantileGrid(2).fit(np.zeros((3, 2)))
+    with pytest.raises(SqueezerSpecError, match="tabular inputs"):
+        run_squeezer(grid, np.zeros((1, 1, 2, 2), dtype=np.float32))
+
+
+@pytest.mark.parametrize("decimals", [-3, -1, 0, 1, 2, 4, 7, 12])
+@pytest.mark.parametrize("opset", [13, 21])
+def test_round_matches_numpy_round(decimals: int, opset: int) -> None:
+    rng = np.random.default_rng(decimals + 10)
+    x = (rng.normal(0.0, 1.0, size=(64, 5)) * 10.0 ** rng.integers(-4, 5, size=(64, 5))).astype(
+        np.float32
+    )
+    got = run_squeezer(RoundDecimals(decimals), x, opset)
+    np.testing.assert_array_equal(got, reference.round_decimals(x, decimals))
+
+
+def test_round_rounds_halves_to_even() -> None:
+    x = np.array([[0.5, 1.5, 2.5, -0.5, -2.5, 0.25, 0.75, 250.0, 350.0]], dtype=np.float32)
+    expected = {
+        0: [0, 2, 2, -0, -2, 0, 1, 250, 350],
+        1: [0.5, 1.5, 2.5, -0.5, -2.5, 0.2, 0.8, 250, 350],
+        -2: [0, 0, 0, -0, -0, 0, 0, 200, 400],
+    }
+    for decimals, values in expected.items():
+        got = run_squeezer(RoundDecimals(decimals), x)[0]
+        np.testing.assert_array_equal(got, np.array(values, dtype=np.float32))
