@@ -73,8 +73,7 @@ def register(wiring: AdvmonApp) -> None:
     app = wiring.app
     batching = wiring.config.batching
 
-    @app.agent(wiring.inference, name="advmon.score")
-    async def score(stream: Any) -> None:
+    async def score_batches(stream: Any) -> None:
         await wiring.scoring.wait_ready()
         async for events in stream.take_events(batching.max_events, batching.max_wait_ms / 1000):
             try:
@@ -82,19 +81,10 @@ def register(wiring: AdvmonApp) -> None:
             except Exception:
                 _exit_without_commit("scoring a batch")
 
+    app.agent(wiring.inference, name="advmon.score")(score_batches)
     join = wiring.join
     if join is not None:
-
-        @app.agent(wiring.joined, name="advmon.score-joined")
-        async def score_joined(stream: Any) -> None:
-            await wiring.scoring.wait_ready()
-            async for events in stream.take_events(
-                batching.max_events, batching.max_wait_ms / 1000
-            ):
-                try:
-                    await wiring.scoring.process([_input_message(event) for event in events])
-                except Exception:
-                    _exit_without_commit("scoring a batch of joined events")
+        app.agent(wiring.joined, name="advmon.score-joined")(score_batches)
 
         @app.agent(wiring.halves, name="advmon.join")
         async def join_halves(stream: Any) -> None:

@@ -164,6 +164,13 @@ class ScoringPipeline:
         batches: dict[tuple[str, tuple[int, ...]], ScoringBatch] = {}
         decoded = DecodedMessages([], [], [])
         for message in messages:
+
+            def reject(rejected: _RejectedError, message: InputMessage = message) -> None:
+                decoded.invalid_reasons.append(rejected.reason)
+                decoded.dead_letters.append(
+                    self.dead_letter(message, rejected.reason, str(rejected), rejected.event)
+                )
+
             model = self.topic_models.get(message.topic)
             try:
                 if model is not None and model.format == "oip-v2":
@@ -173,19 +180,13 @@ class ScoringPipeline:
                     continue
                 events = self._events(message, model)
             except _RejectedError as rejected:
-                decoded.invalid_reasons.append(rejected.reason)
-                decoded.dead_letters.append(
-                    self.dead_letter(message, rejected.reason, str(rejected), rejected.event)
-                )
+                reject(rejected)
                 continue
             for row, event in enumerate(events):
                 try:
                     array = self._accept(message, event)
                 except _RejectedError as rejected:
-                    decoded.invalid_reasons.append(rejected.reason)
-                    decoded.dead_letters.append(
-                        self.dead_letter(message, rejected.reason, str(rejected), rejected.event)
-                    )
+                    reject(rejected)
                     continue
                 key = (event.model_id, array.shape)
                 batch = batches.get(key)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -29,6 +26,7 @@ from detectors import (
     preset_for,
 )
 from detectors.squeezers import BitDepth, QuantileGrid, Quantize, RoundDecimals
+from tests.cancer import CancerCase, build_cancer_case
 from tests.detectors.conftest import TrainedDigits
 from tests.detectors.models import random_cnn, random_mlp_tabular
 
@@ -177,63 +175,11 @@ def test_output_kind_detection(digits: TrainedDigits) -> None:
     assert detect_output_kind(softmax, "probs", sample) == "probabilities"
 
 
-@dataclass(frozen=True)
-class CancerCase:
-    """A scikit-learn pipeline on breast-cancer data, its benign split and FGSM inputs."""
-
-    model: onnx.ModelProto
-    model_path: Path
-    benign: np.ndarray
-    test_x: np.ndarray
-    adversarial: np.ndarray
-    """FGSM inputs (0.3 standard deviations) that fool the pipeline."""
-
-
-def _breast_cancer_pipeline() -> tuple[Any, onnx.ModelProto, np.ndarray, np.ndarray]:
-    from skl2onnx import to_onnx
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = load_breast_cancer(return_X_y=True)
-    x = x.astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        pipeline = make_pipeline(
-            StandardScaler(), MLPClassifier((32,), max_iter=500, random_state=0)
-        ).fit(x[:200], y[:200])
-    model = to_onnx(
-        pipeline, x[:1], options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3}
-    )
-    return pipeline, model, x, y
-
-
 @pytest.fixture(scope="module")
 def cancer(tmp_path_factory: pytest.TempPathFactory) -> CancerCase:
-    pipeline, model, x, y = _breast_cancer_pipeline()
-    model_path = tmp_path_factory.mktemp("cancer") / "cancer.onnx"
-    onnx.save(model, model_path)
-    test_x, test_y = x[400:], y[400:]
-
-    # FGSM in the standardised feature space, with a finite-difference loss gradient.
-    scaler, clf = pipeline[0], pipeline[-1]
-    z = scaler.transform(test_x)
-    true = clf.predict_proba(z)[np.arange(len(z)), test_y]
-    gradient = np.zeros_like(z)
-    for j in range(z.shape[1]):
-        shifted = z.copy()
-        shifted[:, j] += 1e-3
-        gradient[:, j] = -np.log(clf.predict_proba(shifted)[np.arange(len(z)), test_y]) + np.log(
-            true
-        )
-    adversarial = scaler.inverse_transform(z + 0.3 * np.sign(gradient)).astype(np.float32)
-    fooled = pipeline.predict(adversarial) != test_y
-    assert fooled.sum() > 30
-    return CancerCase(model, model_path, x[200:400], test_x, adversarial[fooled])
+    case = build_cancer_case(tmp_path_factory.mktemp("cancer"))
+    assert len(case.adversarial) > 30
+    return case
 
 
 def test_tabular_detector_on_a_scikit_learn_pipeline(cancer: CancerCase) -> None:

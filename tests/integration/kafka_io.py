@@ -110,22 +110,31 @@ async def produce(
     *,
     keys: Sequence[bytes | None] | None = None,
     partitions: Sequence[int | None] | None = None,
+    headers: Sequence[Sequence[tuple[str, bytes]]] | None = None,
     delay_s: float = 0.0,
 ) -> list[Produced]:
     """Send ``values`` in order and wait for every acknowledgement.
 
-    ``keys`` and ``partitions`` go with the value of the same index; ``delay_s`` spaces
-    the sends out to make a steady stream instead of one burst.
+    ``keys``, ``partitions`` and ``headers`` (``(name, value)`` pairs per record) go with
+    the value of the same index; ``delay_s`` spaces the sends out to make a steady stream
+    instead of one burst.
     """
     keys = keys if keys is not None else [None] * len(values)
     partitions = partitions if partitions is not None else [None] * len(values)
-    assert len(keys) == len(values) == len(partitions)
+    record_headers = headers if headers is not None else [()] * len(values)
+    assert len(keys) == len(values) == len(partitions) == len(record_headers)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         pending = []
-        for key, value, partition in zip(keys, values, partitions, strict=True):
-            pending.append(await producer.send(topic, value, key=key, partition=partition))
+        for key, value, partition, pairs in zip(
+            keys, values, partitions, record_headers, strict=True
+        ):
+            pending.append(
+                await producer.send(
+                    topic, value, key=key, partition=partition, headers=list(pairs) or None
+                )
+            )
             if delay_s:
                 await asyncio.sleep(delay_s)
         sent = await asyncio.gather(*pending)
