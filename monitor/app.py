@@ -60,17 +60,10 @@ class BrokerUnreachableError(RuntimeError):
 
 def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
     """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request."""
-    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
 
     async def probe() -> None:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=kafka.bootstrap,
-            security_protocol=kafka.security_protocol,
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=password,
-            ssl_context=kafka.ssl_context(),
-            request_timeout_ms=int(timeout_s * 1000),
+            **kafka.client_options(), request_timeout_ms=int(timeout_s * 1000)
         )
         try:
             await asyncio.wait_for(admin.start(), timeout_s)

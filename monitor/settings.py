@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from ssl import SSLContext
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -85,6 +85,18 @@ class KafkaSettings(_Group):
             keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
         )
         return context
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection and security keyword arguments for an aiokafka client."""
+        password = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": password,
+            "ssl_context": self.ssl_context(),
+        }
 
 
 class WorkerSettings(_Group):
