@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from monitor.formats import CE_TYPE_REQUEST, CE_TYPE_RESPONSE
+from monitor.formats import CE_TYPE_REQUEST, CE_TYPE_RESPONSE, FieldMapping
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -70,3 +70,15 @@ def v2_response(*outputs: dict[str, Any], **members: Any) -> bytes:
 def tensor(name: str, shape: list[int], datatype: str, data: Any) -> dict[str, Any]:
     """A v2 tensor object."""
     return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+CUSTOM_MAPPING = FieldMapping(
+    event_id="$.meta.id",
+    input="$.payload.features",
+    output="$.result.outputs[?(@.name == 'probs')].data",
+    ts="$.meta.time",
+    source="$.meta.user",
+    request_id="$.meta.request",
+    model_version="$.model.version",
+)
+"""Every field of ``mapped_custom.json``, mapped."""

@@ -18,7 +18,6 @@ import orjson
 import pytest
 
 from monitor.formats import (
-    FieldMapping,
     FormatError,
     FormatErrorReason,
     decode_oip_v2,
@@ -26,7 +25,13 @@ from monitor.formats import (
     oip_v2_events,
     sagemaker_events,
 )
-from tests.monitor.formats.kafka_records import FIXTURES, Headers, capture_record, kafka_record
+from tests.monitor.formats.kafka_records import (
+    CUSTOM_MAPPING,
+    FIXTURES,
+    Headers,
+    capture_record,
+    kafka_record,
+)
 
 KSERVE_RECORDS = sorted(p.name.removesuffix(".value.json") for p in FIXTURES.glob("*.value.json"))
 SAGEMAKER_RECORDS = sorted(p.stem for p in FIXTURES.glob("*.jsonl"))
@@ -168,15 +173,7 @@ def test_broken_sagemaker_records_raise_only_format_errors(name: str) -> None:
 
 def test_broken_mapped_messages_raise_only_format_errors() -> None:
     value = (FIXTURES / "mapped_custom.json").read_bytes()
-    mapping = FieldMapping(
-        event_id="$.meta.id",
-        input="$.payload.features",
-        output="$.result.outputs[?(@.name == 'probs')].data",
-        ts="$.meta.time",
-        source="$.meta.user",
-        request_id="$.meta.request",
-        model_version="$.model.version",
-    )
+    mapping = CUSTOM_MAPPING
 
     def decode(broken: bytes) -> object:
         return mapped_event(broken, mapping, model_id="m")

@@ -17,19 +17,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from monitor.formats import FieldMapping, FormatError, FormatErrorReason, mapped_event
 from schemas import TensorDType, TensorPayload
-from tests.monitor.formats.kafka_records import FIXTURES
+from tests.monitor.formats.kafka_records import CUSTOM_MAPPING, FIXTURES
 
 CUSTOM = (FIXTURES / "mapped_custom.json").read_bytes()
 
-FULL_MAPPING = FieldMapping(
-    event_id="$.meta.id",
-    input="$.payload.features",
-    output="$.result.outputs[?(@.name == 'probs')].data",
-    ts="$.meta.time",
-    source="$.meta.user",
-    request_id="$.meta.request",
-    model_version="$.model.version",
-)
+FULL_MAPPING = CUSTOM_MAPPING
 
 
 def test_every_field_is_read_from_its_path() -> None:
