@@ -460,6 +460,26 @@ def _print_incident(incident: Incident) -> None:
             )
         _print_table(decisions)
 
+    drifts = [d for d in incident.detections if d.signal is not None]
+    if drifts:
+        changes = Table(title="drift: what changed", title_justify="left")
+        for header in ("signal", "detector", "mean before", "mean after", "at event", "after"):
+            changes.add_column(
+                header, justify="left" if header in ("signal", "detector") else "right"
+            )
+        for drift in drifts[:20]:
+            details = drift.details or {}
+            _add_row(
+                changes,
+                drift.signal or "—",
+                drift.detector or "—",
+                f"{details.get('mean_before', float('nan')):.4g}",
+                f"{details.get('mean_recent', float('nan')):.4g}",
+                drift.event_id.removeprefix(f"drift:{drift.signal}:"),
+                f"{int(details.get('events_seen', 0)):,} events",
+            )
+        _print_table(changes)
+
     samples = Table(title="sample events", title_justify="left")
     for header in ("event id", "score", "source", "detected at (UTC)"):
         samples.add_column(header, justify="right" if header == "score" else "left")

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import create_engine
 
 from monitor.cli import main
 from monitor.demo.run import MALFORMED_LINES
+from monitor.storage.incidents import IncidentStore
 from tests.monitor.cli_support import normalized
 
 _KINDS = ("clean", "fgsm", "pgd")
@@ -112,3 +114,7 @@ def test_streaming_demo_quarantines_the_attacker_and_dead_letters_bad_messages(
     assert "10 dead-lettered" in stderr
     assert "user-" not in stderr.split("what advmon decided")[-1], "a benign user was quarantined"
     assert (demo_run.out_dir / "advmon.yaml").is_file()
+    store = IncidentStore(create_engine(f"sqlite:///{demo_run.out_dir / 'advmon.db'}"))
+    incidents, _ = store.find()
+    # The attack also shifts the squeeze scores: the drift detectors open an incident.
+    assert sorted(i.kind.value for i in incidents) == ["adversarial", "drift", "quarantine"]

@@ -289,6 +289,33 @@ def test_show_never_reads_traffic_text_as_markup(store: IncidentStore) -> None:
     assert ["[bold]x[/]", "0.5", "[/]", "2026-05-01 12:00:00"] in _table_rows(stdout)
 
 
+def test_show_says_what_drifted(store: IncidentStore) -> None:
+    drifts = [
+        detection(
+            f"drift:{signal}:req:{n}",
+            T0 + timedelta(seconds=n),
+            kind="drift",
+            source=None,
+            score=abs(after - before),
+            threshold=0.0,
+            signal=signal,
+            detector="adwin",
+            details={"mean_before": before, "mean_recent": after, "events_seen": float(n)},
+        )
+        for signal, before, after, n in (("input_mean", 0.31, 0.4, 1247), ("top1", 0.97, 0.9, 1375))
+    ]
+    (incident,) = store.record(drifts).opened
+    rows = _table_rows(_ok("incidents", "show", str(incident)).stdout)
+    assert ["input_mean", "adwin", "0.31", "0.4", "req:1247", "1,247 events"] in rows
+    assert ["top1", "adwin", "0.97", "0.9", "req:1375", "1,375 events"] in rows
+    stored = {d.signal: d for d in store.get(incident).detections}
+    assert stored["top1"].details == {
+        "mean_before": 0.97,
+        "mean_recent": 0.9,
+        "events_seen": 1375.0,
+    }
+
+
 def test_show_unknown_incident(store: IncidentStore) -> None:
     message = assert_clean_failure(_run("incidents", "show", "4242"))
     assert message == "no incident 4242; `advmon incidents list` shows the ids"
