@@ -15,6 +15,8 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from monitor.config import MonitorConfig
@@ -245,8 +247,16 @@ def create_app(
     drift = DriftStage(
         config, plans, drift_states, metrics, lambda records: wiring.publish(records)
     )
+    partitioner = DefaultPartitioner()
+    every_partition = list(range(settings.worker.internal_partitions))
+
+    def owns_pending(key: str) -> bool:
+        # The producer's partitioner, as the halves topic and the table's changelog use it.
+        partition = partitioner(key.encode(), every_partition, every_partition)
+        return TP(topics.oip_halves, partition) in app.consumer.assignment()
+
     join = (
-        JoinStage(config, pending, metrics, lambda records: wiring.publish(records))
+        JoinStage(config, pending, metrics, lambda records: wiring.publish(records), owns_pending)
         if joining
         else None
     )

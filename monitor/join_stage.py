@@ -59,6 +59,10 @@ class JoinStage:
         The waiting halves by CloudEvent id (a Faust table in the worker; a dict in tests).
     metrics, publish
         Where the stage reports, and how it sends records (returns once acknowledged).
+    owns
+        Whether this worker holds the partition of a pending id: Faust's in-memory tables
+        keep the entries of partitions given away in a rebalance, which only their new
+        owner may expire.
     """
 
     def __init__(
@@ -67,12 +71,26 @@ class JoinStage:
         pending: MutableMapping[str, bytes],
         metrics: Metrics,
         publish: Publish,
+        owns: Callable[[str], bool] = lambda _key: True,
     ) -> None:
         self.config = config
         self.pending = pending
         self.metrics = metrics
         self.publish = publish
+        self.owns = owns
         self.models = {m.id: m for m in config.models if m.format == "oip-v2"}
+        self._deadlines: dict[str, tuple[float, bool]] = {}
+        """When each pending id is due, and whether it is a finished join: the timer reads
+        this index instead of every entry of the table each second."""
+
+    def _remember(self, key: str, entry: PendingHalf) -> None:
+        model = self.models.get(entry.half.model_id)
+        timeout = model.oip_v2.join_timeout_seconds if model is not None else 0.0
+        self._deadlines[key] = (entry.waiting_since + timeout, entry.done)
+
+    def _write(self, key: str, entry: PendingHalf) -> None:
+        self.pending[key] = _dump(entry)
+        self._remember(key, entry)
 
     async def observe(self, raw: bytes, now: float | None = None) -> None:
         """Take one half from the halves topic: wait for its other half, or join them."""
@@ -87,7 +105,7 @@ class JoinStage:
             return
         stored = self.pending.get(half.id)
         if stored is None:
-            self.pending[half.id] = _dump(PendingHalf(half=half, waiting_since=now))
+            self._write(half.id, PendingHalf(half=half, waiting_since=now))
             return
         waiting = PendingHalf.model_validate_json(stored)
         if waiting.done or waiting.half.kind == half.kind:
@@ -99,23 +117,29 @@ class JoinStage:
         )
         await self.publish(self._events(request, response))
         self.metrics.oip_joins.labels(half.model_id, "joined").inc()
-        self.pending[half.id] = _dump(PendingHalf(half=request, waiting_since=now, done=True))
+        self._write(half.id, PendingHalf(half=request, waiting_since=now, done=True))
 
     async def expire(self, now: float | None = None) -> None:
         """Score requests whose response did not come in time; drop such responses; forget
         finished joins."""
         now = time.time() if now is None else now
-        due: list[tuple[str, PendingHalf]] = []
-        waiting = 0
-        for key, stored in list(self.pending.items()):
-            entry = PendingHalf.model_validate_json(stored)
-            model = self.models.get(entry.half.model_id)
-            timeout = model.oip_v2.join_timeout_seconds if model is not None else 0.0
-            if now - entry.waiting_since >= timeout:
-                due.append((key, entry))
-            elif not entry.done:
-                waiting += 1
+        if len(self._deadlines) != len(self.pending):
+            # Recovered from the changelog at start, or partitions came with a rebalance.
+            self._deadlines.clear()
+            for key, stored in list(self.pending.items()):
+                self._remember(key, PendingHalf.model_validate_json(stored))
+        due_keys = [
+            key
+            for key, (deadline, _) in self._deadlines.items()
+            if deadline <= now and self.owns(key)
+        ]
+        waiting = sum(
+            1
+            for key, (deadline, done) in self._deadlines.items()
+            if not done and deadline > now and self.owns(key)
+        )
         self.metrics.oip_pending.set(waiting)
+        due = [(key, PendingHalf.model_validate_json(self.pending[key])) for key in due_keys]
         if not due:
             return
         records: list[OutputRecord] = []
@@ -138,6 +162,7 @@ class JoinStage:
             await self.publish(records)
         for key, _ in due:
             del self.pending[key]
+            del self._deadlines[key]
         for model_id, outcome in outcomes:
             self.metrics.oip_joins.labels(model_id, outcome).inc()
 

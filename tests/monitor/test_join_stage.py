@@ -271,3 +271,30 @@ def test_format_settings_are_checked_when_the_config_loads(
     ]
     with pytest.raises(ValueError, match=re.escape(message_part)):
         MonitorConfig.model_validate({"models": entries})
+
+
+def test_halves_recovered_from_the_table_expire_only_where_this_worker_owns_them() -> None:
+    (request,) = halves_of(kafka_record("kserve_binary_request"))
+    other = halves_of(
+        (
+            v2_request(tensor("x", [1, 4], "FP32", [0.0] * 4)),
+            binary_headers("elsewhere"),
+        )
+    )[0]
+    # As after a restart: the table holds entries this stage never saw arrive.
+    recovered = {
+        CE_ID: PendingHalf(half=OipHalf.model_validate_json(request), waiting_since=0.0),
+        "elsewhere": PendingHalf(half=OipHalf.model_validate_json(other), waiting_since=0.0),
+    }
+    table = {key: entry.model_dump_json().encode() for key, entry in recovered.items()}
+    published = Published()
+    stage = JoinStage(
+        config(format="oip-v2"),
+        table,
+        Metrics.create(CollectorRegistry()),
+        published,
+        owns=lambda key: key != "elsewhere",  # that partition went to another worker
+    )
+    asyncio.run(stage.expire(now=31.0))
+    assert [e.event_id for e in joined_events(published)] == [f"{CE_ID}#0", f"{CE_ID}#1"]
+    assert set(table) == {"elsewhere"}
