@@ -155,6 +155,7 @@ def create_app(
     on their topic for whoever consumes them.
     """
     kafka = settings.kafka
+    config = config.for_app(settings.worker.app_id)
     app = faust.App(
         settings.worker.app_id,
         broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap.split(",")],

@@ -6,10 +6,11 @@ Example::
       decisions: advmon-decisions
       dead_letter: advmon-dead-letter
       detections: advmon-detections
-      source_flags: advmon-source-flags   # internal, keyed by source
-      signals: advmon-signals             # internal, keyed by model (drift signals)
-      oip_halves: advmon-oip-halves       # internal, keyed by CloudEvent id (OIP v2 join)
-      joined: advmon-joined-events        # internal, joined OIP v2 events (native format)
+      # Internal topics; by default named after ADVMON_WORKER__APP_ID (here "advmon"):
+      source_flags: advmon-source-flags   # keyed by source
+      signals: advmon-signals             # keyed by model (drift signals)
+      oip_halves: advmon-oip-halves       # keyed by CloudEvent id (OIP v2 join)
+      joined: advmon-joined-events        # joined OIP v2 events (native format)
     batching:
       max_events: 64             # events scored per run of the fused graph, at most
       max_wait_ms: 50            # how long a partial batch waits for more events
@@ -100,6 +101,28 @@ class TopicsConfig(_Strict):
     def internal(self) -> list[str]:
         """The topics only advmon reads and writes."""
         return [self.source_flags, self.signals, self.oip_halves, self.joined]
+
+    def for_app(self, app_id: str) -> TopicsConfig:
+        """Internal topics not named in the config, named after the worker's app id.
+
+        Two deployments on one cluster (``ADVMON_WORKER__APP_ID``) then never read each
+        other's internal records; with the default app id ``advmon`` the names are the
+        defaults above.
+        """
+        named = {
+            name: f"{app_id}-{suffix}"
+            for name, suffix in _INTERNAL_SUFFIXES.items()
+            if name not in self.model_fields_set
+        }
+        return self.model_copy(update=named)
+
+
+_INTERNAL_SUFFIXES = {
+    "source_flags": "source-flags",
+    "signals": "signals",
+    "oip_halves": "oip-halves",
+    "joined": "joined-events",
+}
 
 
 class BatchingConfig(_Strict):
@@ -282,6 +305,10 @@ class MonitorConfig(_Strict):
     def inference_topics(self) -> list[str]:
         """Every inference topic, once, in config order."""
         return list(dict.fromkeys(t for m in self.models for t in m.topics))
+
+    def for_app(self, app_id: str) -> MonitorConfig:
+        """A copy whose unnamed internal topics carry the worker's app id."""
+        return self.model_copy(update={"topics": self.topics.for_app(app_id)})
 
     def resolve_paths(self, base: Path) -> MonitorConfig:
         """A copy whose relative detector paths are resolved against ``base``."""

@@ -103,7 +103,12 @@ class WorkerSettings(_Group):
     """The stream processor's identity and internal topics."""
 
     app_id: str = Field(
-        default="advmon", min_length=1, description="Faust app id: the consumer group."
+        default="advmon",
+        min_length=1,
+        description=(
+            "Faust app id: the consumer group, and the prefix of the internal topics the "
+            "config does not name and of the tables' changelogs."
+        ),
     )
     internal_partitions: int = Field(
         default=4, ge=1, description="Partitions of internal topics (source flags, tables)."

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import ConfigError, load_config
+from monitor.config import ConfigError, MonitorConfig, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -68,3 +68,18 @@ def test_bad_configs_say_where_and_why(tmp_path: Path, text: str, message: str) 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_internal_topics_not_named_in_the_config_carry_the_app_id() -> None:
+    config = MonitorConfig.model_validate(
+        {"topics": {"signals": "shared-signals"}, "models": [{"id": "m", "detector": "d.json"}]}
+    )
+    staging = config.for_app("staging").topics
+    assert (staging.source_flags, staging.oip_halves, staging.joined) == (
+        "staging-source-flags",
+        "staging-oip-halves",
+        "staging-joined-events",
+    )
+    assert staging.signals == "shared-signals"  # named in the config: kept
+    assert (staging.decisions, staging.detections) == ("advmon-decisions", "advmon-detections")
+    assert config.for_app("advmon").topics == config.topics
