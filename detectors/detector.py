@@ -142,6 +142,13 @@ class DetectorConfig:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
+    def accepted_range(self) -> tuple[float, float] | None:
+        """The range events' input values must lie in: the input range for images; none
+        for tabular inputs, whose features legitimately leave the range seen in
+        calibration (only their shape and finiteness are checked)."""
+        return self.input_range if self.input_kind == "image" else None
+
+    @property
     def squeezer_spec(self) -> str:
         """The canonical spec string of the squeezers."""
         return format_squeezer_spec(self.squeezers)

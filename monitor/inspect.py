@@ -111,8 +111,7 @@ class ExpectedInput:
     @classmethod
     def of(cls, detector: DetectorConfig) -> ExpectedInput:
         """The input a detector accepts; tabular inputs have no range (as in the worker)."""
-        value_range = detector.input_range if detector.input_kind == "image" else None
-        return cls(tuple(detector.input_shape), value_range)
+        return cls(tuple(detector.input_shape), detector.accepted_range)
 
 
 @dataclass(frozen=True)

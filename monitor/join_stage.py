@@ -19,12 +19,14 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from detectors import DetectorConfig, InvalidInputError
 from monitor.config import MonitorConfig
+from monitor.event_files import event_input
 from monitor.formats import FormatError, OipMessage, decode_oip_v2, oip_v2_events
 from monitor.metrics import Metrics
 from monitor.pipeline import OutputRecord
@@ -59,6 +61,9 @@ class JoinStage:
         The waiting halves by CloudEvent id (a Faust table in the worker; a dict in tests).
     metrics, publish
         Where the stage reports, and how it sends records (returns once acknowledged).
+    detectors
+        Each model's detector: joined events whose input it would refuse are dead-lettered
+        here, with the original request record, instead of after the join.
     owns
         Whether this worker holds the partition of a pending id: Faust's in-memory tables
         keep the entries of partitions given away in a rebalance, which only their new
@@ -72,8 +77,10 @@ class JoinStage:
         metrics: Metrics,
         publish: Publish,
         owns: Callable[[str], bool] = lambda _key: True,
+        detectors: Mapping[str, DetectorConfig] | None = None,
     ) -> None:
         self.config = config
+        self.detectors = dict(detectors or {})
         self.pending = pending
         self.metrics = metrics
         self.publish = publish
@@ -179,23 +186,36 @@ class JoinStage:
             )
         except FormatError as exc:
             self.metrics.events_invalid.labels(exc.reason.value).inc()
-            return [self._dead_letter(request, exc)]
-        topic = self.config.topics.joined
-        return [
-            OutputRecord(topic, (e.request_id or e.event_id).encode(), e.model_dump_json().encode())
-            for e in events
-        ]
+            return [self._dead_letter(request, exc.reason.value, str(exc), request.id)]
+        records: list[OutputRecord] = []
+        detector = self.detectors.get(model.id)
+        for event in events:
+            if detector is not None:
+                try:
+                    event_input(event, detector.input_shape, detector.accepted_range)
+                except InvalidInputError as exc:
+                    self.metrics.events_invalid.labels(exc.reason).inc()
+                    records.append(self._dead_letter(request, exc.reason, str(exc), event.event_id))
+                    continue
+            key = (event.request_id or event.event_id).encode()
+            records.append(
+                OutputRecord(self.config.topics.joined, key, event.model_dump_json().encode())
+            )
+        return records
 
-    def _dead_letter(self, request: OipHalf, error: FormatError) -> OutputRecord:
+    def _dead_letter(
+        self, request: OipHalf, reason: str, error: str, event_id: str
+    ) -> OutputRecord:
+        """A dead letter pointing at the original request record."""
         letter = DeadLetter(
-            reason=error.reason.value,
-            error=str(error),
+            reason=reason,
+            error=error,
             topic=request.topic,
             partition=request.partition,
             offset=request.offset,
             key_b64=request.key_b64,
             value_b64=request.value_b64,
-            event_id=request.id,
+            event_id=event_id,
             model_id=request.model_id,
             failed_at=datetime.now(UTC),
         )

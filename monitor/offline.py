@@ -123,11 +123,10 @@ def score_file(
 
     started = time.perf_counter()
     config = detector.config
-    # The same checks as the worker: images must lie in the calibrated value range.
-    value_range = config.input_range if config.input_kind == "image" else None
     with open(out_path, "wb") as out:
+        # The same checks as the worker: images must lie in the calibrated value range.
         for batch in read_event_batches(
-            events_path, config.input_shape, batch_size, record, value_range
+            events_path, config.input_shape, batch_size, record, config.accepted_range
         ):
             result = detector.score(batch.inputs)
             scores = result.scores.score.tolist()

@@ -254,11 +254,8 @@ class ScoringPipeline:
                 event,
             )
         detector = model.detector
-        # Images have a declared value range; tabular features legitimately leave the range
-        # seen in calibration, so only their shape and finiteness are checked.
-        value_range = detector.input_range if detector.input_kind == "image" else None
         try:
-            return event_input(event, detector.input_shape, value_range)
+            return event_input(event, detector.input_shape, detector.accepted_range)
         except InvalidInputError as exc:
             raise _RejectedError(exc.reason, str(exc), event) from None
 

@@ -298,3 +298,46 @@ def test_halves_recovered_from_the_table_expire_only_where_this_worker_owns_them
     asyncio.run(stage.expire(now=31.0))
     assert [e.event_id for e in joined_events(published)] == [f"{CE_ID}#0", f"{CE_ID}#1"]
     assert set(table) == {"elsewhere"}
+
+
+def test_a_joined_row_its_detector_refuses_is_dead_lettered_with_the_original_request() -> None:
+    from detectors import CalibrationSummary, DetectorConfig
+
+    # The second row leaves the image range the detector was calibrated on.
+    request = (
+        v2_request(tensor("x", [2, 4], "FP32", [0.5] * 4 + [0.5, 5.0, 0.5, 0.5])),
+        binary_headers("r-5"),
+    )
+    (half,) = halves_of(request)
+    detector = DetectorConfig(
+        model_path="iris.onnx",
+        model_sha256="0" * 64,
+        input_name="x",
+        input_shape=(4,),
+        input_kind="image",
+        input_range=(0.0, 1.0),
+        output_name="p",
+        output_kind="probabilities",
+        num_classes=3,
+        squeezers=(),
+        threshold=0.5,
+        target_fpr=0.05,
+        calibration=CalibrationSummary(200, 0.05, {}, 0.0, 1.0, "CPUExecutionProvider"),
+    )
+    published = Published()
+    stage = JoinStage(
+        config(format="oip-v2", oip_v2={"join_timeout_seconds": 1}),
+        {},
+        Metrics.create(CollectorRegistry()),
+        published,
+        detectors={"iris": detector},
+    )
+    asyncio.run(stage.observe(half, now=0.0))
+    asyncio.run(stage.expire(now=5.0))
+    assert [e.event_id for e in joined_events(published)] == ["r-5#0"]
+    (letter,) = [
+        DeadLetter.model_validate_json(r.value) for r in published.on("advmon-dead-letter")
+    ]
+    assert (letter.reason, letter.event_id) == ("range", "r-5#1")
+    assert (letter.topic, letter.partition, letter.offset) == ("kserve-logs", 1, 42)
+    assert base64.b64decode(letter.value_b64) == request[0]
