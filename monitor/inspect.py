@@ -809,22 +809,24 @@ def summary_line(
     topic: str, read: TopicRead, reports: Sequence[MessageReport], *, latest: bool, count: int
 ) -> str:
     """One line saying what was read and how much of it decoded."""
-    where = ", ".join(map(str, read.partitions))
     if not read.records:
-        return f"topic {topic!r} holds no messages (partitions {where})"
+        return f"topic {topic!r} holds no messages ({_partitions(read.partitions)})"
     which = "last" if latest else "first"
     failed = sum(1 for r in reports if r.error is not None)
     events = sum(len(r.events) for r in reports)
     refused = sum(1 for r in reports for e in r.events if e.input_problem is not None)
     line = (
         f"{len(read.records)} message(s) read from topic {topic!r} (the {which} {count} "
-        f"asked for, from partitions {where}): {len(reports) - failed} decoded, {failed} not; "
+        f"asked for, from {_partitions(read.partitions)}): {len(reports) - failed} decoded, "
+        f"{failed} not; "
         f"{events} event(s), {refused} with an input the worker would refuse"
     )
     if any(r.oip is not None for r in reports):
         joined = sum(1 for r in reports if r.oip and r.oip.kind == "request" and r.oip.partner)
         alone = sum(1 for r in reports if r.oip and r.oip.partner is None)
         line += f"; {joined} request(s) joined with their response, {alone} half(s) alone"
+        if alone:
+            line += " (the other half may be among messages not read: raise --count)"
     if not read.complete:
         line += "; the timeout passed before every message asked for arrived"
     return line
@@ -888,6 +890,11 @@ def _input_check(event: EventSummary) -> Text:
     if event.checked:
         return Text("fits the detector", style="green")
     return Text("decodes (no detector)")
+
+
+def _partitions(partitions: Sequence[int]) -> str:
+    listed = ", ".join(map(str, partitions))
+    return f"partition {listed}" if len(partitions) == 1 else f"partitions {listed}"
 
 
 def _alone_fate(half: OipHalfSummary) -> str:
