@@ -75,6 +75,9 @@ _BACKOFF_MIN_S = 0.5
 _BACKOFF_MAX_S = 30.0
 
 
+_SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.QUARANTINE: 2}
+
+
 class DecisionClientError(Exception):
     """The client could not start: broker unreachable, bad credentials, bad settings."""
 
@@ -385,7 +388,9 @@ class DecisionClient:
         """Add one decision to the cache, as if read from the topic.
 
         A decision replaces the one held for its key unless it was decided strictly
-        earlier, so a duplicate or a replayed older decision changes nothing.
+        earlier, so a duplicate or a replayed older decision changes nothing. Rows of one
+        batched request (same ``request_id``, event ids ``id#0``, ``id#1`` …) share a key:
+        the most severe of their actions answers for the request.
         """
         self._decisions_applied += 1
         if decision.scope is Scope.SOURCE:
@@ -395,8 +400,12 @@ class DecisionClient:
             return
         requests = self._requests
         held = requests.get(decision.key)
-        if held is not None and decision.decided_at < held.decided_at:
-            return
+        if held is not None:
+            if held.event_id != decision.event_id and held.request_id == decision.request_id:
+                if _SEVERITY[decision.action] < _SEVERITY[held.action]:
+                    return
+            elif decision.decided_at < held.decided_at:
+                return
         requests[decision.key] = decision
         requests.move_to_end(decision.key)
         while len(requests) > self.max_request_decisions:

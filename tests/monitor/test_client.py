@@ -233,6 +233,24 @@ def test_request_cache_drops_the_least_recently_used() -> None:
     assert client.decision_for("req-c") == c
 
 
+def test_the_most_severe_row_answers_for_a_batched_request() -> None:
+    client = DecisionClient("unused:9092")
+    at = datetime.now(UTC)
+    rows = [
+        request_decision("req-b", action, event_id=f"req-b#{i}", decided_at=at)
+        for i, action in enumerate([Action.ALLOW, Action.QUARANTINE, Action.ALLOW, Action.FLAG])
+    ]
+    for row in rows:
+        client.apply(row)
+    assert client.decision_for("req-b") == rows[1]
+    # A newer decision of the same row still replaces it.
+    later = request_decision(
+        "req-b", Action.ALLOW, event_id="req-b#1", decided_at=at + timedelta(1)
+    )
+    client.apply(later)
+    assert client.decision_for("req-b") == later
+
+
 # --- bad records ----------------------------------------------------------------------
 
 
