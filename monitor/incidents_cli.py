@@ -408,7 +408,7 @@ def _print_incident(incident: Incident) -> None:
         f"threshold {incident.threshold:.4g}",
     )
     sources = source_counts(incident.detections)
-    if sources:
+    if any(source is not None for source, _ in sources):
         shown = ", ".join(f"{source or '(none)'} ({count})" for source, count in sources[:5])
         more = f", and {len(sources) - 5} more" if len(sources) > 5 else ""
         _add_row(summary, "sources", shown + more)
@@ -463,7 +463,7 @@ def _print_incident(incident: Incident) -> None:
     drifts = [d for d in incident.detections if d.signal is not None]
     if drifts:
         changes = Table(title="drift: what changed", title_justify="left")
-        for header in ("signal", "detector", "mean before", "mean after", "at event", "after"):
+        for header in ("signal", "detector", "mean before", "recent mean", "at event", "after"):
             changes.add_column(
                 header, justify="left" if header in ("signal", "detector") else "right"
             )
