@@ -184,14 +184,21 @@ def identity(detection: Detection) -> tuple[object, ...]:
     return (detection.event_id, detection.signal, detection.offset)
 
 
-async def test_a_worker_killed_mid_stream_continues_from_its_checkpoint(
+@pytest.mark.parametrize(
+    "handover",
+    ["sigkill-and-restart", "another-worker-takes-over"],
+)
+async def test_a_worker_stopped_mid_stream_is_continued_from_its_checkpoint(
     kafka_bootstrap: str,
     worker_launcher: WorkerLauncher,
     demo_detector: DemoDetector,
     tmp_path: Path,
+    handover: str,
 ) -> None:
-    """SIGKILL the worker after the stationary prefix, restart it, then shift the inputs:
-    its drift detections equal those of a worker that ran the whole stream uninterrupted."""
+    """After the stationary prefix the worker is SIGKILLed and restarted (static
+    membership), or stopped and replaced by a new member of its group (a rebalance hands
+    the partitions over); then the inputs shift. The drift detections equal those of a
+    worker that ran the whole stream uninterrupted."""
     model = unique_name("drift-restart")
     inference = unique_name("drift-restart-inference")
     await create_topics(kafka_bootstrap, {inference: 1})
@@ -206,25 +213,35 @@ async def test_a_worker_killed_mid_stream_continues_from_its_checkpoint(
     )
     app_id = unique_name("drift-restarted")
     instance = f"{app_id}-0"
-    worker = worker_launcher.start("drift-a", config, app_id=app_id, worker__instance_id=instance)
+    # Static membership lets the SIGKILLed worker take its partitions back; the test
+    # broker never evicts a dead member otherwise. A graceful stop leaves the group.
+    if handover == "sigkill-and-restart":
+        worker = worker_launcher.start(
+            "drift-a", config, app_id=app_id, worker__instance_id=instance
+        )
+    else:
+        worker = worker_launcher.start("drift-a", config, app_id=app_id)
     await worker.wait_consuming(inference, timeout_s=WAIT_S)
     await produce(kafka_bootstrap, inference, stream[:SHIFT_AT])
     await worker.wait_for_metrics(
         lambda m: m.value("advmon_drift_state_events", model=model) == SHIFT_AT,
         timeout_s=WAIT_S,
     )
-    worker.kill()
-
-    revived = worker_launcher.start(
-        "drift-a-restarted", config, app_id=app_id, worker__instance_id=instance
-    )
+    if handover == "sigkill-and-restart":
+        worker.kill()
+        revived = worker_launcher.start(
+            "drift-a-restarted", config, app_id=app_id, worker__instance_id=instance
+        )
+    else:
+        assert worker.stop() == 0
+        revived = worker_launcher.start("drift-b", config, app_id=app_id)
     await revived.wait_consuming(inference, timeout_s=WAIT_S)
     await produce(kafka_bootstrap, inference, stream[SHIFT_AT:])
     metrics = await revived.wait_for_metrics(
         lambda m: m.value("advmon_drift_state_events", model=model) == N_EVENTS,
         timeout_s=WAIT_S,
     )
-    # The restarted detectors continued from the 1,200 events learned before the kill.
+    # The detectors continued from the 1,200 events learned before the stop.
     assert metrics.value("advmon_drift_state_events", model=model) == N_EVENTS
 
     # A second worker group reads the whole stream without interruption.
