@@ -425,7 +425,7 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
 )
 @click.option(
     "--count",
-    type=click.IntRange(1, 10_000),
+    type=click.IntRange(1, 1_000_000),
     default=5,
     show_default=True,
     help="How many messages to read.",
@@ -446,6 +446,14 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     help="Seconds to wait for the broker and the messages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per message.")
+@click.option(
+    "--export",
+    "export_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the events the worker would accept to this file as native JSON lines (the "
+    "input of advmon calibrate --events) instead of printing each message.",
+)
 @click.pass_obj
 def inspect_topic(
     settings: Settings,
@@ -459,6 +467,7 @@ def inspect_topic(
     partition: int | None,
     timeout: float,
     as_json: bool,
+    export_path: Path | None,
 ) -> None:
     """Show how the messages on a topic decode, before running the worker.
 
@@ -489,7 +498,13 @@ def inspect_topic(
     except (inspection.InspectError, BrokerUnreachableError) as exc:
         raise click.ClickException(str(exc)) from None
     reports = inspection.inspect_records(read.records, decoding)
-    if as_json:
+    if export_path is not None:
+        try:
+            written = inspection.export_events(reports, export_path)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {export_path}: {exc}") from None
+        console.print(f"wrote {written} event(s) to {export_path}", markup=False)
+    elif as_json:
         for report in reports:
             click.echo(json.dumps(report.to_json(topic)))
     else:

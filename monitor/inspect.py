@@ -73,6 +73,7 @@ __all__ = [
     "Problem",
     "TensorSummary",
     "TopicRead",
+    "export_events",
     "inspect_record",
     "inspect_records",
     "parse_mapping",
@@ -368,6 +369,8 @@ class EventSummary:
     """Why the worker would refuse the input (shape, dtype, range, …); ``None``: accepted."""
     checked: bool
     """Whether the input was checked against its model's detector (not only decoded)."""
+    event: InferenceEvent | None = field(default=None, repr=False, compare=False)
+    """The decoded event itself, for ``--export``."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as JSON-ready values."""
@@ -614,6 +617,7 @@ def _summarize(event: InferenceEvent, decoding: Decoding) -> EventSummary:
         output_length=len(event.output) if event.output is not None else None,
         input_problem=problem,
         checked=checked,
+        event=event,
     )
 
 
@@ -803,6 +807,22 @@ def report_tables(reports: Sequence[MessageReport], decoding: Decoding) -> list[
 
 def _table(title: str) -> Table:
     return Table(title=title, title_justify="left")
+
+
+def export_events(reports: Sequence[MessageReport], path: Path) -> int:
+    """Write the events the worker would accept as native JSON lines; return how many.
+
+    The file is what ``advmon calibrate --events`` reads, so benign traffic logged in any
+    format can calibrate a detector.
+    """
+    written = 0
+    with path.open("wb") as out:
+        for report in reports:
+            for summary in report.events:
+                if summary.event is not None and summary.input_problem is None:
+                    out.write(summary.event.model_dump_json(exclude_none=True).encode() + b"\n")
+                    written += 1
+    return written
 
 
 def summary_line(

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner, Result
 from rich.console import Console
 
-from detectors import DetectorConfig
+from detectors import DetectorConfig, calibrate_detector
 from monitor.cli import main
 from monitor.demo.run import demo_event
 from monitor.formats import FieldMapping
@@ -35,6 +35,7 @@ from monitor.inspect import (
     resolve_decoding,
 )
 from monitor.local_broker import free_loopback_port
+from tests.cancer import build_cancer_case
 from tests.integration.kafka_io import create_topics, produce, unique_name
 from tests.monitor.cli_support import DemoModel, assert_clean_failure, normalized
 from tests.monitor.formats.kafka_records import (
@@ -764,3 +765,67 @@ def test_cli_an_unreachable_broker_is_one_line(runner: CliRunner) -> None:
     )
     message = assert_clean_failure(result)
     assert message.startswith(f"no Kafka broker answered at {bootstrap}")
+
+
+def test_cli_exports_decoded_traffic_that_calibrates_a_detector(
+    runner: CliRunner, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """KServe logs of benign traffic → ``inspect --export`` → ``calibrate --events``: the
+    same detector as calibrating on the rows themselves."""
+    case = build_cancer_case(tmp_path)
+    rows = case.benign[:150]
+    topic = _topic(kafka_bootstrap, "export", partitions=2)
+    values, headers, partitions = [], [], []
+    for i, row in enumerate(rows):
+        ce_id = f"cal-{i}"
+        values += [
+            v2_request(tensor("X", [1, len(row)], "FP32", row.tolist())),
+            v2_response(tensor("p", [1, 2], "FP32", [0.4, 0.6])),
+        ]
+        headers += [binary_headers(ce_id), binary_headers(ce_id, kind="response")]
+        partitions += [i % 2, 1 - i % 2]
+    values.append(b"not a cloudevent")
+    headers.append([])
+    partitions.append(0)
+    asyncio.run(produce(kafka_bootstrap, topic, values, headers=headers, partitions=partitions))
+    exported = tmp_path / "benign.jsonl"
+    result = _inspect(
+        runner,
+        kafka_bootstrap,
+        "--topic",
+        topic,
+        "--format",
+        "oip-v2",
+        "--from-beginning",
+        "--count",
+        "1000",
+        "--export",
+        str(exported),
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote 150 event(s)" in result.stderr
+    assert result.stdout == ""  # no per-message tables when exporting
+    lines = exported.read_bytes().splitlines()
+    assert len(lines) == 150
+    calibrated = tmp_path / "detector.json"
+    result = runner.invoke(
+        main,
+        [
+            "calibrate",
+            "--model",
+            str(case.model_path),
+            "--events",
+            str(exported),
+            "--out",
+            str(calibrated),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    reference = calibrate_detector(
+        case.model_path,
+        lambda: [rows],
+        device="cpu",
+    )
+    assert DetectorConfig.load(calibrated).threshold == pytest.approx(reference.threshold)
