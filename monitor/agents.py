@@ -165,8 +165,9 @@ def register(wiring: AdvmonApp) -> None:
             library.setLevel(max(shown, library.level))
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
-    async def count_quarantines() -> None:
+    async def refresh_gauges() -> None:
         wiring.metrics.quarantined_sources.set(wiring.quarantine.sources_in_force())
+        wiring.drift.report_held()
 
     @app.page("/metrics")
     async def metrics(web: faust.web.View, request: faust.web.Request) -> Any:

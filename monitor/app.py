@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,19 +245,36 @@ def create_app(
         intra_op_threads=settings.scoring.intra_op_threads,
         drift=plans,
     )
-    drift = DriftStage(
-        config, plans, drift_states, metrics, lambda records: wiring.publish(records)
-    )
     partitioner = DefaultPartitioner()
     every_partition = list(range(settings.worker.internal_partitions))
 
-    def owns_pending(key: str) -> bool:
-        # The producer's partitioner, as the halves topic and the table's changelog use it.
-        partition = partitioner(key.encode(), every_partition, every_partition)
-        return TP(topics.oip_halves, partition) in app.consumer.assignment()
+    def owner_check(topic: str) -> Callable[[str], bool]:
+        """Whether this worker holds the partition of ``topic`` a key goes to."""
 
+        def owns(key: str) -> bool:
+            # The producer's partitioner, as the topic and its table's changelog use it.
+            partition = partitioner(key.encode(), every_partition, every_partition)
+            return TP(topic, partition) in app.consumer.assignment()
+
+        return owns
+
+    drift = DriftStage(
+        config,
+        plans,
+        drift_states,
+        metrics,
+        lambda records: wiring.publish(records),
+        owner_check(topics.signals),
+    )
     join = (
-        JoinStage(config, pending, metrics, lambda records: wiring.publish(records), owns_pending)
+        JoinStage(
+            config,
+            pending,
+            metrics,
+            lambda records: wiring.publish(records),
+            owner_check(topics.oip_halves),
+            {model_id: model.detector for model_id, model in models.items()},
+        )
         if joining
         else None
     )

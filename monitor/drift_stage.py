@@ -268,6 +268,8 @@ class DriftStage:
         Checkpoints by model id (a Faust table in the worker; any mapping in tests).
     metrics, publish
         Where the stage reports, and how it sends records (returns once acknowledged).
+    owns
+        Whether this worker holds a model's partition of the signals topic.
     """
 
     def __init__(
@@ -277,12 +279,14 @@ class DriftStage:
         table: MutableMapping[str, bytes],
         metrics: Metrics,
         publish: Publish,
+        owns: Callable[[str], bool] = lambda _model_id: True,
     ) -> None:
         self.config = config
         self.plans = dict(plans)
         self.table = table
         self.metrics = metrics
         self.publish = publish
+        self.owns = owns
 
     def load(self, model_id: str) -> DriftState:
         """The model's checkpointed state, or a fresh one (also when it does not fit)."""
@@ -398,6 +402,13 @@ class DriftStage:
             batch.model_id.encode(),
             detection.model_dump_json().encode(),
         )
+
+    def report_held(self) -> None:
+        """Set the gauges of every model whose detectors this worker holds, such as right
+        after a restart, before new signals arrive."""
+        for model_id in self.plans:
+            if model_id in self.table and self.owns(model_id):
+                self._report(model_id, self.load(model_id))
 
     def _report(self, model_id: str, state: DriftState) -> None:
         metrics = self.metrics

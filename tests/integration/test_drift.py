@@ -263,7 +263,9 @@ async def test_a_worker_stopped_mid_stream_is_continued_from_its_checkpoint(
     assert all((d.offset or 0) >= SHIFT_AT for d in expected)
     got = await drift_detections(kafka_bootstrap, restarted_topics.detections, len(expected))
     assert sorted(map(identity, got)) == sorted(map(identity, expected))
-    # The same statistics too, up to the order of a floating-point sum across batches.
+    # The same statistics too, to float32 precision: ONNX Runtime's results for an event
+    # differ in the last bits with the batch it is scored in, and batches are cut
+    # differently around a restart.
     by_id = {d.event_id: d.details for d in expected}
     for detection in got:
-        assert detection.details == pytest.approx(by_id[detection.event_id], rel=1e-12)
+        assert detection.details == pytest.approx(by_id[detection.event_id], rel=1e-5)

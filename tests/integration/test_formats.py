@@ -231,7 +231,14 @@ async def test_kserve_request_and_response_logs_are_joined_and_scored(
     )
     assert responses_first > 5
     malformed = (b'{"inputs": [', kserve_headers("broken", "request"), 0)
-    await produce_records(kafka_bootstrap, topic, [*shuffled, malformed])
+    # A well-formed request whose rows have a feature too few for the model.
+    short = (
+        kserve_request("short", tabular.clean[:1, :-1]),
+        kserve_headers("short", "request"),
+        1,
+    )
+    short_response = (kserve_response("short", 1), kserve_headers("short", "response"), 0)
+    await produce_records(kafka_bootstrap, topic, [*shuffled, malformed, short, short_response])
 
     decisions = await decisions_matching(kafka_bootstrap, topics, expected)
     assert set(decisions) == set(expected)
@@ -252,16 +259,23 @@ async def test_kserve_request_and_response_logs_are_joined_and_scored(
     assert events["inf-3"].output == pytest.approx([0.3, 0.7])
     assert all(events[f"lone-request-{j}"].output is None for j in range(3))
 
-    letter = await the_dead_letter(kafka_bootstrap, topics)
-    assert letter.reason == "invalid_json"
-    assert base64.b64decode(letter.value_b64) == malformed[0]
+    dead = await read_topic(kafka_bootstrap, topics.dead_letter, lambda found: len(found) >= 2)
+    letters = {
+        letter.reason: letter for letter in (DeadLetter.model_validate_json(r.value) for r in dead)
+    }
+    assert sorted(letters) == ["invalid_json", "shape"]
+    assert base64.b64decode(letters["invalid_json"].value_b64) == malformed[0]
+    # Refused at the join: the dead letter points at the original request record.
+    refused = letters["shape"]
+    assert (refused.topic, refused.partition, refused.event_id) == (topic, 1, "short")
+    assert base64.b64decode(refused.value_b64) == short[0]
 
     metrics = await worker.wait_for_metrics(
         lambda m: m.value("advmon_oip_joins_total", model=MODEL, outcome="response_dropped") == 2,
         timeout_s=WAIT_S,
     )
     joins = metrics.by_label("advmon_oip_joins_total", "outcome")
-    assert joins.get("joined") == len(cases) + 1
+    assert joins.get("joined") == len(cases) + 2
     assert joins.get("request_alone") == 3
     assert joins.get("response_dropped") == 2
     assert metrics.value("advmon_events_invalid_total", reason="invalid_json") == 1
