@@ -332,3 +332,26 @@ def test_plans_follow_the_config(detector_path: Path) -> None:
     (plan,) = drift_plans(load_model_detectors(config_for(detector_path))).values()
     assert [s.name for s in plan.signals][:4] == ["top1", "entropy", "score", "predicted_class"]
     assert all(s.detector.warmup == 100 for s in plan.signals)
+
+
+def test_held_states_are_reported_before_new_signals_arrive(
+    detector_path: Path, signals: list[bytes]
+) -> None:
+    table: dict[str, bytes] = {}
+    Run(config_for(detector_path), table).feed(signals[:10])
+    restarted = Run(config_for(detector_path), table)  # recovered table, no signals yet
+    assert (
+        restarted.registry.get_sample_value("advmon_drift_state_events", {"model": "digits"})
+        is None
+    )
+    restarted.stage.report_held()
+    assert (
+        restarted.registry.get_sample_value("advmon_drift_state_events", {"model": "digits"}) == 640
+    )
+    elsewhere = Run(config_for(detector_path), table)
+    elsewhere.stage.owns = lambda _model: False  # the partition went to another worker
+    elsewhere.stage.report_held()
+    assert (
+        elsewhere.registry.get_sample_value("advmon_drift_state_events", {"model": "digits"})
+        is None
+    )
