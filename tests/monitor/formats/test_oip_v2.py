@@ -343,6 +343,14 @@ _HEADERS = binary_headers()
 _CE = FormatErrorReason.INVALID_CLOUDEVENT
 
 
+def assert_refused(value: bytes, headers: Headers, reason: FormatErrorReason, says: str) -> None:
+    """The record is refused with ``reason`` and a message that says ``says``."""
+    with pytest.raises(FormatError) as caught:
+        decode_oip_v2(value, headers)
+    assert caught.value.reason == reason
+    assert says in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("value", "headers", "reason", "says"),
     [
@@ -366,10 +374,7 @@ _CE = FormatErrorReason.INVALID_CLOUDEVENT
 def test_cloudevent_problems_name_the_header(
     value: bytes, headers: Headers, reason: FormatErrorReason, says: str
 ) -> None:
-    with pytest.raises(FormatError) as caught:
-        decode_oip_v2(value, headers)
-    assert caught.value.reason == reason
-    assert says in str(caught.value)
+    assert_refused(value, headers, reason, says)
 
 
 def test_repeated_header_with_the_same_value_is_accepted() -> None:
@@ -427,10 +432,7 @@ _ENCODED = base64.b64encode(_BODY).decode()
 def test_structured_cloudevent_problems(
     value: bytes, headers: Headers, reason: FormatErrorReason, says: str
 ) -> None:
-    with pytest.raises(FormatError) as caught:
-        decode_oip_v2(value, headers)
-    assert caught.value.reason == reason
-    assert says in str(caught.value)
+    assert_refused(value, headers, reason, says)
 
 
 def test_structured_extension_values_of_other_json_types_become_text() -> None:
