@@ -290,24 +290,28 @@ class DriftStage:
 
     def load(self, model_id: str) -> DriftState:
         """The model's checkpointed state, or a fresh one (also when it does not fit)."""
+        state, problem = self._checkpoint(model_id)
+        if state is not None:
+            return state
+        if problem is not None:
+            logger.warning("model %s: %s; its drift detectors start afresh", model_id, problem)
         plan = self.plans[model_id]
-        raw = self.table.get(model_id)
-        if raw:
-            try:
-                state = StateUnpickler.loads(bytes(raw))
-            except Exception as exc:
-                logger.error("model %s: drift state unreadable, starting afresh: %s", model_id, exc)
-            else:
-                if (
-                    isinstance(state, DriftState)
-                    and state.format == STATE_FORMAT
-                    and state.fingerprint == plan.fingerprint
-                ):
-                    return state
-                logger.warning(
-                    "model %s: drift configuration changed; detectors start afresh", model_id
-                )
         return DriftState(plan.fingerprint, plan.new_monitor(), {}, time.time())
+
+    def _checkpoint(self, model_id: str) -> tuple[DriftState | None, str | None]:
+        """The model's usable checkpoint, else ``None`` and why (``None``: there is none)."""
+        raw = self.table.get(model_id)
+        if not raw:
+            return None, None
+        try:
+            state = StateUnpickler.loads(bytes(raw))
+        except Exception as exc:
+            return None, f"drift state unreadable ({exc})"
+        if not isinstance(state, DriftState) or state.format != STATE_FORMAT:
+            return None, "drift state of another advmon version"
+        if state.fingerprint != self.plans[model_id].fingerprint:
+            return None, "drift configuration changed"
+        return state, None
 
     async def process(self, raw_batches: Sequence[bytes]) -> None:
         """Apply signals records in order; returns once drift detections are acknowledged
@@ -407,8 +411,10 @@ class DriftStage:
         """Set the gauges of every model whose detectors this worker holds, such as right
         after a restart, before new signals arrive."""
         for model_id in self.plans:
-            if model_id in self.table and self.owns(model_id):
-                self._report(model_id, self.load(model_id))
+            if self.owns(model_id):
+                state, _ = self._checkpoint(model_id)
+                if state is not None:
+                    self._report(model_id, state)
 
     def _report(self, model_id: str, state: DriftState) -> None:
         metrics = self.metrics
