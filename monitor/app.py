@@ -236,11 +236,15 @@ def create_app(
     )
 
     wiring: AdvmonApp
+
+    async def publish(records: Sequence[OutputRecord]) -> None:
+        await wiring.publish(records)
+
     scoring = ScoringStage(
         config,
         models,
         metrics,
-        lambda records: wiring.publish(records),
+        publish,
         device=settings.scoring.device,
         intra_op_threads=settings.scoring.intra_op_threads,
         drift=plans,
@@ -263,7 +267,7 @@ def create_app(
         plans,
         drift_states,
         metrics,
-        lambda records: wiring.publish(records),
+        publish,
         owner_check(topics.signals),
     )
     join = (
@@ -271,16 +275,14 @@ def create_app(
             config,
             pending,
             metrics,
-            lambda records: wiring.publish(records),
+            publish,
             owner_check(topics.oip_halves),
             {model_id: model.detector for model_id, model in models.items()},
         )
         if joining
         else None
     )
-    quarantine = QuarantineStage(
-        config, counts, in_force, metrics, lambda records: wiring.publish(records)
-    )
+    quarantine = QuarantineStage(config, counts, in_force, metrics, publish)
     new_incident = asyncio.Event()
     wiring = AdvmonApp(
         app=app,

@@ -135,16 +135,14 @@ class JoinStage:
             self._deadlines.clear()
             for key, stored in list(self.pending.items()):
                 self._remember(key, PendingHalf.model_validate_json(stored))
-        due_keys = [
-            key
-            for key, (deadline, _) in self._deadlines.items()
-            if deadline <= now and self.owns(key)
-        ]
-        waiting = sum(
-            1
-            for key, (deadline, done) in self._deadlines.items()
-            if not done and deadline > now and self.owns(key)
-        )
+        due_keys: list[str] = []
+        waiting = 0
+        for key, (deadline, done) in self._deadlines.items():
+            if deadline <= now:
+                if self.owns(key):
+                    due_keys.append(key)
+            elif not done and self.owns(key):
+                waiting += 1
         self.metrics.oip_pending.set(waiting)
         due = [(key, PendingHalf.model_validate_json(self.pending[key])) for key in due_keys]
         if not due:
