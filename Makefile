@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.advmon-installed
 
-.PHONY: install demo test lint typecheck unit bench constraints clean
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/kafka/pom.xml)
+KAFKA_STAMP := .kafka/$(KAFKA_VERSION)/.fetched
+
+.PHONY: install kafka demo test lint typecheck unit bench constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+## Apache Kafka's jars for the tests and benchmarks, from Maven Central (once; needs Java 17, Maven).
+$(KAFKA_STAMP): tests/kafka/pom.xml
+	mvn --batch-mode --quiet -Dstyle.color=never -f tests/kafka/pom.xml package
+	touch $@
+
+kafka: $(KAFKA_STAMP)
+
 ## Run the end-to-end demo on embedded defaults.
 demo: $(STAMP)
 	$(BIN)/advmon demo
 
-## Lint, type-check and run every test (unit and integration against real servers).
+## Lint, type-check and run every test (unit and integration against real servers): the
+## suite on Apache Kafka, then the tests marked embedded_broker on the demo's broker.
 test: lint typecheck unit
 
 lint: $(STAMP)
@@ -28,11 +39,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/pytest
+	$(BIN)/pytest --kafka=embedded
 
 ## Benchmarks; figures land in docs/benchmarks.md, docs/benchmarks-stream.md and docs/benchmarks-drift.md.
-bench: $(STAMP)
+bench: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/python -m benchmarks.squeeze_scoring
 	$(BIN)/python -m benchmarks.worker_throughput --no-experiment
 	$(BIN)/python -m benchmarks.drift_cost
@@ -42,4 +54,4 @@ constraints: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable --exclude advmon > constraints.txt
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache demo-output
+	rm -rf $(VENV) .kafka build *.egg-info .mypy_cache .ruff_cache .pytest_cache demo-output

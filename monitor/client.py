@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from ssl import SSLContext
 from types import TracebackType
@@ -30,6 +31,7 @@ from aiokafka.errors import KafkaError, UnsupportedVersionError
 from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
+from monitor.kafka_metadata import topic_partitions
 from schemas import Action, Decision, Scope
 
 if TYPE_CHECKING:
@@ -198,6 +200,8 @@ class DecisionClient:
         self._targets: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._caught_up = asyncio.Event()
+        self._ssl_context: SSLContext | None = None
+        self._next_lookup = 0.0
         self._decisions_applied = 0
         self._records_skipped = 0
         self._next_sweep = 0.0
@@ -251,6 +255,17 @@ class DecisionClient:
     ) -> None:
         await self.stop()
 
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_plain_username,
+            "sasl_plain_password": self.sasl_plain_password,
+            "ssl_context": self._ssl_context,
+        }
+
     async def start(self) -> None:
         """Connect, assign every partition of the topic, seek, and start reading.
 
@@ -265,19 +280,14 @@ class DecisionClient:
         ssl_context = self.ssl_context
         if ssl_context is None and self.security_protocol in ("SSL", "SASL_SSL"):
             ssl_context = create_ssl_context()
+        self._ssl_context = ssl_context
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id=self.client_id,
+            **self._client_options(),
             group_id=None,
             enable_auto_commit=False,
             # Where a position lost to retention resumes: the oldest decision kept.
             auto_offset_reset="earliest",
             metadata_max_age_ms=self.metadata_max_age_ms,
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism,
-            sasl_plain_username=self.sasl_plain_username,
-            sasl_plain_password=self.sasl_plain_password,
-            ssl_context=ssl_context,
         )
         self._consumer = consumer
         try:
@@ -470,7 +480,13 @@ class DecisionClient:
     async def _follow_partitions(self, *, initial: bool) -> None:
         """Assign the topic's partitions: all of them at start, then any that appear."""
         consumer = self._consumer
-        known = consumer.partitions_for_topic(self.topic) or set()
+        # Once assigned, the consumer tracks the topic and refreshes its partitions every
+        # metadata_max_age_ms; until then, ask the cluster at start and at that interval.
+        known: Collection[int] = consumer.partitions_for_topic(self.topic) or ()
+        now = time.monotonic()
+        if not known and (initial or now >= self._next_lookup):
+            self._next_lookup = now + self.metadata_max_age_ms / 1000
+            known = await topic_partitions(self.topic, **self._client_options()) or ()
         partitions = [TopicPartition(self.topic, p) for p in sorted(known)]
         new = [tp for tp in partitions if tp not in self._assigned]
         if not new:

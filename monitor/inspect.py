@@ -56,6 +56,7 @@ from monitor.formats import (
     oip_v2_events,
     sagemaker_events,
 )
+from monitor.kafka_metadata import topic_partitions
 from monitor.settings import KafkaSettings
 from schemas import InferenceEvent, InvalidEventError, TensorPayload, decode_event
 
@@ -695,11 +696,14 @@ async def _read(
     deadline = loop.time() + timeout_s
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
-        if topic not in await consumer.topics():
+        known = await topic_partitions(
+            topic, **kafka.client_options(), request_timeout_ms=int(timeout_s * 1000)
+        )
+        if known is None:
             raise InspectError(
                 f"topic {topic!r} does not exist on the Kafka cluster at {kafka.bootstrap}"
             )
-        found = sorted(consumer.partitions_for_topic(topic) or ())
+        found = sorted(known)
         if partition is not None:
             if partition not in found:
                 raise InspectError(

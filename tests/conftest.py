@@ -2,8 +2,11 @@
 
 Two servers, both on loopback (see DESIGN.md, "Local and CI services"):
 
-- ``kafka_bootstrap``: a Kafka-protocol broker from the pinned ``noida-db`` package, started
-  once per test session on a free port, in a throwaway data directory.
+- ``kafka_bootstrap``: a Kafka broker started once per test session on free ports, in a
+  throwaway data directory. By default it is Apache Kafka (:mod:`tests.kafka`: one KRaft
+  node, jars fetched by ``make kafka``). With ``--kafka=embedded`` it is the ``noida-db``
+  broker that ``make demo`` uses, and only the tests marked ``embedded_broker`` run: the
+  subset that keeps the demo's broker honest (``make test`` runs it after the full suite).
 - ``pg_url``: a fresh database on the machine's PostgreSQL server, created once per test
   session and dropped at the end.
 
@@ -13,28 +16,21 @@ each other's messages even though they share one broker.
 Any test that requests one of these fixtures is marked ``integration`` automatically, so
 ``pytest -m "not integration"`` runs only the tests that need no server.
 
-Rules for tests that use the broker:
+Rules for tests that use the broker (they hold on both brokers):
 
 - Consumers in a group must set ``session_timeout_ms`` between 6000 and 1800000; the broker
   refuses to join a group otherwise (``InvalidSessionTimeoutError``). aiokafka's default
   (10000) is fine.
 - Create aiokafka clients inside the test that uses them and stop them there: async tests
   run in their own event loop, so a client cannot be shared between tests.
-- With two or more members in one group, never commit (manually or through aiokafka's
-  default ``enable_auto_commit``) while the group rebalances, i.e. while a member joins
-  or leaves: this broker answers such a commit with ``IllegalGenerationError``, the
-  committer rejoins under a new member id, and the rebalance never completes (the group
-  stays in CompletingRebalance with the stale member, well past the session timeout).
-  Use one consumer per group, or ``enable_auto_commit=False`` and commit only while the
-  group is stable. Rebalances without concurrent commits take about a second.
-- The broker answers an empty fetch at once instead of waiting ``fetch_max_wait_ms``, so
-  an idle consumer busy-polls (thousands of fetches a second, one CPU core): stop
-  consumers as soon as a test is done with them.
-- The broker never expires a group member that stopped heartbeating (a SIGKILLed
-  consumer keeps its partitions, and no rebalance starts); a member that rejoins with the
-  same static ``group_instance_id`` takes them back at once.
 - The broker auto-creates a topic (one partition) on first produce; use
   ``kafka_topic_factory`` rather than relying on that, so the partition count is known.
+
+The embedded broker has faults that Apache Kafka has not (docs/kafka.md): it never expires
+a group member that stopped heartbeating, it can wedge a rebalance when a member commits
+during it, and it answers an empty fetch at once instead of holding it for
+``fetch_max_wait_ms`` (an idle consumer busy-polls a core). Tests that depend on any of
+these behaviours are not marked ``embedded_broker``.
 """
 
 from __future__ import annotations
@@ -43,15 +39,16 @@ import contextlib
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from monitor.local_broker import BrokerError, LocalKafkaBroker
+from tests.kafka import ApacheKafkaBroker, create_topics
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_START_HINT = (
@@ -61,12 +58,28 @@ PG_START_HINT = (
 
 
 _SERVICE_FIXTURES = frozenset({"kafka_bootstrap", "kafka_topic_factory", "pg_url"})
+_KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_topic_factory"})
+_EMBEDDED_MARK = "embedded_broker"
+_BROKER_LOG_LINES = 120
+
+#: The session's broker, once started: its log goes into the report of a failed test.
+_BROKERS: list[ApacheKafkaBroker | LocalKafkaBroker] = []
 
 KafkaTopicFactory = Callable[..., Awaitable[str]]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add ``--pg-admin-url``: the PostgreSQL server the ``pg_url`` fixture uses."""
+    """Add ``--kafka`` (which broker) and ``--pg-admin-url`` (which PostgreSQL server)."""
+    parser.addoption(
+        "--kafka",
+        choices=("apache", "embedded"),
+        default="apache",
+        help=(
+            "the broker integration tests run on: apache (default; Apache Kafka from "
+            "tests/kafka/pom.xml, fetched by `make kafka`) or embedded (the demo's noida-db "
+            f"broker; runs only the tests marked {_EMBEDDED_MARK})"
+        ),
+    )
     parser.addoption(
         "--pg-admin-url",
         default=DEFAULT_PG_ADMIN_URL,
@@ -77,33 +90,86 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a real server as ``integration``."""
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``embedded_broker`` marker."""
+    config.addinivalue_line(
+        "markers",
+        f"{_EMBEDDED_MARK}: also runs on the embedded noida-db broker (pytest --kafka=embedded)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Name the broker the integration tests run on, and its version."""
+    if config.getoption("--kafka") == "embedded":
+        return [
+            "kafka broker: embedded noida-db (monitor.local_broker), "
+            f"only tests marked {_EMBEDDED_MARK}"
+        ]
+    try:
+        return [f"kafka broker: {ApacheKafkaBroker(Path('.')).describe()}"]
+    except BrokerError as error:
+        return [f"kafka broker: Apache Kafka, not usable: {error}"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests that use a real server ``integration``; on the embedded broker, keep the
+    ``embedded_broker`` subset only."""
+    embedded = config.getoption("--kafka") == "embedded"
+    deselected: list[pytest.Item] = []
+    kept: list[pytest.Item] = []
     for item in items:
-        if _SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _SERVICE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.integration)
+        if embedded and not item.get_closest_marker(_EMBEDDED_MARK):
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Add the end of the broker's log to the report of a failed test that used it."""
+    report: pytest.TestReport = yield
+    if report.failed and _BROKERS and _KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        broker = _BROKERS[-1]
+        lines = broker.log().splitlines()[-_BROKER_LOG_LINES:]
+        report.sections.append((f"kafka broker log: {broker.log_path} (end)", "\n".join(lines)))
+    return report
 
 
 # --- Kafka-protocol broker ------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start a Kafka-protocol broker for this test session; yield ``"127.0.0.1:PORT"``.
+def kafka_bootstrap(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[str]:
+    """Start the session's Kafka broker; yield ``"127.0.0.1:PORT"``.
 
-    The broker is :class:`monitor.local_broker.LocalKafkaBroker`: ``noida-db start --only
-    kafka`` from the pinned ``noida-db`` package, on a free loopback port, with its data and
-    its log (``broker.log``) in a fresh temporary directory. It is ready when it answers a
-    Kafka metadata request; it is stopped with SIGTERM (SIGKILL after 10 s) at the end.
-
-    Consumers that join a group must use ``session_timeout_ms >= 6000`` (the broker rejects
-    shorter sessions). See this module's docstring for the broker's other quirks.
+    Apache Kafka (:class:`tests.kafka.ApacheKafkaBroker`) by default: the storage is
+    formatted in a fresh temporary directory, the node starts on free loopback ports, is
+    ready when it answers a metadata request, and is stopped by PID (SIGTERM, then SIGKILL)
+    at the end. With ``--kafka=embedded``, the demo's noida-db broker
+    (:class:`monitor.local_broker.LocalKafkaBroker`). The end of the broker's log is added
+    to the report of every failed test that used it.
     """
-    broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"))
+    folder = tmp_path_factory.mktemp("kafka")
+    broker: ApacheKafkaBroker | LocalKafkaBroker
     try:
+        if pytestconfig.getoption("--kafka") == "embedded":
+            broker = LocalKafkaBroker(folder)
+        else:
+            broker = ApacheKafkaBroker(folder)
         bootstrap = broker.start()
     except BrokerError as error:
         pytest.fail(str(error), pytrace=False)
+    _BROKERS.append(broker)
     try:
         yield bootstrap
     finally:
@@ -130,29 +196,10 @@ def kafka_topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) ->
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
         topic = name or _topic_name_for(request.node.name)
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         try:
-            await admin.start()
-            response = await admin.create_topics(
-                [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
-            )
-            # aiokafka returns per-topic errors in the response instead of raising.
-            errors = [
-                f"{error[0]}: error {error[1]} ({error[2]})"
-                for error in response.topic_errors
-                if error[1] != 0
-            ]
-            if errors:
-                pytest.fail(f"could not create Kafka topic {topic!r}: {'; '.join(errors)}")
-            described = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        reported = len(described[0]["partitions"]) if described else 0
-        if reported != partitions:
-            pytest.fail(
-                f"Kafka topic {topic!r} was created with {partitions} partitions "
-                f"but the broker reports {reported}"
-            )
+            await create_topics(kafka_bootstrap, {topic: partitions})
+        except AssertionError as error:
+            pytest.fail(f"could not create Kafka topic {topic!r}: {error}")
         return topic
 
     return create_topic

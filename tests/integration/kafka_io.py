@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.kafka import create_topics
 
 __all__ = [
     "OutputTopics",
@@ -36,26 +38,6 @@ _PAUSE_S = 0.25
 def unique_name(stem: str) -> str:
     """A topic or group name no other test uses: ``stem`` plus a random suffix."""
     return f"{stem}-{uuid.uuid4().hex[:10]}"
-
-
-async def create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
-    """Create each topic with its partition count; fail if the broker reports otherwise."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [
-                NewTopic(name=name, num_partitions=n, replication_factor=1)
-                for name, n in partitions.items()
-            ]
-        )
-        errors = [f"{e[0]}: error {e[1]} ({e[2]})" for e in response.topic_errors if e[1] != 0]
-        assert not errors, f"could not create topics: {errors}"
-        described = await admin.describe_topics(list(partitions))
-    finally:
-        await admin.close()
-    reported = {topic["topic"]: len(topic["partitions"]) for topic in described}
-    assert reported == partitions, f"asked for {partitions}, the broker reports {reported}"
 
 
 @dataclass(frozen=True)
@@ -157,13 +139,28 @@ class Record:
     value: bytes
 
 
-async def _topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    for _ in range(50):
-        if topic in await consumer.topics():  # refreshes the cluster metadata
-            found = consumer.partitions_for_topic(topic) or set()
-            return [TopicPartition(topic, p) for p in sorted(found)]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"topic {topic!r} does not exist")
+async def _topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    # A topic just created (by a test or by a worker) may be missing from a broker's
+    # metadata for a moment, or listed without its partitions.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for _ in range(100):
+            # Listing every topic first: a metadata request that names a missing topic
+            # makes a broker with auto.create.topics.enable create it.
+            if topic not in await admin.list_topics():
+                await asyncio.sleep(0.1)
+                continue
+            described = await admin.describe_topics([topic])
+            found = [
+                p["partition"] for t in described if t["error_code"] == 0 for p in t["partitions"]
+            ]
+            if found:
+                return [TopicPartition(topic, p) for p in sorted(found)]
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    raise AssertionError(f"topic {topic!r} does not exist or has no partitions")
 
 
 async def read_topic(
@@ -196,7 +193,7 @@ async def read_topic(
             )
 
     try:
-        assigned = await _topic_partitions(consumer, topic)
+        assigned = await _topic_partitions(bootstrap, topic)
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         deadline = time.monotonic() + timeout_s
@@ -222,7 +219,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        assigned = await _topic_partitions(consumer, topic)
+        assigned = await _topic_partitions(bootstrap, topic)
         ends = await consumer.end_offsets(assigned)
     finally:
         await consumer.stop()

@@ -38,7 +38,7 @@ from tests.integration.workers import (
     write_worker_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded_broker]
 
 ENFORCED = "digits"
 OBSERVED = "digits-observe"

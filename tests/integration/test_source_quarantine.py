@@ -26,7 +26,7 @@ from tests.integration.kafka_io import (
 from tests.integration.traffic import DemoDetector, inference_event
 from tests.integration.workers import ModelEntry, WorkerLauncher, write_worker_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded_broker]
 
 LIMIT = 5
 WINDOW_S = 60

@@ -24,7 +24,7 @@ from tests.integration.workers import (
     write_worker_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded_broker]
 
 INFERENCE_PARTITIONS = 3
 START_TIMEOUT_S = 60.0
