@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from monitor.config import MonitorConfig
 from monitor.drift_stage import DriftStage, drift_plans
@@ -88,6 +89,26 @@ def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
         client_log.setLevel(level)
 
 
+class _FaustApp(faust.App):
+    """Faust's app; a static group member's canonical URL is its instance id.
+
+    A static member that rejoins gets its previous assignment back from the broker, and
+    Faust's assignor refuses it unless it names the member's current canonical URL: an
+    ``AssertionError`` that ends the consumer's group coordination for good and leaves
+    the worker "starting" forever. Faust builds that URL from the web host and port (its
+    worker command sets it from ``--web-host``/``--web-port``), which change when a pod
+    comes back on another node or a process restarts on another port; the instance id
+    does not. It is set here, once the command line has been applied.
+    """
+
+    static_url: URL | None = None
+
+    async def on_first_start(self) -> None:
+        if self.static_url is not None:
+            self.conf.canonical_url = self.static_url
+        await super().on_first_start()
+
+
 @dataclass
 class AdvmonApp:
     """The Faust app and what the agents need from it."""
@@ -156,7 +177,7 @@ def create_app(
     """
     kafka = settings.kafka
     config = config.for_app(settings.worker.app_id)
-    app = faust.App(
+    app = _FaustApp(
         settings.worker.app_id,
         broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap.split(",")],
         broker_credentials=broker_credentials(kafka),
@@ -177,6 +198,7 @@ def create_app(
         app.conf.datadir = settings.worker.data_dir
     if settings.worker.instance_id is not None:
         app.conf.consumer_group_instance_id = settings.worker.instance_id
+        app.static_url = URL.build(scheme="http", host=settings.worker.instance_id)
     registry = registry or CollectorRegistry()
     metrics = Metrics.create(registry)
     topics = config.topics

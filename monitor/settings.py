@@ -115,8 +115,13 @@ class WorkerSettings(_Group):
     )
     instance_id: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
         description="Static group membership id (e.g. the pod name of a StatefulSet): a "
-        "worker restarted with the same id takes its partitions back without a rebalance.",
+        "worker restarted with the same id takes its partitions back without a rebalance, "
+        "wherever it runs and whatever its web port. Kafka's rule for group.instance.id: "
+        "letters, digits, '.', '_' and '-', at most 249.",
     )
     data_dir: Path | None = Field(
         default=None,
