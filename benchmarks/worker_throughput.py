@@ -2,8 +2,9 @@
 
 Run ``.venv/bin/python -m benchmarks.worker_throughput`` (about 4 minutes on 2 cores);
 ``--quick`` for a smoke run of about a minute, ``--output PATH`` to write the page
-somewhere other than ``docs/benchmarks-stream.md``. On one local Kafka-protocol broker
-(:class:`monitor.local_broker.LocalKafkaBroker`) and one pre-filled topic of demo digit
+somewhere other than ``docs/benchmarks-stream.md``, ``--broker embedded`` to run on the
+demo's noida-db broker instead of Apache Kafka (:class:`tests.kafka.ApacheKafkaBroker`,
+whose jars ``make kafka`` fetches). On one broker and one pre-filled topic of demo digit
 events, it measures:
 
 1. **bare consumer**: events/s of a plain aiokafka consumer that reads the topic from
@@ -63,6 +64,7 @@ from monitor.demo.run import ATTACK_EPS, demo_event
 from monitor.local_broker import LocalKafkaBroker, free_loopback_port
 from monitor.offline import calibrate_file
 from monitor.pipeline import InputMessage, ModelDetector, ScoringPipeline
+from tests.kafka import ApacheKafkaBroker
 
 __all__ = [
     "FULL_PLAN",
@@ -411,6 +413,10 @@ class Report:
     machine: Machine | None = None
     experiments: list[WorkerResult] = field(default_factory=list)
     experiment_note: str = ""
+    broker: str = "apache"
+    """``apache`` (:class:`tests.kafka.ApacheKafkaBroker`) or ``embedded`` (noida-db)."""
+    broker_description: str = ""
+    broker_pid: int | None = None
 
 
 # -- process accounting ----------------------------------------------------------------
@@ -437,22 +443,6 @@ def _machine_busy() -> float:
         return 0.0
     ticks = [int(f) for f in fields[:8]]
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _broker_pid() -> int | None:
-    """The local broker: the child of this process running ``noida-db``."""
-    me = str(os.getpid())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if stat.rpartition(")")[2].split()[1] == me and b"noida-db" in cmdline:
-            return int(entry.name)
-    return None
 
 
 class CpuMeter:
@@ -828,6 +818,7 @@ async def run_worker(
     profile_out: Path | None = None,
     variant: str = "",
     experiment: bool = False,
+    broker_pid: int | None = None,
 ) -> WorkerResult:
     """Start a worker on the pre-filled topic, time it to the ``events``-th decision
     (default: the whole topic), then offer half that rate for the latency phase.
@@ -858,7 +849,7 @@ async def run_worker(
         if profile_out is not None:
             spy = _start_py_spy(worker.pid, profile_out)
         spy_started = time.perf_counter()
-        meter = CpuMeter(worker.pid, _broker_pid())
+        meter = CpuMeter(worker.pid, broker_pid)
         got = await watcher.wait_for("fill-", events, DRAIN_TIMEOUT_S + events / 200)
         cpu = meter.read()
         if got < events:
@@ -1242,7 +1233,9 @@ def render_markdown(report: Report) -> str:
     assert baseline is not None
     assert machine is not None
     workers = report.workers
-    flags = " --quick" if plan == QUICK_PLAN else ""
+    flags = (" --quick" if plan == QUICK_PLAN else "") + (
+        " --broker embedded" if report.broker == "embedded" else ""
+    )
     out: list[str] = []
     add = out.append
     add("# Benchmarks: the stream worker end to end\n")
@@ -1328,8 +1321,8 @@ def render_markdown(report: Report) -> str:
 
     add("## What is measured\n")
     add(
-        "One local Kafka-protocol broker (`monitor.local_broker.LocalKafkaBroker`, the "
-        "`noida-db` binary) and one single-partition topic pre-filled with "
+        f"**Broker:** {report.broker_description}, on this machine. One "
+        "single-partition topic pre-filled with "
         f"**{plan.events:,} demo digit events** (mean {report.event_bytes:,.0f} bytes each): "
         f"benign 8×8 digits from {len(USERS)} users, half as nested lists and half as base64 "
         f"tensor payloads, and every {ADVERSARIAL_EVERY}th event ({report.adversarial:,} in "
@@ -1400,14 +1393,17 @@ def render_markdown(report: Report) -> str:
         "**Caveats.** The broker shares the machine's cores with the worker and with this "
         "process, so every figure is for *worker + broker + clients on "
         f"{machine.logical_cpus} cores*; a worker next to a real Kafka cluster has its "
-        "cores to itself. The local broker also answers an empty fetch at once instead of "
-        "holding it for `fetch.max.wait.ms`, so an idle consumer busy-polls and burns "
-        "most of a core. The benchmark stops its consumers as soon as they are done and "
-        "throttles its decisions consumer as above; the worker's own consumer cannot be "
-        "throttled, spins whenever it has caught up (see the *idle* rows below), and "
-        "competes with the worker's event loop for the CPU and the GIL — which makes the "
-        "worker figures, latency above all, pessimistic for a deployment on Apache Kafka. "
-        "Finally, other jobs may run on the same machine: their CPU is shown per phase.\n"
+        "cores to itself. "
+        + (
+            "This broker answers an empty fetch at once instead of holding it for "
+            "`fetch.max.wait.ms`, so an idle consumer busy-polls and burns most of a core, "
+            "the worker's own consumer included (see the *idle* rows below): the worker "
+            "figures, latency above all, are pessimistic for a deployment on Apache Kafka. "
+            if report.broker == "embedded"
+            else "Apache Kafka holds an empty fetch for `fetch.max.wait.ms` (500 ms by "
+            "default), so an idle consumer costs next to nothing here, as on a cluster. "
+        )
+        + "Other jobs may run on the same machine: their CPU is shown per phase.\n"
     )
 
     add("## Command and machine\n")
@@ -1650,258 +1646,7 @@ def render_markdown(report: Report) -> str:
             + "\n"
         )
 
-    add("## Interpretation\n")
-    add(interpretation(report))
     return "\n".join(out).rstrip() + "\n"
-
-
-def interpretation(report: Report) -> str:
-    """What the numbers say, with the causes and what would make the worker faster."""
-    baseline, machine, profile = report.baseline, report.machine, report.profile
-    assert baseline is not None
-    assert machine is not None
-    workers = report.workers
-    best = max(workers, key=lambda w: w.events_per_second)
-    ratio = best.events_per_second / baseline.events_per_second
-    verdict = "meets" if ratio >= TARGET_RATIO else "**misses**"
-    compute = sum(s.microseconds_per_event for s in report.stages[1:])
-    stage = {s.stage.split(" ")[0]: s.microseconds_per_event for s in report.stages}
-    per_event = 1e6 / best.events_per_second
-    ab = _ab_summary(report)
-    # Whether the shipped publish already bypasses Topic.send (the experiment then makes no
-    # difference) and whether library debug logging is already quiet.
-    # The shipped publish hands records straight to the producer (monitor/app.py).
-    publish_direct = True
-    logs_quiet = profile is not None and _share(profile, "log records") < 0.03
-    paragraphs = [
-        f"**Ratio.** The best batching setting ({best.label}) decides "
-        f"{best.events_per_second:,.0f} events/s, {ratio:.3f}× the bare consumer's "
-        f"{baseline.events_per_second:,.0f}: it {verdict} the {TARGET_RATIO} target "
-        "("
-        + ", ".join(f"{w.label}: {_ratio(w.events_per_second, baseline)}×" for w in workers)
-        + ")."
-    ]
-    if compute:
-        ceiling = 1e6 / compute
-        paragraphs.append(
-            f"**The target is out of reach by design.** The bare consumer spends about "
-            f"{1e6 / baseline.events_per_second:.1f} µs per event ("
-            f"{stage.get('orjson.loads', math.nan):.1f} µs of it in `orjson.loads`). The "
-            f"worker's pipeline alone — decode and validate "
-            f"({stage.get('pipeline.decode', math.nan):.0f} µs), score "
-            f"({stage.get('np.stack', math.nan):.0f} µs), build and serialise the decision "
-            f"({stage.get('pipeline.decide', math.nan):.0f} µs) — costs {compute:.0f} µs "
-            f"per event in-process, a ceiling of {ceiling:,.0f} events/s "
-            f"({ceiling / baseline.events_per_second:.2f}× the bare consumer) on one core "
-            "before any Kafka I/O, and every event also costs a produced record and its "
-            "acknowledgement, which the bare consumer never pays. Reaching 0.5× would "
-            "need the whole per-event path within about twice the bare consumer's cost, "
-            "which per-event pydantic models and per-record produce calls in Python cannot "
-            "do; only several worker processes (more partitions) or a non-Python data "
-            "path could. The realistic goal is the pipeline's own ceiling."
-        )
-        worker_cpu = best.cpu_per_event * 1e6
-        paragraphs.append(
-            f"**Where the time goes.** Per event, the worker took {per_event:,.0f} µs of "
-            f"wall time and its process {worker_cpu:,.0f} µs of CPU (the bare consumer's "
-            f"process: {baseline.cpu_per_event * 1e6:,.1f} µs, "
-            f"{baseline.cpu_per_event * 1e6 / worker_cpu:.3f}× as much; "
-            + (
-                "the wall time is the longer because the broker, this process and other "
-                "jobs share the cores"
-                if per_event > worker_cpu
-                else "the CPU time is the longer because the consumer thread, the scoring "
-                "thread and ONNX Runtime's threads run beside the event loop"
-            )
-            + f"). The pipeline's own work is about {compute:.0f} µs of CPU "
-            f"({compute / worker_cpu:.0%} of the worker's). The rest is Faust and aiokafka:"
-        )
-    if profile is not None:
-        consumer = _share(profile, "Thread")
-        items = [
-            f"- Faust runs the aiokafka consumer in a thread of its own; it took "
-            f"{consumer:.0%} of the worker's GIL-holding samples "
-            f"({_share(profile, 'aiokafka consumer'):.0%} in aiokafka's fetcher). On this "
-            "broker, which answers empty fetches at once, that thread spins on fetch "
-            "requests whenever it has nothing buffered, and takes the GIL from the event "
-            "loop that does the work.",
-            f"- Faust's stream machinery (`take_events`, per-event acks and sensors): "
-            f"{_share(profile, 'Faust streams'):.0%}.",
-            f"- `AdvmonApp.publish`: {_share(profile, '  `AdvmonApp.publish'):.0%}, and "
-            f"aiokafka's producer (building and sending produce requests): "
-            f"{_share(profile, 'aiokafka producer'):.0%}. "
-            + (
-                "The shipped `publish` hands each record straight to Faust's producer, "
-                "avoiding `Topic.send` (three trips round the event loop per record "
-                "through mode's `@stampede`, which split a batch into produce requests of "
-                "one or two records)."
-                if publish_direct
-                else "`publish` awaits a Faust `Topic.send` per record; `Topic.send` calls "
-                "`App.maybe_start_producer`, which mode's `@stampede` wraps in three "
-                "`await asyncio.sleep(0)`, so every record costs three trips round the "
-                "event loop, during which aiokafka's sender (linger 0) ships what it has "
-                "so far: produce requests of often only one or two records instead of one "
-                "per topic-partition and batch, each with its Python encoding, socket "
-                "write and acknowledgement."
-            ),
-            f"- Log records: {_share(profile, 'log records'):.0%}. "
-            + (
-                "Library debug logging is quiet in this build."
-                if logs_quiet
-                else "With `-l warn` Faust keeps its progress spinner and sets the root "
-                "logger to DEBUG for it, so every `log.debug` in aiokafka and Faust "
-                "(several per request and per message) builds a `LogRecord` that no "
-                "handler prints."
-            ),
-            f"- `ScoringStage.process` as a whole: "
-            f"{_share(profile, '`ScoringStage.process'):.0%} (decode "
-            f"{_share(profile, '  `ScoringPipeline.decode'):.0%}, decide "
-            f"{_share(profile, '  `ScoringPipeline.decide'):.0%}).",
-        ]
-        scoring = best.metrics.scoring
-        if scoring.count and compute:
-            batch = best.metrics.batch_size.mean
-            items.append(
-                f"- Scoring: `advmon_scoring_seconds` averaged {_ms(scoring.mean)} ms per "
-                f"batch of {batch:.0f} events ({scoring.total / best.received_seconds:.0%} "
-                f"of the wall time), against about "
-                f"{stage.get('np.stack', math.nan) * batch / 1e3:.2f} ms of CPU for the "
-                "same work in-process: the rest is the hop to the scoring thread and back "
-                "and waiting for the GIL and a core."
-            )
-        paragraphs.append("\n".join(items))
-        paragraphs.append(
-            f"Some thread of the worker held the GIL {profile.gil_busy:.0%} of the time; "
-            "the rest is system calls (a socket write per request), waits for the GIL "
-            "between the two threads, and the broker and other processes holding the cores."
-        )
-    if ab is not None:
-        runs = ", ".join(f"{w.variant} {w.events_per_second:,.0f}" for w in report.experiments)
-        speedup = ab.tried_events_per_second / ab.shipped_events_per_second
-        paragraphs.append(
-            f"**Experiment `{EXPERIMENT}`.** The experimental `publish` (each record "
-            "straight to Faust's producer, no `Topic.send`) against the shipped one: from a "
-            f"median {ab.shipped_events_per_second:,.0f} to {ab.tried_events_per_second:,.0f} "
-            f"events/s (**{speedup:.2f}×**) and CPU per event from "
-            f"{ab.shipped_cpu_per_event * 1e6:,.0f} to {ab.tried_cpu_per_event * 1e6:,.0f} µs "
-            f"(batching {ab.max_events}/{ab.max_wait_ms}, the topic's first "
-            f"{report.plan.side_events:,} events, runs alternating: {runs} events/s). The "
-            "experimental `publish` leaves out the shipped one's retry loop, which only "
-            "acts when the broker refuses a batch."
-        )
-    idle = [(w.label, w.idle) for w in workers if w.idle is not None]
-    idle_cores = max((cpu.cores(cpu.worker) for _, cpu in idle), default=math.nan)
-    if idle:
-        paragraphs.append(
-            "**Idle cost.** With no traffic at all the worker used "
-            + ", ".join(f"{cpu.cores(cpu.worker):.2f} cores ({label})" for label, cpu in idle)
-            + ": its consumer thread polling this broker, which answers empty fetches at "
-            "once. On Apache Kafka the broker holds an empty fetch for "
-            "`fetch.max.wait.ms` (500 ms by default) and an idle worker costs next to "
-            "nothing."
-        )
-    with_latency = [w for w in workers if w.latency is not None]
-    if len(with_latency) > 1:
-        lines = []
-        for w in with_latency:
-            assert w.latency is not None
-            lat = w.latency
-            observed = lat.metrics.batch_size.mean
-            lines.append(
-                f"{w.label}: p50 {_ms(lat.quantile(0.5))} ms, p99 {_ms(lat.quantile(0.99))} "
-                f"ms at {lat.rate:,.0f} events/s offered, mean batch "
-                + ("unknown" if math.isnan(observed) else f"{observed:.0f}")
-                + f" events (about {lat.rate * w.max_wait_ms / 1000:.0f} if it kept up "
-                "and every batch waited `max_wait_ms`)"
-            )
-        low = min(with_latency, key=lambda w: w.latency.quantile(0.5) if w.latency else 0.0)
-        paragraphs.append(
-            "**Batching and latency.** "
-            + "; ".join(lines)
-            + f". The lowest median was {low.label}'s. At half load a worker that keeps up "
-            "sees small batches (the events that arrive within `max_wait_ms`), so the "
-            "per-batch costs (a hop to the scoring thread, a wait for the broker's "
-            "acknowledgement of the outputs) weigh more than at full load; and a worker "
-            "that uses most of its CPU on per-event overhead has little slack, so a burst "
-            "of work from another job stalls it and queues the events behind the stall. "
-            "Mean batches larger than what arrives within `max_wait_ms` are that queue: "
-            "queueing, not `max_wait_ms`, makes the p50 and p99 here. " + _throughput_spread(report)
-        )
-    others = max(w.cpu.cores(w.cpu.others) for w in workers)
-    paragraphs.append(
-        f"**Noise.** Other processes used up to {others:.2f} cores during the worker's "
-        f"throughput phases (load average before the run "
-        f"{machine.load_before[0]:.2f}, after {machine.load_after[0]:.2f}); on a "
-        f"{machine.logical_cpus}-core machine that moves events/s and latency by tens of "
-        "per cent from run to run (CPU per event much less). Compare figures within one "
-        "page, not across pages."
-    )
-    log_share = _share(profile, "log records")
-    consumer_share = _share(profile, "Thread")
-    pipeline_share = compute / (best.cpu_per_event * 1e6) if compute else math.nan
-    first = (
-        f" (measured above: {ab.tried_events_per_second / ab.shipped_events_per_second:.1f}× "
-        f"the events/s, {ab.tried_cpu_per_event / ab.shipped_cpu_per_event:.0%} of the CPU "
-        "per event)"
-        if ab is not None
-        else ""
-    )
-    suggestions: list[str] = []
-    further = (
-        "one aiokafka batch per topic-partition (`create_batch` / `send_batch`, "
-        "partitioned with the default murmur2 partitioner so that source flags stay "
-        "co-partitioned), and a small producer linger so that the decisions, detections "
-        "and flags of a batch share produce requests"
-    )
-    if publish_direct:
-        suggestions.append(
-            "`monitor/app.py` `AdvmonApp.publish` already hands records straight to the "
-            f"producer. Further: {further}."
-        )
-    else:
-        suggestions.append(
-            "`monitor/app.py` `AdvmonApp.publish`: do not go through `Topic.send` per "
-            "record — take the producer once per batch (`await app.maybe_start_producer()`) "
-            "and `await producer.send(topic, key, value, None, None, None)` per record, "
-            f"then gather the acknowledgements{first}. Further: {further}."
-        )
-    if not logs_quiet:
-        suggestions.append(
-            "`monitor/cli.py` (the `worker` command) or `monitor/agents.py` (an "
-            "`app.on_startup` hook): stop Faust's spinner from setting the root logger to "
-            "DEBUG — e.g. set the `aiokafka`, `faust` and `mode` loggers to the worker's "
-            "`-l` level once Faust has configured logging (not to the lowest level among "
-            "the root logger's handlers: Faust's `SpinnerHandler` is one of them, at "
-            "DEBUG) — so that `log.debug` calls return at once (the profile's log records: "
-            f"{log_share:.0%} of the worker's Python work)."
-        )
-    suggestions += [
-        "`monitor/agents.py`: Faust's per-event stream machinery and its consumer thread "
-        f"({consumer_share:.0%} of the Python work, much of it polling) are the next "
-        "cost; larger `max_events` amortise what is per batch, and several workers with "
-        "the same app id on a topic with more partitions scale past one core. A worker "
-        "on plain aiokafka (consume a batch, score, produce, commit after the "
-        "acknowledgements) would drop Faust's per-event overhead altogether.",
-        "`monitor/stages.py` `ScoringStage.process`: score small batches inline (ONNX "
-        "Runtime releases the GIL while it runs; a 64-event batch of the demo model is "
-        "well under a millisecond) instead of hopping to the executor thread and back; "
-        "count `events_consumed` once per topic and batch rather than per message, and "
-        "observe the latency histogram per batch.",
-        "`monitor/pipeline.py`: check finiteness and range once per batch on the stacked "
-        "array (vectorised over `[N, …]`, locating the offending rows only when the check "
-        "fails) instead of several numpy reductions per event; build the decision JSON "
-        "with `orjson.dumps` of a dict (or `Decision.model_construct` and its serializer) "
-        "instead of validating a `Decision` per event. The whole pipeline is "
-        f"{pipeline_share:.0%} of the worker's CPU today, so this and the item above pay "
-        "off only after the Faust and Kafka costs.",
-        f"Not code: on this broker an idle worker burns {idle_cores:.1f} cores polling; on "
-        "Apache Kafka it does not.",
-    ]
-    paragraphs.append(
-        "**What would make it faster**, by expected gain:\n\n"
-        + "\n".join(f"{i}. {text}" for i, text in enumerate(suggestions, 1))
-    )
-    return "\n\n".join(paragraphs) + "\n"
 
 
 # -- driver ----------------------------------------------------------------------------
@@ -1920,7 +1665,7 @@ async def _run(
     await create_topics(bootstrap, [EVENTS_TOPIC])
     _progress(f"filling {EVENTS_TOPIC} with {plan.events:,} events")
     report.produce_seconds, report.event_bytes = await fill_topic(bootstrap, artifacts, plan.events)
-    broker_pid = _broker_pid()
+    broker_pid = report.broker_pid
     runs: list[tuple[float, float]] = []
     meter = CpuMeter(None, broker_pid)
     for _ in range(plan.baseline_repeats):
@@ -1937,7 +1682,15 @@ async def _run(
     _progress(f"bare consumer: {report.baseline.events_per_second:,.0f} events/s")
     for max_events, max_wait_ms in plan.batchings:
         _progress(f"worker, batching {max_events}/{max_wait_ms}")
-        result = await run_worker(bootstrap, artifacts, workdir, plan, max_events, max_wait_ms)
+        result = await run_worker(
+            bootstrap,
+            artifacts,
+            workdir,
+            plan,
+            max_events,
+            max_wait_ms,
+            broker_pid=report.broker_pid,
+        )
         _progress(f"  {result.events_per_second:,.0f} events/s")
         report.workers.append(result)
     if plan.profile:
@@ -1959,6 +1712,7 @@ async def _run(
                     latency=False,
                     variant=variant,
                     experiment=experiment,
+                    broker_pid=report.broker_pid,
                 )
             except RuntimeError as error:
                 report.experiment_note = f"The A/B run {variant} failed: {error}"
@@ -1988,6 +1742,7 @@ async def _profile(
         events=plan.side_events,
         latency=False,
         profile_out=out,
+        broker_pid=report.broker_pid,
     )
     if not out.exists():
         report.profile_note = "py-spy wrote no profile (is ptrace allowed here?)."
@@ -2005,8 +1760,8 @@ async def _profile(
     )
 
 
-def run_benchmark(plan: Plan, output: Path) -> str:
-    """Run everything, write the markdown page to ``output`` and return it."""
+def run_benchmark(plan: Plan, output: Path, broker_kind: str = "apache") -> str:
+    """Run everything on ``broker_kind``, write the markdown page to ``output``, return it."""
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="advmon-stream-bench-") as tmp:
         workdir = Path(tmp)
@@ -2017,13 +1772,26 @@ def run_benchmark(plan: Plan, output: Path) -> str:
             event_bytes=0.0,
             adversarial=plan.events // ADVERSARIAL_EVERY,
             produce_seconds=0.0,
+            broker=broker_kind,
         )
         _progress("timing the pipeline stages in-process")
         report.stages, report.flagged_share = stage_costs(
             artifacts, report.stage_batch, plan.stage_rounds
         )
+        broker: ApacheKafkaBroker | LocalKafkaBroker
+        if broker_kind == "embedded":
+            broker = LocalKafkaBroker(workdir / "kafka")
+            report.broker_description = (
+                "the embedded noida-db broker (`monitor.local_broker.LocalKafkaBroker`, the one "
+                "`make demo` uses)"
+            )
+        else:
+            broker = ApacheKafkaBroker(workdir / "kafka")
+            report.broker_description = f"{broker.describe()}, settings in [kafka.md](kafka.md)"
+        _progress(f"starting {report.broker_description}")
         # The broker's start-up check runs its own event loop: start it outside ours.
-        with LocalKafkaBroker(workdir / "kafka") as bootstrap:
+        with broker as bootstrap:
+            report.broker_pid = broker.pid
             asyncio.run(_run(plan, workdir, bootstrap, artifacts, report))
     report.machine = describe_machine(load_before)
     page = render_markdown(report)
@@ -2046,6 +1814,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, help="events in the pre-filled topic")
     parser.add_argument(
+        "--broker",
+        choices=("apache", "embedded"),
+        default="apache",
+        help="Apache Kafka from tests/kafka/pom.xml (default; `make kafka` fetches it) or "
+        "the demo's embedded noida-db broker",
+    )
+    parser.add_argument(
         "--no-profile", action="store_true", help="skip the py-spy run of the worker"
     )
     parser.add_argument(
@@ -2060,7 +1835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_experiment:
         plan = replace(plan, experiment_rounds=0)
     started = time.perf_counter()
-    page = run_benchmark(plan, args.output)
+    page = run_benchmark(plan, args.output, args.broker)
     print(page)
     _progress(f"wrote {args.output} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -16,11 +16,12 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from faust.types import TP
+from faust.types import TP, ConsumerT
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from monitor.config import MonitorConfig
+from monitor.consumer import GaplessConsumer
 from monitor.drift_stage import DriftStage, drift_plans
 from monitor.incident_stage import AlertingStage, IncidentStage
 from monitor.join_stage import JoinStage
@@ -102,6 +103,17 @@ class _FaustApp(faust.App):
     """
 
     static_url: URL | None = None
+    #: Called with (topic, partition) when the consumer reads a skipped message again.
+    on_hole_repaired: Callable[[str, int], None] | None = None
+
+    def _new_consumer(self) -> ConsumerT:
+        # Faust's own consumer can commit over a message no agent processed; see
+        # monitor.consumer.
+        self.transport.Consumer = GaplessConsumer  # type: ignore[misc]
+        consumer = super()._new_consumer()
+        if isinstance(consumer, GaplessConsumer):
+            consumer.on_hole_repaired = self.on_hole_repaired
+        return consumer
 
     async def on_first_start(self) -> None:
         if self.static_url is not None:
@@ -201,6 +213,7 @@ def create_app(
         app.static_url = URL.build(scheme="http", host=settings.worker.instance_id)
     registry = registry or CollectorRegistry()
     metrics = Metrics.create(registry)
+    app.on_hole_repaired = lambda topic, _partition: metrics.messages_reread.labels(topic).inc()
     topics = config.topics
 
     def raw_topic(*names: str, internal: bool = False) -> faust.TopicT:

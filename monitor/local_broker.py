@@ -138,6 +138,11 @@ class LocalKafkaBroker:
         self.bootstrap = ""
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> str:
         """Start the broker and return its ``host:port`` once it serves Kafka requests."""
         binary = noida_db_binary()

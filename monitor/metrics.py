@@ -37,6 +37,7 @@ class Metrics:
     drift_suppressed: Gauge
     oip_halves: Counter
     oip_joins: Counter
+    messages_reread: Counter
     oip_pending: Gauge
 
     @classmethod
@@ -133,6 +134,13 @@ class Metrics:
                 "advmon_oip_halves",
                 "OIP v2 requests and responses read, by model and kind.",
                 ["model", "kind"],
+                registry=registry,
+            ),
+            messages_reread=Counter(
+                "advmon_messages_reread",
+                "Times a partition was read again from a message the worker had skipped "
+                "(read but never processed), by topic; the messages after it are decided twice.",
+                ["topic"],
                 registry=registry,
             ),
             oip_joins=Counter(

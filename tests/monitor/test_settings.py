@@ -172,3 +172,14 @@ def calibrated_for_settings(
     result = CliRunner().invoke(main, [*args, "--out", str(detector), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     return detector
+
+
+def test_instance_id_follows_kafkas_rule_for_group_instance_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ADVMON_WORKER__INSTANCE_ID", "advmon-worker-0.eu_1")
+    assert Settings().worker.instance_id == "advmon-worker-0.eu_1"
+    for bad in ("pod 0", "a/b", "host:6066", "x" * 250, ""):
+        monkeypatch.setenv("ADVMON_WORKER__INSTANCE_ID", bad)
+        with pytest.raises(ValueError, match="instance_id"):
+            Settings()

@@ -1,0 +1,113 @@
+"""Faust's Kafka consumer, made to never commit past a message no agent has processed.
+
+Faust commits, per partition, the longest run of acknowledged offsets that follows the
+last commit. Two faults of faust-streaming 0.15 let a message slip through, both seen on
+Apache Kafka when a worker with a static membership id is restarted and takes its
+partitions back without a rebalance:
+
+- its recovery resumes fetching while it restores the tables' changelogs, before it
+  seeks the stream partitions to their committed offsets; a message fetched in that race
+  is marked read but never reaches an agent, so it is never acknowledged;
+- its commit check lets one missing offset right after the committed one pass
+  (``min(acked) - committed > 1``), so a single such message is committed over: lost.
+
+:class:`GaplessConsumer` commits a partition only while its acknowledged offsets start
+exactly at the committed offset (or after offsets Faust recorded as absent from the log,
+such as compacted ones). A partition whose head message is missing for
+:data:`HOLE_GRACE_S` while later ones are acknowledged, and that no agent holds, is sought
+back to its committed offset: the missing message is read again, the ones after it are
+decided twice (at-least-once), and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+from mode import Service
+
+__all__ = ["HOLE_GRACE_S", "GaplessConsumer", "covered"]
+
+#: How long a partition's next message may stay missing while later ones are acknowledged
+#: before it is read again. Messages of one partition reach the agents in order, so a later
+#: one acknowledged means the missing one was dropped, not delayed; the grace only covers
+#: a batch still being acknowledged.
+HOLE_GRACE_S = 5.0
+
+
+def covered(tree: Any, low: int, high: int) -> bool:
+    """Whether every offset in ``[low, high)`` lies in one of ``tree``'s intervals.
+
+    >>> from intervaltree import IntervalTree
+    >>> covered(IntervalTree.from_tuples([(3, 5), (5, 8)]), 3, 8)
+    True
+    >>> covered(IntervalTree.from_tuples([(3, 5), (6, 8)]), 3, 8)
+    False
+    """
+    needed = low
+    for interval in sorted(tree.overlap(low, high), key=lambda iv: iv.begin):
+        if interval.begin > needed:
+            return False
+        needed = max(needed, interval.end)
+        if needed >= high:
+            return True
+    return needed >= high
+
+
+class GaplessConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer that never commits over a missing message."""
+
+    #: Called with (topic, partition) each time a missing message is read again.
+    on_hole_repaired: Callable[[str, int], None] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._holes: dict[TP, tuple[int, float]] = {}
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None:
+            head = min(acked)
+            if head > committed and not covered(self._gap[tp], committed, head):
+                # The message at `committed` was never acknowledged.
+                self._holes.setdefault(tp, (committed, time.monotonic()))
+                return None
+        self._holes.pop(tp, None)
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
+    @Service.timer(1.0)
+    async def _repair_holes_every_second(self) -> None:
+        await self.repair_holes()
+
+    async def repair_holes(self) -> None:
+        """Read each partition again from a message missing for longer than the grace."""
+        if not self._holes:
+            return
+        now = time.monotonic()
+        assigned = self.assignment()
+        in_flight = {(message.tp, message.offset) for message in self._unacked_messages}
+        for tp, (offset, since) in list(self._holes.items()):
+            if tp not in assigned:
+                self._holes.pop(tp, None)
+                continue
+            if now - since < HOLE_GRACE_S or (tp, offset) in in_flight:
+                continue
+            if self._committed_offset[tp] != offset:
+                self._holes.pop(tp, None)
+                continue
+            self.log.warning(
+                "%s[%d]: the message at offset %d was read but never processed; reading "
+                "the partition again from there (later messages are decided twice)",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+            self._holes.pop(tp, None)
+            await self.seek(tp, offset)
+            if self.on_hole_repaired is not None:
+                self.on_hole_repaired(tp.topic, tp.partition)

@@ -1,0 +1,98 @@
+"""The worker's consumer never commits over a message that no agent processed."""
+
+from __future__ import annotations
+
+import time
+import pytest
+from faust.types import TP
+
+from monitor.app import _FaustApp
+from monitor.consumer import HOLE_GRACE_S, GaplessConsumer
+
+TOPIC = "inference"
+PARTITION = TP(TOPIC, 0)
+
+
+@pytest.fixture
+def consumer() -> GaplessConsumer:
+    app = _FaustApp("consumer-test", broker="kafka://127.0.0.1:9", autodiscover=False)
+    built = app.consumer
+    assert isinstance(built, GaplessConsumer)
+    return built
+
+
+def _acknowledge(consumer: GaplessConsumer, committed: int | None, offsets: list[int]) -> None:
+    consumer._committed_offset[PARTITION] = committed
+    consumer._acked[PARTITION] = list(offsets)
+    consumer._acked_index[PARTITION] = set(offsets)
+
+
+def test_a_run_of_acknowledged_offsets_from_the_committed_one_is_committed(
+    consumer: GaplessConsumer,
+) -> None:
+    _acknowledge(consumer, 10, [10, 11, 12, 14])
+    assert consumer._new_offset(PARTITION) == 13
+
+
+def test_a_single_missing_message_after_the_committed_offset_is_not_committed_over(
+    consumer: GaplessConsumer,
+) -> None:
+    # Faust alone would commit 15 here: its check lets one missing offset pass.
+    _acknowledge(consumer, 10, [11, 12, 13, 14])
+    assert consumer._new_offset(PARTITION) is None
+    assert consumer._holes[PARTITION][0] == 10
+
+
+def test_offsets_faust_recorded_as_absent_do_not_hold_the_commit(
+    consumer: GaplessConsumer,
+) -> None:
+    _acknowledge(consumer, 10, [12, 13])
+    consumer._gap[PARTITION].addi(10, 12)
+    assert consumer._new_offset(PARTITION) == 14
+
+
+async def test_a_hole_older_than_the_grace_is_read_again_from_the_committed_offset(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sought: list[tuple[TP, int]] = []
+    repaired: list[tuple[str, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "assignment", lambda: {PARTITION})
+    consumer.on_hole_repaired = lambda topic, partition: repaired.append((topic, partition))
+    _acknowledge(consumer, 10, [11, 12])
+    assert consumer._new_offset(PARTITION) is None
+
+    await consumer.repair_holes()
+    assert sought == []  # still within the grace
+
+    consumer._holes[PARTITION] = (10, time.monotonic() - HOLE_GRACE_S - 1)
+    await consumer.repair_holes()
+    assert sought == [(PARTITION, 10)]
+    assert repaired == [(TOPIC, 0)]
+    assert consumer._holes == {}
+
+
+async def test_a_hole_on_a_partition_given_away_is_forgotten(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "assignment", set)
+    consumer._holes[PARTITION] = (10, time.monotonic() - HOLE_GRACE_S - 1)
+    await consumer.repair_holes()
+    assert sought == []
+    assert consumer._holes == {}
+
+
+def test_the_repair_runs_as_one_of_the_consumers_timers(consumer: GaplessConsumer) -> None:
+    own = f"{GaplessConsumer.__module__}.{GaplessConsumer.__qualname__}"
+    tasks = type(consumer)._tasks or {}
+    assert "_repair_holes_every_second" in tasks[own]
