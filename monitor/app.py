@@ -113,7 +113,12 @@ class _FaustApp(faust.App):
         consumer = super()._new_consumer()
         if isinstance(consumer, GaplessConsumer):
             consumer.on_hole_repaired = self.on_hole_repaired
+            consumer.queued = self._queued
         return consumer
+
+    def _queued(self, topic: str) -> bool:
+        """Whether a channel reading ``topic`` still holds messages for its agent."""
+        return any(topic in channel.topics and channel.queue.qsize() > 0 for channel in self.topics)
 
     async def on_first_start(self) -> None:
         if self.static_url is not None:

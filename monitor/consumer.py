@@ -16,7 +16,10 @@ exactly at the committed offset (or after offsets Faust recorded as absent from 
 such as compacted ones). A partition whose head message is missing for
 :data:`HOLE_GRACE_S` while later ones are acknowledged, and that no agent holds, is sought
 back to its committed offset: the missing message is read again, the ones after it are
-decided twice (at-least-once), and nothing is lost.
+decided twice (at-least-once), and nothing is lost. The same is done for a partition that
+has been fetched past its committed offset while, for :data:`HOLE_GRACE_S`, none of its
+messages is acknowledged, held by an agent or waiting in an agent's queue: every message
+read since the commit went missing.
 """
 
 from __future__ import annotations
@@ -63,9 +66,13 @@ class GaplessConsumer(AIOKafkaConsumer):
     #: Called with (topic, partition) each time a missing message is read again.
     on_hole_repaired: Callable[[str, int], None] | None = None
 
+    #: Set by the app: whether an agent still has messages of a topic queued.
+    queued: Callable[[str], bool] | None = None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._holes: dict[TP, tuple[int, float]] = {}
+        self._stalls: dict[TP, tuple[int, float]] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
@@ -84,13 +91,41 @@ class GaplessConsumer(AIOKafkaConsumer):
     async def _repair_holes_every_second(self) -> None:
         await self.repair_holes()
 
+    async def _note_stalls(self, assigned: set[TP], in_flight: set[tuple[TP, int]]) -> None:
+        """Note partitions fetched past their commit with nothing of theirs pending."""
+        busy = {tp for tp, _offset in in_flight}
+        now = time.monotonic()
+        for tp in assigned:
+            committed = self._committed_offset.get(tp)
+            if (
+                committed is None
+                or tp in busy
+                or self._acked.get(tp)
+                or not self.app.topics.acks_enabled_for(tp.topic)
+                or self.queued is None
+                or self.queued(tp.topic)
+            ):
+                self._stalls.pop(tp, None)
+                continue
+            position = await self.position(tp)
+            if position is None or position <= committed:
+                self._stalls.pop(tp, None)
+                continue
+            noted = self._stalls.get(tp)
+            if noted is None or noted[0] != committed:
+                self._stalls[tp] = (committed, now)
+            elif now - noted[1] >= HOLE_GRACE_S:
+                self._stalls.pop(tp, None)
+                self._holes[tp] = (committed, noted[1])
+
     async def repair_holes(self) -> None:
         """Read each partition again from a message missing for longer than the grace."""
+        now = time.monotonic()
+        assigned = set(self.assignment())
+        in_flight = {(message.tp, message.offset) for message in self._unacked_messages}
+        await self._note_stalls(assigned, in_flight)
         if not self._holes:
             return
-        now = time.monotonic()
-        assigned = self.assignment()
-        in_flight = {(message.tp, message.offset) for message in self._unacked_messages}
         for tp, (offset, since) in list(self._holes.items()):
             if tp not in assigned:
                 self._holes.pop(tp, None)

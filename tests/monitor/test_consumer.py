@@ -97,3 +97,61 @@ def test_the_repair_runs_as_one_of_the_consumers_timers(consumer: GaplessConsume
     own = f"{GaplessConsumer.__module__}.{GaplessConsumer.__qualname__}"
     tasks = type(consumer)._tasks or {}
     assert "_repair_holes_every_second" in tasks[own]
+
+
+async def _stall_setup(
+    consumer: GaplessConsumer,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    position: int,
+    queued: bool = False,
+) -> list[tuple[TP, int]]:
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    async def at(tp: TP) -> int:
+        return position
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "position", at)
+    monkeypatch.setattr(consumer, "assignment", lambda: {PARTITION})
+    monkeypatch.setattr(consumer.app.topics, "acks_enabled_for", lambda topic: topic == TOPIC)
+    consumer.queued = lambda topic: queued
+    consumer._committed_offset[PARTITION] = 35
+    return sought
+
+
+def _age_notes(consumer: GaplessConsumer) -> None:
+    for notes in (consumer._stalls, consumer._holes):
+        for tp, (offset, _since) in list(notes.items()):
+            notes[tp] = (offset, time.monotonic() - HOLE_GRACE_S - 1)
+
+
+async def test_a_partition_read_past_its_commit_with_nothing_pending_is_read_again(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sought = await _stall_setup(consumer, monkeypatch, position=50)
+    await consumer.repair_holes()
+    _age_notes(consumer)
+    await consumer.repair_holes()  # the stall has lasted the grace: it becomes a hole
+    _age_notes(consumer)
+    await consumer.repair_holes()
+    assert sought == [(PARTITION, 35)]
+
+
+@pytest.mark.parametrize(
+    ("position", "queued"),
+    [(35, False), (50, True)],
+    ids=["caught-up", "messages-queued-for-a-busy-agent"],
+)
+async def test_an_idle_or_busy_partition_is_left_alone(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch, position: int, queued: bool
+) -> None:
+    sought = await _stall_setup(consumer, monkeypatch, position=position, queued=queued)
+    for _ in range(3):
+        await consumer.repair_holes()
+        _age_notes(consumer)
+    assert sought == []
+    assert consumer._stalls == {}
