@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from faust.exceptions import AlreadyConfiguredWarning
 from faust.types import TP, ConsumerT
 from prometheus_client import CollectorRegistry
 from yarl import URL
@@ -122,7 +124,10 @@ class _FaustApp(faust.App):
 
     async def on_first_start(self) -> None:
         if self.static_url is not None:
-            self.conf.canonical_url = self.static_url
+            with warnings.catch_warnings():
+                # Faust warns when a setting changes after it was read; this one must.
+                warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+                self.conf.canonical_url = self.static_url
         await super().on_first_start()
 
 

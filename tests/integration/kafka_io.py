@@ -1,9 +1,9 @@
 """Kafka for the worker tests: unique topics, producing events, reading topics to the end.
 
-Every client here is created and stopped inside the awaiting coroutine (the broker's
-quirks are described in ``tests/conftest.py``); readers pause their partitions between
-polls, because this broker answers empty fetches at once and an idle consumer would
-otherwise spin a CPU core that the workers under test need.
+Every client here is created and stopped inside the awaiting coroutine (see
+``tests/conftest.py``); readers pause their partitions between polls, because the
+embedded broker answers empty fetches at once and an idle consumer would otherwise spin
+a CPU core that the workers under test need (Apache Kafka holds them).
 """
 
 from __future__ import annotations

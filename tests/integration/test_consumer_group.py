@@ -299,5 +299,13 @@ async def test_a_worker_killed_mid_stream_and_restarted_loses_no_decision(
 
     decided = await _every_event_decided(kafka_bootstrap, group, sent, app_id)
     duplicates = sum(n - 1 for n in decided.values())
+    rereads = 0.0
+    for worker in (survivor, revived):
+        metrics = await worker.metrics()
+        rereads += sum(metrics.by_label("advmon_messages_reread_total", "topic").values())
     record_property("duplicate_decisions", duplicates)
-    print(f"{duplicates} duplicate decisions for {len(sent)} events after a restart")
+    record_property("partitions_reread", rereads)
+    print(
+        f"{duplicates} duplicate decisions for {len(sent)} events after a restart; "
+        f"partitions read again from a skipped message: {rereads:.0f}"
+    )
