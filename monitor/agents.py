@@ -90,6 +90,7 @@ def register(wiring: AdvmonApp) -> None:
         async def join_halves(stream: Any) -> None:
             async for value in stream:
                 try:
+                    await wiring.know_changelogs()
                     await join.observe(value)
                 except Exception:
                     _exit_without_commit("joining an OIP v2 request and response")
@@ -97,6 +98,7 @@ def register(wiring: AdvmonApp) -> None:
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def expire_joins() -> None:
             try:
+                await wiring.know_changelogs()
                 await join.expire()
             except Exception:
                 _exit_without_commit("expiring OIP v2 halves")
@@ -115,6 +117,7 @@ def register(wiring: AdvmonApp) -> None:
         async def drift(stream: Any) -> None:
             async for events in stream.take_events(256, 1.0):
                 try:
+                    await wiring.know_changelogs()
                     await wiring.drift.process([event.message.value or b"" for event in events])
                 except Exception:
                     _exit_without_commit("updating drift detectors")

@@ -152,6 +152,26 @@ class AdvmonApp:
     incidents: IncidentStage | None
     alerting: AlertingStage | None
     _declared: bool = False
+    _changelogs_known: bool = False
+
+    async def know_changelogs(self) -> None:
+        """Wait until the producer has metadata for every table's changelog topic.
+
+        A table write outside an event's context (a batch, a timer) leaves the partition
+        to the producer, which picks it synchronously from the metadata it holds and
+        fails with a ``TypeError`` for a topic it has not seen yet: on a real cluster, a
+        changelog created at this start. The embedded broker's metadata always lists
+        every topic, which hid this.
+        """
+        if self._changelogs_known:
+            return
+        producer = await self.app.maybe_start_producer()
+        client: Any = producer._ensure_producer()
+        for table in self.app.tables.values():
+            topic = table.changelog_topic
+            await topic.maybe_declare()
+            await client.partitions_for(topic.get_topic_name())
+        self._changelogs_known = True
 
     async def publish(self, records: Sequence[OutputRecord]) -> None:
         """Send records and return once the broker acknowledged all of them.

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tests.conftest import KafkaTopicFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.embedded_broker]
 
 PARTITIONS = 3
 MESSAGES_PER_PARTITION = 4
