@@ -1787,7 +1787,10 @@ def run_benchmark(plan: Plan, output: Path, broker_kind: str = "apache") -> str:
             )
         else:
             broker = ApacheKafkaBroker(workdir / "kafka")
-            report.broker_description = f"{broker.describe()}, settings in [kafka.md](kafka.md)"
+            report.broker_description = (
+                f"Apache Kafka {broker.version}, one KRaft node (broker and controller) on "
+                "loopback, settings in [kafka.md](kafka.md)"
+            )
         _progress(f"starting {report.broker_description}")
         # The broker's start-up check runs its own event loop: start it outside ours.
         with broker as bootstrap:
