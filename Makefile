@@ -19,7 +19,10 @@ install: $(STAMP)
 
 ## Apache Kafka's jars for the tests and benchmarks, from Maven Central (once; needs Java 17, Maven).
 $(KAFKA_STAMP): tests/kafka/pom.xml
-	mvn --batch-mode --quiet -Dstyle.color=never -f tests/kafka/pom.xml package
+	mkdir -p $(dir $@)
+	mvn --batch-mode --no-transfer-progress -f tests/kafka/pom.xml package >$(dir $@)maven.log 2>&1 \
+		|| { cat $(dir $@)maven.log; exit 1; }
+	@echo "Apache Kafka $(KAFKA_VERSION): $$(ls $(dir $@)libs | wc -l) jars in $(dir $@)libs"
 	touch $@
 
 kafka: $(KAFKA_STAMP)
