@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 __all__ = [
     "BrokerError",
+    "BrokerProcess",
     "LocalKafkaBroker",
     "accepts_tcp",
     "answers_metadata",
@@ -120,8 +121,13 @@ def answers_metadata(bootstrap: str, timeout_s: float) -> Exception | None:
     return None
 
 
-class LocalKafkaBroker:
-    """``noida-db start --only kafka`` on a free loopback port, as a context manager.
+class BrokerProcess:
+    """A Kafka broker in a child process on free loopback ports, as a context manager.
+
+    Subclasses say how to launch it (:meth:`_launch`) and what its log says when a port
+    was taken (:attr:`port_in_use`); this class starts it, waits until it answers a
+    metadata request, retries on another port when the one probed was taken meanwhile,
+    and stops it by PID (SIGTERM, then SIGKILL).
 
     Parameters
     ----------
@@ -130,6 +136,11 @@ class LocalKafkaBroker:
     start_timeout_s
         How long to wait for it to answer a Kafka metadata request.
     """
+
+    #: What the broker's log says when its port was taken.
+    port_in_use = _PORT_IN_USE
+    #: How long :meth:`stop` waits after SIGTERM before SIGKILL.
+    stop_timeout_s = 10.0
 
     def __init__(self, data_dir: Path, *, start_timeout_s: float = 30.0) -> None:
         self.data_dir = data_dir
@@ -143,9 +154,32 @@ class LocalKafkaBroker:
         """The broker's process id while it runs."""
         return self._process.pid if self._process is not None else None
 
+    def describe(self) -> str:
+        """One line naming the broker."""
+        return type(self).__name__
+
+    def _prepare(self) -> None:
+        """Check what the broker needs before the first launch (raise BrokerError)."""
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        """Start the broker on ``port``, its output going to :attr:`log_path`."""
+        raise NotImplementedError
+
+    def _spawn(
+        self, command: list[str], parent_death: int = signal.SIGTERM
+    ) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(parent_death),
+            )
+
     def start(self) -> str:
         """Start the broker and return its ``host:port`` once it serves Kafka requests."""
-        binary = noida_db_binary()
+        self._prepare()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.start_timeout_s
         failure = ""
@@ -154,33 +188,16 @@ class LocalKafkaBroker:
         for _attempt in range(3):
             port = free_loopback_port()
             self.bootstrap = f"127.0.0.1:{port}"
-            command = [
-                str(binary),
-                "start",
-                "--only",
-                "kafka",
-                "--kafka-port",
-                str(port),
-                "--data-dir",
-                str(self.data_dir),
-            ]
-            with self.log_path.open("ab") as log:
-                self._process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent(),
-                )
+            self._process = self._launch(port)
             failure = self._wait_ready(port, deadline)
             if not failure:
                 return self.bootstrap
             self.stop()
-            if _PORT_IN_USE not in self.log() or time.monotonic() >= deadline:
+            if self.port_in_use not in self.log() or time.monotonic() >= deadline:
                 break
         raise BrokerError(
-            f"the local Kafka-protocol broker did not come up on {self.bootstrap}: {failure}\n"
-            f"log ({self.log_path}):\n{self.log()}"
+            f"{self.describe()} did not come up on {self.bootstrap}: {failure}\n"
+            f"log ({self.log_path}):\n{self.log_tail()}"
         )
 
     def _wait_ready(self, port: int, deadline: float) -> str:
@@ -200,22 +217,24 @@ class LocalKafkaBroker:
         return f"not ready after {self.start_timeout_s:.0f} s{detail}"
 
     def log(self) -> str:
-        """The broker's log so far, without the loader's glibc warning."""
+        """The broker's log so far."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace") or "<empty>"
         except OSError as error:
             return f"<could not read {self.log_path}: {error}>"
-        lines = [line for line in text.splitlines() if not _GLIBC_WARNING.search(line)]
-        return "\n".join(lines) or "<empty>"
+
+    def log_tail(self, lines: int = 200) -> str:
+        """The last ``lines`` lines of the broker's log."""
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def stop(self) -> None:
-        """SIGTERM the broker (SIGKILL after 10 s)."""
+        """SIGTERM the broker by PID (SIGKILL after :attr:`stop_timeout_s`)."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=self.stop_timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -231,3 +250,32 @@ class LocalKafkaBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LocalKafkaBroker(BrokerProcess):
+    """``noida-db start --only kafka`` on a free loopback port (see :class:`BrokerProcess`)."""
+
+    def describe(self) -> str:
+        return "the local Kafka-protocol broker (noida-db)"
+
+    def _prepare(self) -> None:
+        self._binary = noida_db_binary()
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            [
+                str(self._binary),
+                "start",
+                "--only",
+                "kafka",
+                "--kafka-port",
+                str(port),
+                "--data-dir",
+                str(self.data_dir),
+            ]
+        )
+
+    def log(self) -> str:
+        """The broker's log so far, without the loader's glibc warning."""
+        lines = [line for line in super().log().splitlines() if not _GLIBC_WARNING.search(line)]
+        return "\n".join(lines) or "<empty>"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import re
 import shutil
@@ -27,17 +26,10 @@ import time
 import uuid
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from monitor.local_broker import (
-    BrokerError,
-    accepts_tcp,
-    answers_metadata,
-    die_with_parent,
-    free_loopback_port,
-)
+from monitor.local_broker import BrokerError, BrokerProcess, free_loopback_port
 
 __all__ = [
     "POM",
@@ -53,7 +45,6 @@ POM = Path(__file__).with_name("pom.xml")
 _REPOSITORY = POM.parents[2]
 _LOG4J_CONFIG = Path(__file__).with_name("log4j2.yaml")
 _MAVEN = "{http://maven.apache.org/POM/4.0.0}"
-_PORT_IN_USE = "Address already in use"
 _CLUSTER_ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 #: Broker settings that differ from Apache Kafka's defaults, and why (docs/kafka.md).
@@ -132,7 +123,7 @@ def _java() -> str:
     return found
 
 
-class ApacheKafkaBroker:
+class ApacheKafkaBroker(BrokerProcess):
     """One Apache Kafka node in KRaft combined mode on loopback, as a context manager.
 
     Parameters
@@ -146,26 +137,20 @@ class ApacheKafkaBroker:
         The JVM's ``-Xmx``.
     """
 
+    port_in_use = "Address already in use"
+    stop_timeout_s = 30.0
+
     def __init__(self, data_dir: Path, *, start_timeout_s: float = 60.0, heap: str = "1g") -> None:
-        self.data_dir = data_dir
-        self.start_timeout_s = start_timeout_s
+        super().__init__(data_dir, start_timeout_s=start_timeout_s)
         self.heap = heap
         self.version = kafka_version()
         self.libs = kafka_libs(self.version)
-        self.log_path = data_dir / "broker.log"
-        self.bootstrap = ""
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """The JVM's process id while it runs."""
-        return self._process.pid if self._process is not None else None
 
     def describe(self) -> str:
         """One line naming the broker, e.g. for pytest's report header."""
         return f"Apache Kafka {self.version} (KRaft, single combined node, jars in {self.libs})"
 
-    def _check_libs(self) -> None:
+    def _prepare(self) -> None:
         jar = self.libs / f"kafka_2.13-{self.version}.jar"
         if not jar.is_file():
             raise BrokerError(
@@ -223,90 +208,14 @@ class ApacheKafkaBroker:
                 f"log ({self.log_path}):\n{self.log_tail()}"
             )
 
-    def start(self) -> str:
-        """Format the storage, start the node, return ``host:port`` once it serves metadata."""
-        self._check_libs()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.start_timeout_s
-        failure = ""
-        # Another process can take a free port between probing and binding it; the node
-        # then exits saying so, and new ports are tried.
-        for _attempt in range(3):
-            port, controller_port = free_loopback_port(), free_loopback_port()
-            while controller_port == port:
-                controller_port = free_loopback_port()
-            self.bootstrap = f"127.0.0.1:{port}"
-            properties = self._write_properties(port, controller_port)
-            self._format(properties)
-            command = self._java_command("kafka.Kafka", str(properties))
-            with self.log_path.open("ab") as log:
-                log.write(f"$ {' '.join(command)}\n".encode())
-                log.flush()
-                self._process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent(signal.SIGKILL),
-                )
-            failure = self._wait_ready(port, deadline)
-            if not failure:
-                return self.bootstrap
-            self.stop()
-            if _PORT_IN_USE not in self.log() or time.monotonic() >= deadline:
-                break
-        raise BrokerError(
-            f"Apache Kafka {self.version} did not come up on {self.bootstrap}: {failure}\n"
-            f"log ({self.log_path}):\n{self.log_tail()}"
-        )
-
-    def _wait_ready(self, port: int, deadline: float) -> str:
-        assert self._process is not None
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            code = self._process.poll()
-            if code is not None:
-                return f"the JVM exited with status {code}"
-            if accepts_tcp(port):
-                remaining = max(deadline - time.monotonic(), 0.1)
-                last_error = answers_metadata(self.bootstrap, min(remaining, 5.0))
-                if last_error is None:
-                    return ""
-            time.sleep(0.2)
-        detail = f"; last metadata error: {last_error!r}" if last_error else ""
-        return f"not ready after {self.start_timeout_s:.0f} s{detail}"
-
-    def log(self) -> str:
-        """The node's whole log so far."""
-        try:
-            return self.log_path.read_text(errors="replace") or "<empty>"
-        except OSError as error:
-            return f"<could not read {self.log_path}: {error}>"
-
-    def log_tail(self, lines: int = 200) -> str:
-        """The last ``lines`` lines of the node's log."""
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the node by PID and wait for its clean shutdown (SIGKILL after ``timeout_s``)."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        controller_port = free_loopback_port()
+        while controller_port == port:
+            controller_port = free_loopback_port()
+        properties = self._write_properties(port, controller_port)
+        self._format(properties)
+        command = self._java_command("kafka.Kafka", str(properties))
+        with self.log_path.open("ab") as log:
+            log.write(f"$ {' '.join(command)}\n".encode())
+        # SIGKILL: a JVM asked to stop politely by a dying parent may outlive the session.
+        return self._spawn(command, signal.SIGKILL)
