@@ -1,9 +1,10 @@
 """Faust's Kafka consumer, made to never commit past a message no agent has processed.
 
 Faust commits, per partition, the longest run of acknowledged offsets that follows the
-last commit. Two faults of faust-streaming 0.15 let a message slip through, both seen on
-Apache Kafka when a worker with a static membership id is restarted and takes its
-partitions back without a rebalance:
+last commit (or, before the first commit, wherever the acknowledged offsets begin).
+Two faults of faust-streaming 0.15 let a message slip through, both seen on Apache Kafka
+when a worker with a static membership id is restarted, or takes over the partitions of
+one that died:
 
 - its recovery resumes fetching while it restores the tables' changelogs, before it
   seeks the stream partitions to their committed offsets; a message fetched in that race
@@ -13,7 +14,8 @@ partitions back without a rebalance:
 
 :class:`GaplessConsumer` commits a partition only while its acknowledged offsets start
 exactly at the committed offset (or after offsets Faust recorded as absent from the log,
-such as compacted ones). A partition whose head message is missing for
+such as compacted ones); before the group's first commit of a partition, at the offset
+reading began. A partition whose head message is missing for
 :data:`HOLE_GRACE_S` while later ones are acknowledged, and that no agent holds, is sought
 back to its committed offset: the missing message is read again, the ones after it are
 decided twice (at-least-once), and nothing is lost. The same is done for a partition that
@@ -73,10 +75,21 @@ class GaplessConsumer(AIOKafkaConsumer):
         super().__post_init__()
         self._holes: dict[TP, tuple[int, float]] = {}
         self._stalls: dict[TP, tuple[int, float]] = {}
+        self._starts: dict[TP, int] = {}
+
+    def _expected(self, tp: TP) -> int | None:
+        """The offset the next commit of ``tp`` must start at, when known.
+
+        The committed offset; before the group's first commit of the partition, where
+        reading began (its earliest offset, as ``auto_offset_reset=earliest``), once
+        :meth:`repair_holes` has looked it up.
+        """
+        committed = self._committed_offset.get(tp)
+        return committed if committed is not None else self._starts.get(tp)
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
-        committed = self._committed_offset[tp]
+        committed = self._expected(tp)
         if acked and committed is not None:
             head = min(acked)
             if head > committed and not covered(self._gap[tp], committed, head):
@@ -95,8 +108,20 @@ class GaplessConsumer(AIOKafkaConsumer):
         """Note partitions fetched past their commit with nothing of theirs pending."""
         busy = {tp for tp, _offset in in_flight}
         now = time.monotonic()
+        unknown = [
+            tp
+            for tp in assigned
+            if self._committed_offset.get(tp) is None
+            and tp not in self._starts
+            and self.app.topics.acks_enabled_for(tp.topic)
+        ]
+        if unknown:
+            self._starts.update(await self.earliest_offsets(*unknown))
+        for tp in list(self._starts):
+            if tp not in assigned:
+                del self._starts[tp]
         for tp in assigned:
-            committed = self._committed_offset.get(tp)
+            committed = self._expected(tp)
             if (
                 committed is None
                 or tp in busy
@@ -132,7 +157,7 @@ class GaplessConsumer(AIOKafkaConsumer):
                 continue
             if now - since < HOLE_GRACE_S or (tp, offset) in in_flight:
                 continue
-            if self._committed_offset[tp] != offset:
+            if self._expected(tp) != offset:
                 self._holes.pop(tp, None)
                 continue
             self.log.warning(

@@ -155,3 +155,31 @@ async def test_an_idle_or_busy_partition_is_left_alone(
         _age_notes(consumer)
     assert sought == []
     assert consumer._stalls == {}
+
+
+async def test_a_partition_never_committed_is_read_again_from_its_earliest_offset(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker died before the group's first commit of the partition; its successor
+    # fetched from the earliest offset, and those messages went missing.
+    sought = await _stall_setup(consumer, monkeypatch, position=32)
+    consumer._committed_offset[PARTITION] = None
+
+    async def earliest(*partitions: TP) -> dict[TP, int]:
+        return dict.fromkeys(partitions, 0)
+
+    monkeypatch.setattr(consumer, "earliest_offsets", earliest)
+    for _ in range(3):
+        await consumer.repair_holes()
+        _age_notes(consumer)
+    assert sought == [(PARTITION, 0)]
+
+
+def test_before_the_first_commit_a_missing_first_message_is_not_committed_over(
+    consumer: GaplessConsumer,
+) -> None:
+    consumer._starts[PARTITION] = 0
+    _acknowledge(consumer, None, [1, 2, 3])
+    assert consumer._new_offset(PARTITION) is None
+    _acknowledge(consumer, None, [0, 1, 2])
+    assert consumer._new_offset(PARTITION) == 3
