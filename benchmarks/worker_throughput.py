@@ -61,7 +61,7 @@ from monitor.config import load_config
 from monitor.demo.attacks import pgd
 from monitor.demo.model import DigitsData, load_digits_data, mlp_to_onnx, train_mlp
 from monitor.demo.run import ATTACK_EPS, demo_event
-from monitor.local_broker import LocalKafkaBroker, free_loopback_port
+from monitor.local_broker import BrokerProcess, LocalKafkaBroker, free_loopback_port
 from monitor.offline import calibrate_file
 from monitor.pipeline import InputMessage, ModelDetector, ScoringPipeline
 from tests.kafka import ApacheKafkaBroker
@@ -1778,7 +1778,7 @@ def run_benchmark(plan: Plan, output: Path, broker_kind: str = "apache") -> str:
         report.stages, report.flagged_share = stage_costs(
             artifacts, report.stage_batch, plan.stage_rounds
         )
-        broker: ApacheKafkaBroker | LocalKafkaBroker
+        broker: BrokerProcess
         if broker_kind == "embedded":
             broker = LocalKafkaBroker(workdir / "kafka")
             report.broker_description = (

@@ -32,8 +32,6 @@ __all__ = [
     "BrokerError",
     "BrokerProcess",
     "LocalKafkaBroker",
-    "accepts_tcp",
-    "answers_metadata",
     "die_with_parent",
     "free_loopback_port",
     "noida_db_binary",
@@ -88,8 +86,7 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
     return request
 
 
-def accepts_tcp(port: int) -> bool:
-    """Whether something accepts TCP connections on ``127.0.0.1:port``."""
+def _accepts_tcp(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -108,8 +105,7 @@ async def _check_metadata(bootstrap: str) -> None:
         raise RuntimeError(f"metadata from {bootstrap} lists no brokers")
 
 
-def answers_metadata(bootstrap: str, timeout_s: float) -> Exception | None:
-    """``None`` once ``bootstrap`` answers a metadata request naming a broker, else the error."""
+def _answers_metadata(bootstrap: str, timeout_s: float) -> Exception | None:
     # A private event loop: callers may be synchronous code (fixtures, the demo's set-up).
     loop = asyncio.new_event_loop()
     try:
@@ -207,9 +203,9 @@ class BrokerProcess:
             code = self._process.poll()
             if code is not None:
                 return f"the broker exited with status {code}"
-            if accepts_tcp(port):
+            if _accepts_tcp(port):
                 remaining = max(deadline - time.monotonic(), 0.1)
-                last_error = answers_metadata(self.bootstrap, min(remaining, 5.0))
+                last_error = _answers_metadata(self.bootstrap, min(remaining, 5.0))
                 if last_error is None:
                     return ""
             time.sleep(0.1)

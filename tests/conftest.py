@@ -47,7 +47,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from monitor.local_broker import BrokerError, LocalKafkaBroker
+from monitor.local_broker import BrokerError, BrokerProcess, LocalKafkaBroker
 from tests.kafka import ApacheKafkaBroker, create_topics
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -63,7 +63,7 @@ _EMBEDDED_MARK = "embedded_broker"
 _BROKER_LOG_LINES = 120
 
 #: The session's broker, once started: its log goes into the report of a failed test.
-_BROKERS: list[ApacheKafkaBroker | LocalKafkaBroker] = []
+_BROKERS: list[BrokerProcess] = []
 
 KafkaTopicFactory = Callable[..., Awaitable[str]]
 
@@ -138,8 +138,8 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = yield
     if report.failed and _BROKERS and _KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
         broker = _BROKERS[-1]
-        lines = broker.log().splitlines()[-_BROKER_LOG_LINES:]
-        report.sections.append((f"kafka broker log: {broker.log_path} (end)", "\n".join(lines)))
+        tail = broker.log_tail(_BROKER_LOG_LINES)
+        report.sections.append((f"kafka broker log: {broker.log_path} (end)", tail))
     return report
 
 
@@ -160,7 +160,7 @@ def kafka_bootstrap(
     to the report of every failed test that used it.
     """
     folder = tmp_path_factory.mktemp("kafka")
-    broker: ApacheKafkaBroker | LocalKafkaBroker
+    broker: BrokerProcess
     try:
         if pytestconfig.getoption("--kafka") == "embedded":
             broker = LocalKafkaBroker(folder)

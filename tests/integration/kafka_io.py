@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from monitor.kafka_metadata import topic_partitions
 from tests.kafka import create_topics
 
 __all__ = [
@@ -142,24 +143,11 @@ class Record:
 async def _topic_partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     # A topic just created (by a test or by a worker) may be missing from a broker's
     # metadata for a moment, or listed without its partitions.
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        for _ in range(100):
-            # Listing every topic first: a metadata request that names a missing topic
-            # makes a broker with auto.create.topics.enable create it.
-            if topic not in await admin.list_topics():
-                await asyncio.sleep(0.1)
-                continue
-            described = await admin.describe_topics([topic])
-            found = [
-                p["partition"] for t in described if t["error_code"] == 0 for p in t["partitions"]
-            ]
-            if found:
-                return [TopicPartition(topic, p) for p in sorted(found)]
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
+    for _ in range(100):
+        found = await topic_partitions(topic, bootstrap_servers=bootstrap)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        await asyncio.sleep(0.1)
     raise AssertionError(f"topic {topic!r} does not exist or has no partitions")
 
 
