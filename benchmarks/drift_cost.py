@@ -5,12 +5,12 @@ smoke run, ``--output PATH`` to write the page somewhere other than
 ``docs/benchmarks-drift.md``. On the demo digits model (CPU execution provider), for the
 same batches of native events (64 per batch, as the worker batches them):
 
-* **scoring stage**: :meth:`monitor.stages.ScoringStage.process` with drift off: decode,
-  validate, fused squeeze graph, decisions (publishing is a no-op);
+* **scoring stage**: :meth:`monitor.worker.stages.scoring.ScoringStage.process` with drift off:
+  decode, validate, fused squeeze graph, decisions (publishing is a no-op);
 * **signals**: what the scoring stage adds with drift on: computing each scored batch's
   signal columns and serialising its signals record (timed on its own, on the verdicts
   of the scored batches);
-* **drift stage**: :meth:`monitor.drift_stage.DriftStage.process` on those records:
+* **drift stage**: :meth:`monitor.worker.stages.drift.DriftStage.process` on those records:
   parsing, the River detectors of the default signal set, and the checkpoint (pickling
   the state into the table, here a dict).
 
@@ -40,11 +40,11 @@ from benchmarks.squeeze_scoring import describe_machine, machine_table_rows
 from monitor.config import MonitorConfig
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
 from monitor.demo.run import demo_event
-from monitor.drift_stage import DriftStage, drift_plans, signal_batch
-from monitor.metrics import Metrics
 from monitor.offline import calibrate_file
-from monitor.pipeline import InputMessage, OutputRecord
-from monitor.stages import ScoringStage, load_model_detectors
+from monitor.worker.metrics import Metrics
+from monitor.worker.stages.drift import DriftStage, drift_plans, signal_batch
+from monitor.worker.stages.scoring import ScoringStage, load_model_detectors
+from monitor.worker.stages.scoring_pipeline import InputMessage, OutputRecord
 
 __all__ = ["main"]
 

@@ -61,9 +61,9 @@ from monitor.config import load_config
 from monitor.demo.attacks import pgd
 from monitor.demo.model import DigitsData, load_digits_data, mlp_to_onnx, train_mlp
 from monitor.demo.run import ATTACK_EPS, demo_event
-from monitor.local_broker import BrokerProcess, LocalKafkaBroker, free_loopback_port
+from monitor.kafka.local_broker import BrokerProcess, LocalKafkaBroker, free_loopback_port
 from monitor.offline import calibrate_file
-from monitor.pipeline import InputMessage, ModelDetector, ScoringPipeline
+from monitor.worker.stages.scoring_pipeline import InputMessage, ModelDetector, ScoringPipeline
 from tests.kafka import ApacheKafkaBroker
 
 __all__ = [
@@ -113,7 +113,7 @@ import asyncio
 import runpy
 import sys
 
-import monitor.app
+import monitor.worker.app
 
 
 async def publish(self, records):
@@ -124,7 +124,7 @@ async def publish(self, records):
     await asyncio.gather(*pending)
 
 
-monitor.app.AdvmonApp.publish = publish
+monitor.worker.app.AdvmonApp.publish = publish
 sys.argv = ["advmon", *sys.argv[1:]]
 runpy.run_module("monitor", run_name="__main__", alter_sys=True)
 """
@@ -1500,7 +1500,7 @@ def render_markdown(report: Report) -> str:
             "**The worker's `/metrics` page did not answer 200 in this run**, so the columns "
             "from its histograms are empty. The worker logged: "
             + "; ".join(f"`{e}`" for e in errors)
-            + " (`monitor/agents.py` passes `prometheus_client.CONTENT_TYPE_LATEST`, which "
+            + " (`monitor/worker/agents.py` passes `prometheus_client.CONTENT_TYPE_LATEST`, which "
             "includes `charset=utf-8`, as the content type of `web.bytes`, which aiohttp "
             "refuses).\n"
         )
@@ -1782,7 +1782,8 @@ def run_benchmark(plan: Plan, output: Path, broker_kind: str = "apache") -> str:
         if broker_kind == "embedded":
             broker = LocalKafkaBroker(workdir / "kafka")
             report.broker_description = (
-                "the embedded noida-db broker (`monitor.local_broker.LocalKafkaBroker`, the one "
+                "the embedded noida-db broker "
+                "(`monitor.kafka.local_broker.LocalKafkaBroker`, the one "
                 "`make demo` uses)"
             )
         else:

@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError, UnsupportedVersionError
 from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
-from monitor.kafka_metadata import topic_partitions
+from monitor.kafka.metadata import topic_partitions
 from schemas import Action, Decision, Scope
 
 if TYPE_CHECKING:

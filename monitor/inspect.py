@@ -8,9 +8,9 @@ so everything but :func:`read_records` is testable without a broker.
 
 Each record is decoded exactly as the worker decodes it (:mod:`monitor.formats`,
 :func:`schemas.decode_event`), and each event's input is checked as the worker checks it
-(``monitor.pipeline``): against the detector of its model when a worker config is given,
-else only that it decodes to finite numbers. OIP v2 requests and responses found among
-the records read are joined by CloudEvent id, as the worker's join stage would.
+(``monitor.worker.stages.scoring_pipeline``): against the detector of its model when a
+worker config is given, else only that it decodes to finite numbers. OIP v2 requests and responses
+found among the records read are joined by CloudEvent id, as the worker's join stage would.
 
 Exceptions::
 
@@ -56,7 +56,7 @@ from monitor.formats import (
     oip_v2_events,
     sagemaker_events,
 )
-from monitor.kafka_metadata import topic_partitions
+from monitor.kafka.metadata import topic_partitions
 from monitor.settings import KafkaSettings
 from schemas import InferenceEvent, InvalidEventError, TensorPayload, decode_event
 

@@ -47,7 +47,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from monitor.local_broker import BrokerError, BrokerProcess, LocalKafkaBroker
+from monitor.kafka.local_broker import BrokerError, BrokerProcess, LocalKafkaBroker
 from tests.kafka import ApacheKafkaBroker, create_topics
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -102,7 +102,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """Name the broker the integration tests run on, and its version."""
     if config.getoption("--kafka") == "embedded":
         return [
-            "kafka broker: embedded noida-db (monitor.local_broker), "
+            "kafka broker: embedded noida-db (monitor.kafka.local_broker), "
             f"only tests marked {_EMBEDDED_MARK}"
         ]
     try:
@@ -156,7 +156,7 @@ def kafka_bootstrap(
     formatted in a fresh temporary directory, the node starts on free loopback ports, is
     ready when it answers a metadata request, and is stopped by PID (SIGTERM, then SIGKILL)
     at the end. With ``--kafka=embedded``, the demo's noida-db broker
-    (:class:`monitor.local_broker.LocalKafkaBroker`). The end of the broker's log is added
+    (:class:`monitor.kafka.local_broker.LocalKafkaBroker`). The end of the broker's log is added
     to the report of every failed test that used it.
     """
     folder = tmp_path_factory.mktemp("kafka")

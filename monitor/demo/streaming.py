@@ -29,10 +29,10 @@ from rich.table import Table
 from sqlalchemy import create_engine
 
 from monitor.demo.run import MALFORMED_LINES, DemoArtifacts, demo_event
-from monitor.local_broker import LocalKafkaBroker, free_loopback_port
-from monitor.storage.incidents import IncidentStore
-from monitor.storage.models import Incident, IncidentKind
-from monitor.storage.schema import upgrade
+from monitor.incidents.storage.incidents import IncidentStore
+from monitor.incidents.storage.models import Incident, IncidentKind
+from monitor.incidents.storage.schema import upgrade
+from monitor.kafka.local_broker import LocalKafkaBroker, free_loopback_port
 from schemas import Action, DeadLetter, Decision, Scope
 
 __all__ = ["DemoError", "run_streaming_demo"]

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.alerting import ALERT_NAMES
-from monitor.metrics import Metrics
+from monitor.incidents.alertmanager import ALERT_NAMES
+from monitor.worker.metrics import Metrics
 from tests.deploy.deploy_support import (
     DOCKERFILE,
     REPO,
@@ -139,7 +139,7 @@ def rule_alerts() -> list[dict[str, Any]]:
 
 def advmon_alert_labels() -> list[dict[str, str]]:
     """Label sets of every alert advmon raises: Prometheus's rules and the worker's
-    incident alerts (monitor/alerting.py)."""
+    incident alerts (monitor/incidents/alertmanager.py)."""
     alerts = [
         {"alertname": str(rule["alert"]), **{k: str(v) for k, v in rule["labels"].items()}}
         for rule in rule_alerts()

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from monitor.local_broker import free_loopback_port
+from monitor.kafka.local_broker import free_loopback_port
 
 __all__ = ["Alertmanager", "WebhookReceiver", "alertmanager_binary", "running_alertmanager"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from monitor.kafka_metadata import topic_partitions
+from monitor.kafka.metadata import topic_partitions
 from tests.kafka import create_topics
 
 __all__ = [

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
-from monitor.storage.models import DetectionRow, Incident, IncidentKind
-from monitor.storage.schema import upgrade
+from monitor.incidents.storage.models import DetectionRow, Incident, IncidentKind
+from monitor.incidents.storage.schema import upgrade
 from schemas import Detection, DetectionKind
 from tests.integration.alertmanager import alertmanager_binary, running_alertmanager
 from tests.integration.kafka_io import (

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 
-from monitor.storage.models import DetectionRow, Incident, IncidentKind
-from monitor.storage.schema import upgrade
+from monitor.incidents.storage.models import DetectionRow, Incident, IncidentKind
+from monitor.incidents.storage.schema import upgrade
 from schemas import Detection, DetectionKind
 from tests.integration.alertmanager import Alertmanager, alertmanager_binary, running_alertmanager
 from tests.integration.kafka_io import (

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.local_broker import die_with_parent, free_loopback_port
+from monitor.kafka.local_broker import die_with_parent, free_loopback_port
 from tests.integration.kafka_io import OutputTopics, unique_name
 
 __all__ = [

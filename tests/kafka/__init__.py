@@ -29,7 +29,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from monitor.local_broker import BrokerError, BrokerProcess, free_loopback_port
+from monitor.kafka.local_broker import BrokerError, BrokerProcess, free_loopback_port
 
 __all__ = [
     "POM",

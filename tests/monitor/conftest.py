@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from detectors import calibrate_detector
-from monitor import cli
+from monitor.cli import root as cli
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
 from tests.monitor.cli_support import N_BENIGN, DemoModel, Traffic, image_events, write_events
 from tests.monitor.database_support import fresh_schema

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 
 from monitor.cli import main
 from monitor.demo.run import MALFORMED_LINES
-from monitor.storage.incidents import IncidentStore
+from monitor.incidents.storage.incidents import IncidentStore
 from tests.monitor.cli_support import normalized
 
 _KINDS = ("clean", "fgsm", "pgd")

@@ -34,7 +34,7 @@ from monitor.inspect import (
     report_tables,
     resolve_decoding,
 )
-from monitor.local_broker import free_loopback_port
+from monitor.kafka.local_broker import free_loopback_port
 from tests.cancer import build_cancer_case
 from tests.integration.kafka_io import create_topics, produce, unique_name
 from tests.monitor.cli_support import DemoModel, assert_clean_failure, normalized

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from monitor import cli
 from monitor.cli import main
+from monitor.cli import root as cli
 from monitor.settings import Settings
 from tests.monitor.cli_support import DemoModel, Traffic, normalized
 

@@ -1,0 +1,1 @@
+"""The incident history: storage, alerts, postmortem reports and the HTTP API."""

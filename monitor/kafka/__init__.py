@@ -1,0 +1,1 @@
+"""Talking to Kafka outside the worker: cluster metadata and a local broker process."""

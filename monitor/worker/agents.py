@@ -1,0 +1,195 @@
+"""The worker's agents and web pages, top to bottom in the order an event travels.
+
+1. ``score``: batches of inference messages → decode, validate (bad ones to the
+   dead-letter topic) → fused squeeze graph → a decision per event on the decisions
+   topic; flagged events also go to the detections topic and, re-keyed by source, to the
+   internal source-flags topic; each batch's drift signals go, keyed by model, to the
+   internal signals topic.
+   OIP v2 records go, re-keyed by CloudEvent id, to the internal halves topic.
+   ``join`` pairs each request with its response there (table ``oip-pending``) and
+   publishes native events on the internal joined topic, which ``score-joined`` scores
+   like any inference topic.
+2. ``quarantine``: source flags → windowed count per source → one source-scoped
+   decision when a source crosses its limit (and a quarantine detection).
+3. ``drift``: signals, keyed by model → each model's River detectors (checkpointed in
+   a table) → drift detections.
+4. ``incidents``: detections → incidents in the database (retrying while it is down);
+   a background task keeps Alertmanager's alerts in step with the incidents.
+
+Each agent returns to Faust only after its outputs are acknowledged by the broker, and
+Faust commits an offset only after the agent has returned for that message: processing
+is at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from monitor.worker.app import AdvmonApp
+from monitor.worker.stages.scoring_pipeline import InputMessage
+from schemas import Detection
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+
+def _input_message(event: faust.EventT[Any]) -> InputMessage:
+    message = event.message
+    headers = message.headers or ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return InputMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value or b"",
+        timestamp=message.timestamp,
+        headers=tuple((str(name), bytes(value or b"")) for name, value in pairs),
+    )
+
+
+def _exit_without_commit(doing: str) -> NoReturn:
+    """Stop the process at once after an unexpected error.
+
+    Faust acknowledges a batch taken with ``take_events`` even when its handler raises,
+    and would commit that offset on the way down; exiting here instead keeps the batch
+    uncommitted, so a restarted worker processes it again (at-least-once).
+    """
+    logger.critical("unexpected error while %s; exiting without committing", doing, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
+def register(wiring: AdvmonApp) -> None:
+    """Attach the agents, the timer and the web pages to ``wiring.app``."""
+    app = wiring.app
+    batching = wiring.config.batching
+
+    async def score_batches(stream: Any) -> None:
+        await wiring.scoring.wait_ready()
+        async for events in stream.take_events(batching.max_events, batching.max_wait_ms / 1000):
+            try:
+                await wiring.scoring.process([_input_message(event) for event in events])
+            except Exception:
+                _exit_without_commit("scoring a batch")
+
+    app.agent(wiring.inference, name="advmon.score")(score_batches)
+    join = wiring.join
+    if join is not None:
+        app.agent(wiring.joined, name="advmon.score-joined")(score_batches)
+
+        @app.agent(wiring.halves, name="advmon.join")
+        async def join_halves(stream: Any) -> None:
+            async for value in stream:
+                try:
+                    await wiring.know_changelogs()
+                    await join.observe(value)
+                except Exception:
+                    _exit_without_commit("joining an OIP v2 request and response")
+
+        @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+        async def expire_joins() -> None:
+            try:
+                await wiring.know_changelogs()
+                await join.expire()
+            except Exception:
+                _exit_without_commit("expiring OIP v2 halves")
+
+    @app.agent(wiring.source_flags, name="advmon.quarantine")
+    async def quarantine(stream: Any) -> None:
+        async for value in stream:
+            try:
+                await wiring.quarantine.observe(value)
+            except Exception:
+                _exit_without_commit("counting a source flag")
+
+    if wiring.drift.plans:
+
+        @app.agent(wiring.signals, name="advmon.drift")
+        async def drift(stream: Any) -> None:
+            async for events in stream.take_events(256, 1.0):
+                try:
+                    await wiring.know_changelogs()
+                    await wiring.drift.process([event.message.value or b"" for event in events])
+                except Exception:
+                    _exit_without_commit("updating drift detectors")
+
+    incident_stage, alerting = wiring.incidents, wiring.alerting
+    if incident_stage is not None and alerting is not None:
+
+        @app.agent(wiring.outputs[wiring.config.topics.detections], name="advmon.incidents")
+        async def incidents(stream: Any) -> None:
+            async for events in stream.take_events(256, 1.0):
+                detections = []
+                for event in events:
+                    message = event.message
+                    try:
+                        detections.append(Detection.model_validate_json(message.value or b""))
+                    except ValidationError as exc:
+                        logger.error(
+                            "skipping a malformed detection at %s/%d@%d: %s",
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                            exc,
+                        )
+                try:
+                    await incident_stage.record(detections)
+                except Exception:
+                    _exit_without_commit("storing detections")
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def sync_alerts() -> None:
+            try:
+                await alerting.run()
+            finally:
+                await alerting.close()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def quiet_library_debug_logs() -> None:
+        # Faust's progress spinner sets the root logger to DEBUG whatever the level shown,
+        # so every debug call of aiokafka, Faust and mode would build a record nobody sees.
+        # The spinner's own handler takes everything; the level shown is the others'.
+        root = logging.getLogger()
+        shown = min(
+            (h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"),
+            default=logging.WARNING,
+        )
+        for name in ("aiokafka", "faust", "mode"):
+            library = logging.getLogger(name)
+            library.setLevel(max(shown, library.level))
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def refresh_gauges() -> None:
+        wiring.metrics.quarantined_sources.set(wiring.quarantine.sources_in_force())
+        wiring.drift.report_held()
+
+    @app.page("/metrics")
+    async def metrics(web: faust.web.View, request: faust.web.Request) -> Any:
+        # aiohttp refuses a charset in content_type=; prometheus-client's type carries one.
+        return web.bytes(
+            generate_latest(wiring.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
+        consumer = app.consumer
+        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
+        # actives_ready turns true once the first assignment is recovered, and false again
+        # at every rebalance: before that the worker holds nothing.
+        consuming = (
+            app.started
+            and not app.rebalancing
+            and app.tables.actives_ready
+            and wiring.scoring.ready
+        )
+        body = {"status": "ok" if consuming else "starting", "assigned": assigned}
+        return web.json(body, status=200 if consuming else 503)

@@ -1,0 +1,375 @@
+"""Build the Faust app: broker connection, topics, tables, stages, agents and web pages.
+
+Nothing is built at import time: :func:`create_app` is called by ``advmon worker`` (and
+by tests) with the settings and the worker config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from faust.exceptions import AlreadyConfiguredWarning
+from faust.types import TP, ConsumerT
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from monitor.config import MonitorConfig
+from monitor.incidents.storage.incidents import IncidentStore
+from monitor.settings import KafkaSettings, Settings
+from monitor.worker.consumer import GaplessConsumer
+from monitor.worker.metrics import Metrics
+from monitor.worker.stages.drift import DriftStage, drift_plans
+from monitor.worker.stages.incidents import AlertingStage, IncidentStage
+from monitor.worker.stages.join import JoinStage
+from monitor.worker.stages.scoring import QuarantineStage, ScoringStage
+from monitor.worker.stages.scoring_pipeline import ModelDetector, OutputRecord
+
+__all__ = [
+    "AdvmonApp",
+    "BrokerUnreachableError",
+    "broker_credentials",
+    "check_broker",
+    "create_app",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """Faust credentials for the configured security protocol (``None`` for PLAINTEXT)."""
+    ssl_context = kafka.ssl_context()
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+class BrokerUnreachableError(RuntimeError):
+    """No Kafka broker answered at start; the message names the bootstrap servers."""
+
+
+def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
+    """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request."""
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(
+            **kafka.client_options(), request_timeout_ms=int(timeout_s * 1000)
+        )
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+        finally:
+            await admin.close()
+
+    # The probe's failure is reported below, in one line; aiokafka would log it too.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(probe())
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {kafka.bootstrap} "
+            f"({kafka.security_protocol}) within {timeout_s:g} s: {exc!r}; check "
+            "ADVMON_KAFKA__BOOTSTRAP and the ADVMON_KAFKA__ security settings"
+        ) from None
+    finally:
+        client_log.setLevel(level)
+
+
+class _FaustApp(faust.App):
+    """Faust's app; a static group member's canonical URL is its instance id.
+
+    A static member that rejoins gets its previous assignment back from the broker, and
+    Faust's assignor refuses it unless it names the member's current canonical URL: an
+    ``AssertionError`` that ends the consumer's group coordination for good and leaves
+    the worker "starting" forever. Faust builds that URL from the web host and port (its
+    worker command sets it from ``--web-host``/``--web-port``), which change when a pod
+    comes back on another node or a process restarts on another port; the instance id
+    does not. It is set here, once the command line has been applied.
+    """
+
+    static_url: URL | None = None
+    #: Called with (topic, partition) when the consumer reads a skipped message again.
+    on_hole_repaired: Callable[[str, int], None] | None = None
+
+    def _new_consumer(self) -> ConsumerT:
+        # Faust's own consumer can commit over a message no agent processed; see
+        # monitor.worker.consumer.
+        self.transport.Consumer = GaplessConsumer  # type: ignore[misc]
+        consumer = super()._new_consumer()
+        if isinstance(consumer, GaplessConsumer):
+            consumer.on_hole_repaired = self.on_hole_repaired
+            consumer.queued = self._queued
+        return consumer
+
+    def _queued(self, topic: str) -> bool:
+        """Whether a channel reading ``topic`` still holds messages for its agent."""
+        return any(topic in channel.topics and channel.queue.qsize() > 0 for channel in self.topics)
+
+    async def on_first_start(self) -> None:
+        if self.static_url is not None:
+            with warnings.catch_warnings():
+                # Faust warns when a setting changes after it was read; this one must.
+                warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+                self.conf.canonical_url = self.static_url
+        await super().on_first_start()
+
+
+@dataclass
+class AdvmonApp:
+    """The Faust app and what the agents need from it."""
+
+    app: faust.App
+    config: MonitorConfig
+    metrics: Metrics
+    registry: CollectorRegistry
+    inference: faust.TopicT
+    source_flags: faust.TopicT
+    signals: faust.TopicT
+    halves: faust.TopicT
+    joined: faust.TopicT
+    outputs: dict[str, faust.TopicT]
+    scoring: ScoringStage
+    quarantine: QuarantineStage
+    drift: DriftStage
+    join: JoinStage | None
+    incidents: IncidentStage | None
+    alerting: AlertingStage | None
+    _declared: bool = False
+    _changelogs_known: bool = False
+
+    async def know_changelogs(self) -> None:
+        """Wait until the producer has metadata for every table's changelog topic.
+
+        A table write outside an event's context (a batch, a timer) leaves the partition
+        to the producer, which picks it synchronously from the metadata it holds and
+        fails with a ``TypeError`` for a topic it has not seen yet: on a real cluster, a
+        changelog created at this start. The embedded broker's metadata always lists
+        every topic, which hid this.
+        """
+        if self._changelogs_known:
+            return
+        producer = await self.app.maybe_start_producer()
+        client: Any = producer._ensure_producer()
+        for table in self.app.tables.values():
+            topic = table.changelog_topic
+            await topic.maybe_declare()
+            await client.partitions_for(topic.get_topic_name())
+        self._changelogs_known = True
+
+    async def publish(self, records: Sequence[OutputRecord]) -> None:
+        """Send records and return once the broker acknowledged all of them.
+
+        While the broker refuses them the whole batch is sent again with back-off
+        (at-least-once: a record may be written twice, never lost), and the caller's
+        input offsets stay uncommitted.
+        """
+        delay = 0.5
+        while True:
+            try:
+                # Straight to the producer: Topic.send costs several event-loop round
+                # trips per record, which splits a batch into many small produce requests.
+                if not self._declared:
+                    # Create missing output topics once (Topic.send would do it per call).
+                    await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
+                    self._declared = True
+                producer = await self.app.maybe_start_producer()
+                pending = [
+                    await producer.send(record.topic, record.key, record.value, None, None, None)
+                    for record in records
+                ]
+                await asyncio.gather(*pending)
+                return
+            except (KafkaError, TimeoutError) as exc:
+                logger.error(
+                    "publishing %d records failed, retrying in %.1f s: %r", len(records), delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def create_app(
+    settings: Settings,
+    config: MonitorConfig,
+    models: dict[str, ModelDetector],
+    store: IncidentStore | None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> AdvmonApp:
+    """Build the worker's Faust app for ``config`` (see :func:`monitor.worker.agents.register`).
+
+    Without a ``store`` the worker keeps no incidents and sends no alerts: detections stay
+    on their topic for whoever consumes them.
+    """
+    kafka = settings.kafka
+    config = config.for_app(settings.worker.app_id)
+    app = _FaustApp(
+        settings.worker.app_id,
+        broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap.split(",")],
+        broker_credentials=broker_credentials(kafka),
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        producer_acks=-1,
+        topic_partitions=settings.worker.internal_partitions,
+        table_standby_replicas=0,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        # Stop promptly even while a stage is retrying (database down): events it did not
+        # finish are uncommitted and processed again after the restart.
+        stream_wait_empty=False,
+        autodiscover=False,
+    )
+    if settings.worker.data_dir is not None:
+        app.conf.datadir = settings.worker.data_dir
+    if settings.worker.instance_id is not None:
+        app.conf.consumer_group_instance_id = settings.worker.instance_id
+        app.static_url = URL.build(scheme="http", host=settings.worker.instance_id)
+    registry = registry or CollectorRegistry()
+    metrics = Metrics.create(registry)
+    app.on_hole_repaired = lambda topic, _partition: metrics.messages_reread.labels(topic).inc()
+    topics = config.topics
+
+    def raw_topic(*names: str, internal: bool = False) -> faust.TopicT:
+        return app.topic(
+            *names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=internal,
+            partitions=settings.worker.internal_partitions if internal else None,
+        )
+
+    outputs = {
+        name: raw_topic(name) for name in (topics.decisions, topics.dead_letter, topics.detections)
+    }
+    source_flags = raw_topic(topics.source_flags, internal=True)
+    outputs[topics.source_flags] = source_flags
+    counts = app.Table(
+        "source-flag-counts", default=int, partitions=settings.worker.internal_partitions
+    ).tumbling(config.quarantine.window_seconds, expires=2 * config.quarantine.window_seconds)
+    in_force = app.Table(
+        "source-quarantines",
+        default=float,
+        key_type=str,
+        value_type=float,
+        partitions=settings.worker.internal_partitions,
+    )
+    signals = raw_topic(topics.signals, internal=True)
+    outputs[topics.signals] = signals
+    drift_states = app.Table(
+        "drift-states",
+        key_type=str,
+        value_type=bytes,
+        partitions=settings.worker.internal_partitions,
+        # Written per batch of signals (take_events), outside Faust's per-event context:
+        # the changelog partition comes from the key, like the signals topic's.
+        use_partitioner=True,
+    )
+    plans = drift_plans(models)
+    joining = any(m.format == "oip-v2" for m in config.models)
+    halves = raw_topic(topics.oip_halves, internal=True)
+    joined = raw_topic(topics.joined, internal=True)
+    if joining:
+        outputs[topics.oip_halves] = halves
+        outputs[topics.joined] = joined
+    pending = app.Table(
+        "oip-pending",
+        key_type=str,
+        value_type=bytes,
+        partitions=settings.worker.internal_partitions,
+        # Also written by the timeout timer, outside Faust's per-event context: the
+        # changelog partition comes from the key, like the halves topic's.
+        use_partitioner=True,
+    )
+
+    wiring: AdvmonApp
+
+    async def publish(records: Sequence[OutputRecord]) -> None:
+        await wiring.publish(records)
+
+    scoring = ScoringStage(
+        config,
+        models,
+        metrics,
+        publish,
+        device=settings.scoring.device,
+        intra_op_threads=settings.scoring.intra_op_threads,
+        drift=plans,
+    )
+    partitioner = DefaultPartitioner()
+    every_partition = list(range(settings.worker.internal_partitions))
+
+    def owner_check(topic: str) -> Callable[[str], bool]:
+        """Whether this worker holds the partition of ``topic`` a key goes to."""
+
+        def owns(key: str) -> bool:
+            # The producer's partitioner, as the topic and its table's changelog use it.
+            partition = partitioner(key.encode(), every_partition, every_partition)
+            return TP(topic, partition) in app.consumer.assignment()
+
+        return owns
+
+    drift = DriftStage(
+        config,
+        plans,
+        drift_states,
+        metrics,
+        publish,
+        owner_check(topics.signals),
+    )
+    join = (
+        JoinStage(
+            config,
+            pending,
+            metrics,
+            publish,
+            owner_check(topics.oip_halves),
+            {model_id: model.detector for model_id, model in models.items()},
+        )
+        if joining
+        else None
+    )
+    quarantine = QuarantineStage(config, counts, in_force, metrics, publish)
+    new_incident = asyncio.Event()
+    wiring = AdvmonApp(
+        app=app,
+        config=config,
+        metrics=metrics,
+        registry=registry,
+        inference=raw_topic(*config.inference_topics),
+        source_flags=source_flags,
+        signals=signals,
+        halves=halves,
+        joined=joined,
+        outputs=outputs,
+        scoring=scoring,
+        quarantine=quarantine,
+        drift=drift,
+        join=join,
+        incidents=(
+            IncidentStage(store, settings.database.retry_max_seconds, new_incident)
+            if store is not None
+            else None
+        ),
+        alerting=AlertingStage(store, settings.alerting, new_incident) if store else None,
+    )
+    app.add_dependency(scoring)
+    return wiring

@@ -1,0 +1,374 @@
+"""Incident serialization and postmortem exports, on incidents built in memory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from monitor.incidents.postmortem import (
+    DetectionBucket,
+    detection_timeline,
+    incident_dict,
+    parse_time,
+    render_csv,
+    render_export,
+    render_json,
+    render_markdown,
+    source_counts,
+    timeline_width,
+)
+from monitor.incidents.storage.incidents import IncidentFilter
+from monitor.incidents.storage.models import (
+    DetectionRow,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    StatusChange,
+)
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+NOW = datetime(2026, 5, 1, 13, 0, tzinfo=UTC)
+
+
+def _detection(event_id: str, seconds: float, score: float, source: str | None) -> DetectionRow:
+    return DetectionRow(
+        kind=IncidentKind.ADVERSARIAL,
+        event_id=event_id,
+        model_id="digits",
+        source=source,
+        score=score,
+        threshold=0.25,
+        detected_at=T0 + timedelta(seconds=seconds),
+        topic="inference",
+        partition=0,
+        offset=int(seconds),
+    )
+
+
+def _incident(**overrides: Any) -> Incident:
+    """Incident 7: four detections over 2.5 minutes, a quarantine, acknowledged then resolved."""
+    detections = [
+        _detection("e1", 0, 0.5, "key-a"),
+        _detection("e2", 30, 0.75, "key-a"),
+        _detection("e3", 70, 1.0, "key-b"),
+        _detection("e4", 150, 0.25, None),
+    ]
+    values: dict[str, Any] = {
+        "id": 7,
+        "kind": IncidentKind.ADVERSARIAL,
+        "model_id": "digits",
+        "model_version": "v3",
+        "source": None,
+        "status": IncidentStatus.RESOLVED,
+        "first_seen": T0,
+        "last_seen": T0 + timedelta(seconds=150),
+        "detection_count": 4,
+        "peak_score": 1.0,
+        "score_sum": 2.5,
+        "threshold": 0.25,
+        "detector_sha256": "ab" * 32,
+        "sample_events": [
+            {"event_id": "e1", "score": 0.5, "source": "key-a", "detected_at": T0.isoformat()},
+            {
+                "event_id": "e3",
+                "score": 1.0,
+                "source": "key-b",
+                "detected_at": (T0 + timedelta(seconds=70)).isoformat(),
+            },
+        ],
+        "decisions": [
+            {
+                "action": "quarantine",
+                "scope": "source",
+                "source": "key-a",
+                "decided_at": (T0 + timedelta(seconds=40)).isoformat(),
+                "expires_at": (T0 + timedelta(hours=1)).isoformat(),
+                "flagged_events": 10.0,
+            }
+        ],
+        "resolved_at": T0 + timedelta(minutes=20),
+        "alert_sent_at": T0 + timedelta(seconds=5),
+    }
+    values.update(overrides)
+    incident = Incident(**values)
+    incident.changes = [
+        StatusChange(status=IncidentStatus.OPEN, at=T0, by="advmon", note="opened by e1"),
+        StatusChange(
+            status=IncidentStatus.ACKNOWLEDGED,
+            at=T0 + timedelta(minutes=5),
+            by="alice",
+            note="looking",
+        ),
+        StatusChange(
+            status=IncidentStatus.RESOLVED,
+            at=T0 + timedelta(minutes=20),
+            by="bob",
+            note="key-a revoked",
+        ),
+    ]
+    incident.detections = detections
+    return incident
+
+
+# --- parse_time ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45s", NOW - timedelta(seconds=45)),
+        ("30m", NOW - timedelta(minutes=30)),
+        ("2h", NOW - timedelta(hours=2)),
+        ("1.5h", NOW - timedelta(minutes=90)),
+        ("7d", NOW - timedelta(days=7)),
+        ("2w", NOW - timedelta(weeks=2)),
+        (" 2 h ", NOW - timedelta(hours=2)),
+        ("2026-04-30T10:00:00Z", datetime(2026, 4, 30, 10, tzinfo=UTC)),
+        ("2026-04-30T12:00:00+02:00", datetime(2026, 4, 30, 10, tzinfo=UTC)),
+        ("2026-04-30T10:00:00", datetime(2026, 4, 30, 10, tzinfo=UTC)),
+        ("2026-04-30", datetime(2026, 4, 30, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_reads_iso_and_spans_before_now(text: str, expected: datetime) -> None:
+    parsed = parse_time(text, NOW)
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2x", "-2h", "", "2026-13-01"])
+def test_parse_time_refuses_what_it_cannot_read(text: str) -> None:
+    with pytest.raises(ValueError, match="neither an ISO 8601 time") as error:
+        parse_time(text, NOW)
+    assert repr(text) in str(error.value)
+
+
+# --- JSON shape ---------------------------------------------------------------------
+
+
+def test_incident_dict_has_every_field_of_the_incident() -> None:
+    assert incident_dict(_incident()) == {
+        "id": 7,
+        "kind": "adversarial",
+        "model_id": "digits",
+        "model_version": "v3",
+        "source": None,
+        "status": "resolved",
+        "first_seen": "2026-05-01T12:00:00+00:00",
+        "last_seen": "2026-05-01T12:02:30+00:00",
+        "resolved_at": "2026-05-01T12:20:00+00:00",
+        "detection_count": 4,
+        "peak_score": 1.0,
+        "mean_score": 0.625,
+        "threshold": 0.25,
+        "detector_sha256": "ab" * 32,
+        "alert_sent_at": "2026-05-01T12:00:05+00:00",
+        "sample_events": _incident().sample_events,
+        "decisions": _incident().decisions,
+    }
+
+
+def test_incident_dict_in_detail_adds_history_sources_and_timeline() -> None:
+    data = incident_dict(_incident(), detail=True)
+    assert data["status_changes"] == [
+        {
+            "status": "open",
+            "at": "2026-05-01T12:00:00+00:00",
+            "by": "advmon",
+            "note": "opened by e1",
+        },
+        {
+            "status": "acknowledged",
+            "at": "2026-05-01T12:05:00+00:00",
+            "by": "alice",
+            "note": "looking",
+        },
+        {
+            "status": "resolved",
+            "at": "2026-05-01T12:20:00+00:00",
+            "by": "bob",
+            "note": "key-a revoked",
+        },
+    ]
+    assert data["sources"] == [
+        {"source": "key-a", "detections": 2},
+        {"source": None, "detections": 1},
+        {"source": "key-b", "detections": 1},
+    ]
+    assert data["timeline"] == [
+        {"start": "2026-05-01T12:00:00+00:00", "count": 2, "peak_score": 0.75},
+        {"start": "2026-05-01T12:01:00+00:00", "count": 1, "peak_score": 1.0},
+        {"start": "2026-05-01T12:02:00+00:00", "count": 1, "peak_score": 0.25},
+    ]
+    # The summary fields are the same as without detail.
+    assert {k: v for k, v in data.items() if k in incident_dict(_incident())} == incident_dict(
+        _incident()
+    )
+
+
+def test_timeline_buckets_align_to_the_epoch() -> None:
+    detections = _incident().detections
+    buckets = detection_timeline(detections, timedelta(minutes=2))
+    assert buckets == [
+        DetectionBucket(T0, timedelta(minutes=2), 3, 1.0),
+        DetectionBucket(T0 + timedelta(minutes=2), timedelta(minutes=2), 1, 0.25),
+    ]
+    assert detection_timeline([]) == []
+
+
+@pytest.mark.parametrize(
+    ("span", "width"),
+    [
+        (timedelta(0), timedelta(minutes=1)),
+        (timedelta(minutes=29), timedelta(minutes=1)),
+        (timedelta(minutes=30), timedelta(minutes=5)),
+        (timedelta(hours=5), timedelta(minutes=15)),
+        (timedelta(days=2), timedelta(hours=3)),
+        (timedelta(days=400), timedelta(weeks=1)),
+    ],
+)
+def test_timeline_width_fits_thirty_buckets(span: timedelta, width: timedelta) -> None:
+    assert timeline_width(_incident(last_seen=T0 + span)) == width
+
+
+def test_source_counts_most_first() -> None:
+    assert source_counts(_incident().detections) == [("key-a", 2), (None, 1), ("key-b", 1)]
+
+
+# --- exports ------------------------------------------------------------------------
+
+
+def test_json_export_holds_the_filters_and_every_incident_in_detail() -> None:
+    filters = IncidentFilter(model_id="digits", kind=IncidentKind.ADVERSARIAL, since=T0)
+    document = json.loads(render_json([_incident()], filters=filters, generated_at=NOW))
+    assert document == {
+        "generated_at": "2026-05-01T13:00:00+00:00",
+        "filters": {
+            "model_id": "digits",
+            "kind": "adversarial",
+            "since": "2026-05-01T12:00:00+00:00",
+        },
+        "incidents": [incident_dict(_incident(), detail=True)],
+    }
+
+
+def test_csv_export_is_one_row_per_incident() -> None:
+    text = render_csv([_incident(), _incident(id=8, status=IncidentStatus.OPEN, resolved_at=None)])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [row["id"] for row in rows] == ["7", "8"]
+    assert rows[0] == {
+        "id": "7",
+        "kind": "adversarial",
+        "model_id": "digits",
+        "model_version": "v3",
+        "source": "",
+        "status": "resolved",
+        "first_seen": "2026-05-01T12:00:00+00:00",
+        "last_seen": "2026-05-01T12:02:30+00:00",
+        "resolved_at": "2026-05-01T12:20:00+00:00",
+        "detection_count": "4",
+        "peak_score": "1.0",
+        "mean_score": "0.625",
+        "threshold": "0.25",
+        "detector_sha256": "ab" * 32,
+        "alert_sent_at": "2026-05-01T12:00:05+00:00",
+        "sample_events": json.dumps(_incident().sample_events),
+        "decisions": json.dumps(_incident().decisions),
+    }
+    assert rows[1]["status"] == "open"
+    assert rows[1]["resolved_at"] == ""
+
+
+def test_csv_export_defuses_spreadsheet_formulas_from_the_traffic() -> None:
+    attack = '=HYPERLINK("http://evil.example","x")'
+    text = render_csv([_incident(kind=IncidentKind.QUARANTINE, source=attack, model_id="@m")])
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["source"] == "'" + attack
+    assert row["model_id"] == "'@m"
+
+
+def test_markdown_export_is_a_postmortem_summary() -> None:
+    text = render_markdown(
+        [_incident()], filters=IncidentFilter(model_id="digits"), generated_at=NOW
+    )
+    assert text == (
+        "# advmon incident report\n"
+        "\n"
+        "Generated 2026-05-01 13:00:00 UTC; 1 incident(s) matching model_id digits.\n"
+        "\n"
+        "## Incident 7: adversarial on model digits\n"
+        "\n"
+        "**What:** Adversarial inputs flagged by feature squeezing against model digits "
+        "(version v3).\n"
+        "\n"
+        "- Status: resolved\n"
+        "- First seen: 2026-05-01 12:00:00 UTC\n"
+        "- Last seen: 2026-05-01 12:02:30 UTC (2m 30s after the first)\n"
+        "- Resolved: 2026-05-01 12:20:00 UTC\n"
+        f"- Detector: sha256 {'ab' * 32}\n"
+        "\n"
+        "### Impact\n"
+        "\n"
+        "- Detections: 4 from 3 source(s)\n"
+        "- Score: peak 1, mean 0.625, threshold 0.25 (peak 4.00× the threshold)\n"
+        "- Sources: key-a (2), (no source) (1), key-b (1)\n"
+        "\n"
+        "### Decisions taken\n"
+        "\n"
+        "- 2026-05-01 12:00:40 UTC: quarantine of source key-a until 2026-05-01 13:00:00 UTC "
+        "after 10 flagged events\n"
+        "\n"
+        "### Timeline\n"
+        "\n"
+        "| time | what |\n"
+        "|---|---|\n"
+        "| 2026-05-01 12:00:00 UTC | first detection |\n"
+        "| 2026-05-01 12:00:00 UTC | opened by advmon: opened by e1 |\n"
+        "| 2026-05-01 12:00:40 UTC | decision: quarantine of source key-a until "
+        "2026-05-01 13:00:00 UTC after 10 flagged events |\n"
+        "| 2026-05-01 12:02:30 UTC | last detection |\n"
+        "| 2026-05-01 12:05:00 UTC | acknowledged by alice: looking |\n"
+        "| 2026-05-01 12:20:00 UTC | resolved by bob: key-a revoked |\n"
+        "\n"
+        "### Detections over time (per 1m)\n"
+        "\n"
+        "| from | detections | peak score |\n"
+        "|---|---:|---:|\n"
+        "| 2026-05-01 12:00:00 UTC | 2 | 0.75 |\n"
+        "| 2026-05-01 12:01:00 UTC | 1 | 1 |\n"
+        "| 2026-05-01 12:02:00 UTC | 1 | 0.25 |\n"
+        "\n"
+        "### Sample events\n"
+        "\n"
+        "| event id | score | source | detected at |\n"
+        "|---|---:|---|---|\n"
+        "| e1 | 0.5 | key-a | 2026-05-01 12:00:00 UTC |\n"
+        "| e3 | 1 | key-b | 2026-05-01 12:01:10 UTC |\n"
+    )
+
+
+def test_markdown_escapes_text_from_the_traffic_and_the_notes() -> None:
+    incident = _incident(kind=IncidentKind.QUARANTINE, source="a|b*<script>", decisions=[])
+    incident.changes[1].note = "line one\nline | two"
+    text = render_markdown([incident], filters=IncidentFilter(), generated_at=NOW)
+    assert "## Incident 7: quarantine on model digits, source a\\|b\\*\\<script\\>\n" in text
+    assert "| acknowledged by alice: line one line \\| two |\n" in text
+    assert "### Decisions taken\n\nNone recorded.\n" in text
+    assert "Generated 2026-05-01 13:00:00 UTC; 1 incident(s).\n" in text
+
+
+def test_render_export_picks_the_format() -> None:
+    incidents, filters = [_incident()], IncidentFilter()
+    assert render_export(incidents, "csv", filters=filters, generated_at=NOW) == render_csv(
+        incidents
+    )
+    assert render_export(incidents, "json", filters=filters, generated_at=NOW) == render_json(
+        incidents, filters=filters, generated_at=NOW
+    )
+    assert render_export(
+        incidents, "markdown", filters=filters, generated_at=NOW
+    ) == render_markdown(incidents, filters=filters, generated_at=NOW)

@@ -1,0 +1,447 @@
+"""The incident store and the schema, on PostgreSQL.
+
+Each test gets its own PostgreSQL schema in the session's database (through the
+connection's ``search_path``), so tests never see each other's incidents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from monitor.cli import main
+from monitor.incidents.storage.incidents import (
+    SYSTEM_ACTOR,
+    GroupingPolicy,
+    IncidentFilter,
+    IncidentNotFoundError,
+    IncidentStore,
+    InvalidTransitionError,
+    RecordResult,
+)
+from monitor.incidents.storage.models import (
+    DetectionRow,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    StatusChange,
+)
+from monitor.incidents.storage.schema import (
+    SchemaBehindError,
+    current_revision,
+    ensure_current,
+    head_revision,
+    upgrade,
+)
+from schemas import Detection
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+POLICY = GroupingPolicy(
+    gap=timedelta(minutes=10), quiet_period=timedelta(minutes=30), sample_size=3
+)
+
+
+@pytest.fixture
+def engine(pg_url: str, schema: str) -> Iterator[Engine]:
+    """An engine on the fresh schema, not yet migrated."""
+    engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={schema}"})
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> IncidentStore:
+    """An incident store on the migrated schema; gap 10 min, quiet 30 min, 3 samples."""
+    upgrade(engine)
+    return IncidentStore(engine, POLICY)
+
+
+def detection(
+    event_id: str,
+    minutes: float,
+    *,
+    kind: str = "adversarial",
+    model_id: str = "digits",
+    source: str | None = "key-a",
+    score: float = 0.5,
+    **extra: Any,
+) -> Detection:
+    """A detection ``minutes`` after T0."""
+    return Detection(
+        event_id=event_id,
+        model_id=model_id,
+        source=source,
+        kind=kind,
+        score=score,
+        threshold=0.25,
+        detected_at=T0 + timedelta(minutes=minutes),
+        **extra,
+    )
+
+
+def _rows(engine: Engine, model: type[Any]) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+# --- grouping -----------------------------------------------------------------------
+
+
+def test_detections_within_the_gap_group_into_one_incident(store: IncidentStore) -> None:
+    result = store.record(
+        [
+            detection("e1", 0, score=0.5),
+            detection("e2", 5, score=0.9, source="key-b"),
+            detection("e3", 14, score=0.25),
+            detection("e4", 15, score=0.75),
+        ]
+    )
+    assert result.stored == 4
+    assert result.duplicates == 0
+    assert len(result.opened) == 1
+    assert result.touched == result.opened
+
+    incident = store.get(result.opened[0])
+    assert incident.kind is IncidentKind.ADVERSARIAL
+    assert incident.model_id == "digits"
+    assert incident.source is None  # adversarial incidents span sources
+    assert incident.status is IncidentStatus.OPEN
+    assert incident.first_seen == T0
+    assert incident.last_seen == T0 + timedelta(minutes=15)
+    assert incident.detection_count == 4
+    assert incident.peak_score == 0.9
+    assert incident.mean_score == pytest.approx(2.4 / 4)
+    assert [sample["event_id"] for sample in incident.sample_events] == ["e1", "e2", "e3"]
+    assert [d.event_id for d in incident.detections] == ["e1", "e2", "e3", "e4"]
+    assert [(c.status, c.at, c.by) for c in incident.changes] == [
+        (IncidentStatus.OPEN, T0, SYSTEM_ACTOR)
+    ]
+
+
+def test_a_detection_after_the_gap_opens_a_new_incident(store: IncidentStore) -> None:
+    first = store.record([detection("e1", 0), detection("e2", 10)])
+    later = store.record([detection("e3", 20.5)])
+    assert len(first.opened) == 1
+    assert len(later.opened) == 1
+    assert later.opened != first.opened
+    assert store.get(first.opened[0]).detection_count == 2
+    assert store.get(later.opened[0]).first_seen == T0 + timedelta(minutes=20.5)
+
+
+def test_each_kind_and_model_has_its_own_incident(store: IncidentStore) -> None:
+    result = store.record(
+        [
+            detection("e1", 0),
+            detection("e1", 1, kind="drift"),  # the same event may be flagged for drift too
+            detection("e2", 2, model_id="other"),
+        ]
+    )
+    assert result.stored == 3
+    assert len(result.opened) == 3
+    found = {(i.kind, i.model_id) for i in store.find()[0]}
+    assert found == {
+        (IncidentKind.ADVERSARIAL, "digits"),
+        (IncidentKind.DRIFT, "digits"),
+        (IncidentKind.ADVERSARIAL, "other"),
+    }
+
+
+def test_quarantine_incidents_are_per_source(store: IncidentStore) -> None:
+    expires = T0 + timedelta(hours=1)
+    store.record([detection("e1", 0, source="key-a"), detection("e2", 1, source="key-b")])
+    result = store.record(
+        [
+            detection("q1", 2, kind="quarantine", source="key-a", score=10, expires_at=expires),
+            detection("q2", 3, kind="quarantine", source="key-b", score=12, expires_at=expires),
+            detection("q3", 4, kind="quarantine", source="key-a", score=11, expires_at=expires),
+        ]
+    )
+    assert len(result.opened) == 2
+    quarantines, total = store.find(IncidentFilter(kind=IncidentKind.QUARANTINE))
+    assert total == 2
+    by_source = {incident.source: incident for incident in quarantines}
+    assert by_source["key-a"].detection_count == 2
+    assert by_source["key-b"].detection_count == 1
+    (adversarial,), _ = store.find(IncidentFilter(kind=IncidentKind.ADVERSARIAL))
+    # The source filter finds the source's own quarantine and the incidents it took part in.
+    matching, _ = store.find(IncidentFilter(source="key-b"))
+    assert sorted(incident.id for incident in matching) == sorted(
+        [by_source["key-b"].id, adversarial.id]
+    )
+    matching, _ = store.find(IncidentFilter(source="key-c"))
+    assert matching == []
+
+    # Every open incident of the model records the quarantines decided while it was open.
+    assert [(d["action"], d["source"], d["expires_at"]) for d in adversarial.decisions] == [
+        ("quarantine", "key-a", expires.isoformat()),
+        ("quarantine", "key-b", expires.isoformat()),
+        ("quarantine", "key-a", expires.isoformat()),
+    ]
+
+
+# --- idempotence --------------------------------------------------------------------
+
+
+def test_replayed_detections_change_no_counts_and_add_no_rows(
+    store: IncidentStore, engine: Engine
+) -> None:
+    batch = [
+        detection("e1", 0),
+        detection("e2", 1, score=0.9),
+        detection("q1", 2, kind="quarantine", score=10),
+    ]
+    first = store.record(batch)
+    before = {i.id: incident_state(i) for i in store.find()[0]}
+    rows_before = (_rows(engine, DetectionRow), _rows(engine, StatusChange))
+
+    replay = store.record(batch)
+    assert replay == RecordResult(stored=0, duplicates=3, opened=[], touched=[])
+    assert {i.id: incident_state(i) for i in store.find()[0]} == before
+    assert (_rows(engine, DetectionRow), _rows(engine, StatusChange)) == rows_before
+    assert rows_before == (3, 2)
+    assert first.stored == 3
+
+
+def test_a_detection_repeated_within_one_batch_is_stored_once(
+    store: IncidentStore, engine: Engine
+) -> None:
+    result = store.record([detection("e1", 0), detection("e1", 0)])
+    assert (result.stored, result.duplicates) == (1, 1)
+    assert store.get(result.opened[0]).detection_count == 1
+    assert _rows(engine, DetectionRow) == 1
+
+
+def incident_state(incident: Incident) -> tuple[Any, ...]:
+    """What a replay must not change."""
+    return (
+        incident.detection_count,
+        incident.score_sum,
+        incident.peak_score,
+        incident.first_seen,
+        incident.last_seen,
+        incident.sample_events,
+        incident.decisions,
+        incident.status,
+    )
+
+
+def test_a_detection_stored_concurrently_is_counted_once(
+    store: IncidentStore, engine: Engine
+) -> None:
+    (incident_id,) = store.record([detection("e1", 0)]).opened
+    results: list[RecordResult] = []
+    racing = threading.Thread(target=lambda: results.append(store.record([detection("e2", 1)])))
+    with Session(engine) as other, other.begin():
+        # Another worker (two own a partition for a moment during a rebalance) stores e2
+        # and has not committed yet.
+        incident = other.get(Incident, incident_id, with_for_update=True)
+        assert incident is not None
+        incident.detection_count += 1
+        other.add(
+            DetectionRow(
+                incident_id=incident_id,
+                kind=IncidentKind.ADVERSARIAL,
+                event_id="e2",
+                model_id="digits",
+                source="key-a",
+                score=0.5,
+                threshold=0.25,
+                detected_at=T0 + timedelta(minutes=1),
+            )
+        )
+        other.flush()
+        racing.start()
+        time.sleep(1)  # the store has looked for e2, not seen it, and waits for the lock
+    racing.join(timeout=10)
+    assert results == [RecordResult(stored=0, duplicates=1, opened=[], touched=[])]
+    incident = store.get(incident_id)
+    assert incident.detection_count == len(incident.detections) == 2
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def test_status_changes_record_who_when_and_why(store: IncidentStore) -> None:
+    (incident_id,) = store.record([detection("e1", 0)]).opened
+    acked = store.set_status(
+        incident_id, IncidentStatus.ACKNOWLEDGED, "alice", "looking", now=T0 + timedelta(minutes=3)
+    )
+    assert acked.status is IncidentStatus.ACKNOWLEDGED
+    assert acked.resolved_at is None
+    resolved = store.set_status(
+        incident_id, IncidentStatus.RESOLVED, "bob", "key revoked", now=T0 + timedelta(minutes=9)
+    )
+    assert resolved.status is IncidentStatus.RESOLVED
+    assert resolved.resolved_at == T0 + timedelta(minutes=9)
+    assert [(c.status, c.at, c.by, c.note) for c in store.get(incident_id).changes] == [
+        (IncidentStatus.OPEN, T0, SYSTEM_ACTOR, "opened by adversarial detection of event e1"),
+        (IncidentStatus.ACKNOWLEDGED, T0 + timedelta(minutes=3), "alice", "looking"),
+        (IncidentStatus.RESOLVED, T0 + timedelta(minutes=9), "bob", "key revoked"),
+    ]
+
+
+def test_an_open_incident_may_be_resolved_directly(store: IncidentStore) -> None:
+    (incident_id,) = store.record([detection("e1", 0)]).opened
+    resolved = store.set_status(incident_id, IncidentStatus.RESOLVED, "carol", "false alarm")
+    assert resolved.status is IncidentStatus.RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("path", "refused", "message"),
+    [
+        (
+            [IncidentStatus.ACKNOWLEDGED],
+            IncidentStatus.ACKNOWLEDGED,
+            "is acknowledged; it cannot become acknowledged",
+        ),
+        (
+            [IncidentStatus.RESOLVED],
+            IncidentStatus.ACKNOWLEDGED,
+            "is resolved; it cannot become acknowledged",
+        ),
+        (
+            [IncidentStatus.RESOLVED],
+            IncidentStatus.RESOLVED,
+            "is resolved; it cannot become resolved",
+        ),
+        ([], IncidentStatus.OPEN, "is open; it cannot become open"),
+    ],
+)
+def test_invalid_transitions_are_refused_and_leave_no_trace(
+    store: IncidentStore,
+    path: list[IncidentStatus],
+    refused: IncidentStatus,
+    message: str,
+) -> None:
+    (incident_id,) = store.record([detection("e1", 0)]).opened
+    for status in path:
+        store.set_status(incident_id, status, "alice", None)
+    with pytest.raises(InvalidTransitionError, match=f"^incident {incident_id} {message}$"):
+        store.set_status(incident_id, refused, "mallory", "again")
+    incident = store.get(incident_id)
+    assert len(incident.changes) == 1 + len(path)
+    assert incident.status is (path[-1] if path else IncidentStatus.OPEN)
+
+
+def test_unknown_incidents_are_not_found(store: IncidentStore) -> None:
+    with pytest.raises(IncidentNotFoundError, match="no incident 4242"):
+        store.get(4242)
+    with pytest.raises(IncidentNotFoundError, match="no incident 4242"):
+        store.set_status(4242, IncidentStatus.RESOLVED, "alice", None)
+
+
+def test_a_resolved_incident_is_never_extended(store: IncidentStore) -> None:
+    (first,) = store.record([detection("e1", 0)]).opened
+    store.set_status(first, IncidentStatus.RESOLVED, "alice", "done")
+    result = store.record([detection("e2", 1)])
+    assert result.opened != [first]
+    assert store.get(first).detection_count == 1
+
+
+def test_auto_resolve_resolves_only_quiet_incidents(store: IncidentStore) -> None:
+    (quiet,) = store.record([detection("e1", 0)]).opened
+    chain = [detection(f"b{m}", m, model_id="busy") for m in (0, 9, 18, 25)]
+    (busy,) = store.record(chain).opened
+    now = T0 + timedelta(minutes=31)
+    assert store.auto_resolve(now) == [quiet]
+    assert store.auto_resolve(now) == []  # resolved once
+    resolved = store.get(quiet)
+    assert resolved.status is IncidentStatus.RESOLVED
+    assert resolved.resolved_at == now
+    assert [(c.by, c.note) for c in resolved.changes[1:]] == [
+        (SYSTEM_ACTOR, "auto-resolved: no detection for 30 minutes")
+    ]
+    assert store.get(busy).status is IncidentStatus.OPEN
+
+
+# --- queries ------------------------------------------------------------------------
+
+
+def test_find_filters_pages_and_orders_newest_first(store: IncidentStore) -> None:
+    a = store.record([detection("a1", 0), detection("a2", 5)]).opened[0]
+    b = store.record([detection("b1", 60, model_id="other")]).opened[0]
+    c = store.record([detection("c1", 120, kind="quarantine", source="key-z", score=9)]).opened[0]
+    store.set_status(b, IncidentStatus.ACKNOWLEDGED, "alice", None)
+
+    def ids(filters: IncidentFilter | None = None, **page: int) -> tuple[list[int], int]:
+        rows, total = store.find(filters, **page)
+        return [incident.id for incident in rows], total
+
+    assert ids() == ([c, b, a], 3)
+    assert ids(IncidentFilter(model_id="digits")) == ([c, a], 2)
+    assert ids(IncidentFilter(kind=IncidentKind.QUARANTINE)) == ([c], 1)
+    assert ids(IncidentFilter(status=IncidentStatus.ACKNOWLEDGED)) == ([b], 1)
+    assert ids(IncidentFilter(status=IncidentStatus.OPEN)) == ([c, a], 2)
+    assert ids(IncidentFilter(source="key-z")) == ([c], 1)
+    # since: still active then (last seen at or after); until: begun by then.
+    assert ids(IncidentFilter(since=T0 + timedelta(minutes=5))) == ([c, b, a], 3)
+    assert ids(IncidentFilter(since=T0 + timedelta(minutes=6))) == ([c, b], 2)
+    assert ids(IncidentFilter(until=T0 + timedelta(minutes=60))) == ([b, a], 2)
+    assert ids(
+        IncidentFilter(since=T0 + timedelta(minutes=30), until=T0 + timedelta(minutes=90))
+    ) == ([b], 1)
+    assert ids(limit=1, offset=1) == ([b], 3)
+    assert ids(limit=2, offset=2) == ([a], 3)
+    assert ids(IncidentFilter(model_id="nobody")) == ([], 0)
+
+
+# --- schema -------------------------------------------------------------------------
+
+
+def test_ensure_current_raises_on_an_empty_database(engine: Engine) -> None:
+    assert current_revision(engine) is None
+    with pytest.raises(SchemaBehindError, match=r"is empty, this advmon needs revision") as error:
+        ensure_current(engine)
+    assert "run `advmon db upgrade`" in str(error.value)
+
+
+def test_db_upgrade_then_ensure_current(
+    engine: Engine, pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADVMON_DATABASE__URL", pg_url)
+    monkeypatch.setenv("PGOPTIONS", f"-csearch_path={schema}")
+    runner = CliRunner()
+    where = f"the database {make_url(pg_url).database} on 127.0.0.1:5432"
+
+    result = runner.invoke(main, ["db", "current"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"empty: no revision (this advmon needs {head_revision()}; run `advmon db upgrade`)\n"
+    )
+
+    result = runner.invoke(main, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"upgraded {where} from revision (empty) to {head_revision()}\n"
+    ensure_current(engine)
+    assert current_revision(engine) == head_revision()
+
+    result = runner.invoke(main, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"{where} is already at revision {head_revision()} (the newest); nothing to do\n"
+    )
+    result = runner.invoke(main, ["db", "current"])
+    assert result.stdout == f"revision {head_revision()} (the newest)\n"
+
+
+def test_upgrade_with_a_percent_encoded_password(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Trust authentication ignores the password; the URL must still survive Alembic.
+    url = make_url(pg_url).set(password="p@ss")
+    assert "p%40ss" in url.render_as_string(hide_password=False)
+    engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
