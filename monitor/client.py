@@ -31,7 +31,9 @@ from aiokafka.errors import KafkaError, UnsupportedVersionError
 from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
+from monitor.errors import DecisionClientError
 from monitor.kafka.metadata import topic_partitions
+from monitor.retry import retrying
 from schemas import Action, Decision, Scope
 
 if TYPE_CHECKING:
@@ -78,10 +80,6 @@ _BACKOFF_MAX_S = 30.0
 
 
 _SEVERITY = {Action.ALLOW: 0, Action.FLAG: 1, Action.QUARANTINE: 2}
-
-
-class DecisionClientError(Exception):
-    """The client could not start: broker unreachable, bad credentials, bad settings."""
 
 
 class DecisionClient:
@@ -446,36 +444,39 @@ class DecisionClient:
         )
 
     async def _read_forever(self) -> None:
-        consumer = self._consumer
-        backoff = _BACKOFF_MIN_S
+        def report(error: BaseException, delay: float) -> None:
+            # The cache must outlive a broker outage: log, back off, read on.
+            level = logging.WARNING if isinstance(error, KafkaError) else logging.ERROR
+            logger.log(
+                level,
+                "reading decisions topic %r failed (%r); retrying in %.1f s",
+                self.topic,
+                error,
+                delay,
+                exc_info=error if level == logging.ERROR else None,
+            )
+
         while True:
-            try:
-                await self._follow_partitions(initial=False)
-                if not self._assigned:
-                    await asyncio.sleep(_POLL_TIMEOUT_MS / 1000)
-                    continue
-                batches = await consumer.getmany(
-                    timeout_ms=_POLL_TIMEOUT_MS, max_records=_MAX_RECORDS_PER_POLL
-                )
-                for records in batches.values():
-                    for record in records:
-                        self._apply_record(record)
-                await self._note_positions()
-                self._sweep_expired()
-                backoff = _BACKOFF_MIN_S
-            except Exception as error:
-                # The cache must outlive a broker outage: log, back off, read on.
-                level = logging.WARNING if isinstance(error, KafkaError) else logging.ERROR
-                logger.log(
-                    level,
-                    "reading decisions topic %r failed (%r); retrying in %.1f s",
-                    self.topic,
-                    error,
-                    backoff,
-                    exc_info=level == logging.ERROR,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, _BACKOFF_MAX_S)
+            # A fresh back-off for every read: it grows only while reads keep failing.
+            await retrying(
+                Exception, first_s=_BACKOFF_MIN_S, most_s=_BACKOFF_MAX_S, on_retry=report
+            )(self._read_once)
+
+    async def _read_once(self) -> None:
+        """Read what the decisions topic holds now and apply it."""
+        consumer = self._consumer
+        await self._follow_partitions(initial=False)
+        if not self._assigned:
+            await asyncio.sleep(_POLL_TIMEOUT_MS / 1000)
+            return
+        batches = await consumer.getmany(
+            timeout_ms=_POLL_TIMEOUT_MS, max_records=_MAX_RECORDS_PER_POLL
+        )
+        for records in batches.values():
+            for record in records:
+                self._apply_record(record)
+        await self._note_positions()
+        self._sweep_expired()
 
     async def _follow_partitions(self, *, initial: bool) -> None:
         """Assign the topic's partitions: all of them at start, then any that appear."""

@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detectors import DriftConfigError, DriftDetectorSpec, SignalSpec, default_signals
+from monitor.errors import ConfigError
 from monitor.formats import FieldMapping
 
 __all__ = [
@@ -60,10 +61,6 @@ __all__ = [
 ]
 
 DEFAULT_INFERENCE_TOPIC = "inference-events"
-
-
-class ConfigError(Exception):
-    """The worker config cannot be read or is invalid; the message says where and why."""
 
 
 class _Strict(BaseModel):

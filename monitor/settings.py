@@ -16,6 +16,8 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from monitor.errors import UnknownSettingError
+
 __all__ = [
     "ENV_PREFIX",
     "AlertingSettings",
@@ -32,14 +34,6 @@ __all__ = [
 
 ENV_PREFIX = "ADVMON_"
 _NESTED = "__"
-
-
-class UnknownSettingError(ValueError):
-    """``ADVMON_*`` environment variables that are no setting (a typo has no effect)."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__(", ".join(names))
-        self.names = names
 
 
 class _Group(BaseModel):

@@ -29,6 +29,7 @@ from rich.table import Table
 from sqlalchemy import create_engine
 
 from monitor.demo.run import MALFORMED_LINES, DemoArtifacts, demo_event
+from monitor.errors import DemoError
 from monitor.incidents.storage.incidents import IncidentStore
 from monitor.incidents.storage.models import Incident, IncidentKind
 from monitor.incidents.storage.schema import upgrade
@@ -44,10 +45,6 @@ WORKER_START_TIMEOUT_S = 60.0
 DECISIONS_TIMEOUT_S = 60.0
 INCIDENTS_TIMEOUT_S = 20.0
 EVENTS_PER_SECOND = 250.0
-
-
-class DemoError(RuntimeError):
-    """The streaming demo could not run; the message says what failed."""
 
 
 @dataclass

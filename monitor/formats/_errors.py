@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from monitor.errors import InvalidRecordError
+
 __all__ = ["FormatError", "FormatErrorReason"]
 
 
@@ -42,7 +44,7 @@ class FormatErrorReason(StrEnum):
     """The decoded values do not make a valid native inference event."""
 
 
-class FormatError(Exception):
+class FormatError(InvalidRecordError):
     """A message that cannot be decoded into advmon's inference events.
 
     Parameters
@@ -63,9 +65,7 @@ class FormatError(Exception):
     message: str
 
     def __init__(self, reason: FormatErrorReason, message: str) -> None:
-        self.reason = FormatErrorReason(reason)
-        self.message = message
-        super().__init__(message)
+        super().__init__(FormatErrorReason(reason), message)
 
     def __reduce__(self) -> tuple[type[FormatError], tuple[FormatErrorReason, str]]:
         # Exceptions pickle through ``args`` (the message only); keep the reason across a

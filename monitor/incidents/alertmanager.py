@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from monitor.errors import AlertDeliveryError
 from monitor.incidents.storage.models import Incident, IncidentKind, IncidentStatus
 
 __all__ = ["ALERT_NAMES", "AlertDeliveryError", "AlertmanagerClient", "incident_alert"]
@@ -26,10 +27,6 @@ ALERT_NAMES: dict[IncidentKind, tuple[str, str]] = {
     IncidentKind.QUARANTINE: ("AdvmonSourceQuarantined", "warning"),
     IncidentKind.DRIFT: ("AdvmonDrift", "warning"),
 }
-
-
-class AlertDeliveryError(RuntimeError):
-    """No Alertmanager accepted the alerts; they are posted again later."""
 
 
 def incident_alert(

@@ -28,6 +28,8 @@ from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from monitor.errors import BrokerError
+
 __all__ = [
     "BrokerError",
     "BrokerProcess",
@@ -41,10 +43,6 @@ __all__ = [
 # have; the loader warns on every start, but the broker works. Keep it out of messages.
 _GLIBC_WARNING = re.compile(r"weak version `GLIBC_[0-9.]+' not found")
 _PORT_IN_USE = "already in use"
-
-
-class BrokerError(RuntimeError):
-    """The local broker could not be started; the message includes its log."""
 
 
 def noida_db_binary() -> Path:

@@ -1,1 +1,11 @@
-"""The streaming worker: the Faust app, its agents and stages, metrics and policy."""
+"""The streaming worker (``advmon worker``): a Faust app that reads inference topics and
+publishes decisions, detections and dead letters.
+
+- :mod:`~monitor.worker.app` builds the app: broker connection, topics, tables, stages;
+- :mod:`~monitor.worker.agents` moves messages from topics to stages, top to bottom in
+  the order an event travels;
+- :mod:`~monitor.worker.stages` holds one module per stage;
+- :mod:`~monitor.worker.records` and :mod:`~monitor.worker.decisions` are what stages
+  write; :mod:`~monitor.worker.metrics` what they count; :mod:`~monitor.worker.consumer`
+  the Kafka consumer that never commits over an unprocessed message.
+"""

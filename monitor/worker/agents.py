@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from monitor.worker.app import AdvmonApp
-from monitor.worker.stages.scoring_pipeline import InputMessage
+from monitor.worker.records import InputMessage
 from schemas import Detection
 
 __all__ = ["register"]

@@ -23,15 +23,20 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from monitor.config import MonitorConfig
+from monitor.errors import BrokerUnreachableError
 from monitor.incidents.storage.incidents import IncidentStore
+from monitor.retry import retrying
 from monitor.settings import KafkaSettings, Settings
 from monitor.worker.consumer import GaplessConsumer
 from monitor.worker.metrics import Metrics
+from monitor.worker.models import ModelDetector
+from monitor.worker.records import OutputRecord
+from monitor.worker.stages.alerts import AlertingStage
 from monitor.worker.stages.drift import DriftStage, drift_plans
-from monitor.worker.stages.incidents import AlertingStage, IncidentStage
+from monitor.worker.stages.incidents import IncidentStage
 from monitor.worker.stages.join import JoinStage
-from monitor.worker.stages.scoring import QuarantineStage, ScoringStage
-from monitor.worker.stages.scoring_pipeline import ModelDetector, OutputRecord
+from monitor.worker.stages.quarantine import QuarantineStage
+from monitor.worker.stages.scoring import ScoringStage
 
 __all__ = [
     "AdvmonApp",
@@ -58,10 +63,6 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     if ssl_context is not None:
         return faust.SSLCredentials(ssl_context)
     return None
-
-
-class BrokerUnreachableError(RuntimeError):
-    """No Kafka broker answered at start; the message names the bootstrap servers."""
 
 
 def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
@@ -180,28 +181,29 @@ class AdvmonApp:
         (at-least-once: a record may be written twice, never lost), and the caller's
         input offsets stay uncommitted.
         """
-        delay = 0.5
-        while True:
-            try:
-                # Straight to the producer: Topic.send costs several event-loop round
-                # trips per record, which splits a batch into many small produce requests.
-                if not self._declared:
-                    # Create missing output topics once (Topic.send would do it per call).
-                    await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
-                    self._declared = True
-                producer = await self.app.maybe_start_producer()
-                pending = [
-                    await producer.send(record.topic, record.key, record.value, None, None, None)
-                    for record in records
-                ]
-                await asyncio.gather(*pending)
-                return
-            except (KafkaError, TimeoutError) as exc:
-                logger.error(
-                    "publishing %d records failed, retrying in %.1f s: %r", len(records), delay, exc
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        def report(error: BaseException, delay: float) -> None:
+            logger.error(
+                "publishing %d records failed, retrying in %.1f s: %r", len(records), delay, error
+            )
+
+        await retrying((KafkaError, TimeoutError), first_s=0.5, most_s=30.0, on_retry=report)(
+            self._send, records
+        )
+
+    async def _send(self, records: Sequence[OutputRecord]) -> None:
+        # Straight to the producer: Topic.send costs several event-loop round trips per
+        # record, which splits a batch into many small produce requests.
+        if not self._declared:
+            # Create missing output topics once (Topic.send would do it per call).
+            await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
+            self._declared = True
+        producer = await self.app.maybe_start_producer()
+        pending = [
+            await producer.send(record.topic, record.key, record.value, None, None, None)
+            for record in records
+        ]
+        await asyncio.gather(*pending)
 
 
 def create_app(

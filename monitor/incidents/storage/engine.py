@@ -7,14 +7,11 @@ from datetime import timedelta
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import ArgumentError
 
+from monitor.errors import DatabaseUrlError
 from monitor.incidents.storage.incidents import GroupingPolicy, IncidentStore
 from monitor.settings import DatabaseSettings, IncidentSettings
 
 __all__ = ["DatabaseUrlError", "grouping_policy", "incident_store", "open_engine"]
-
-
-class DatabaseUrlError(ValueError):
-    """``ADVMON_DATABASE__URL`` is not a usable SQLAlchemy URL."""
 
 
 def open_engine(database: DatabaseSettings) -> Engine:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from monitor.errors import IncidentNotFoundError, InvalidTransitionError
 from monitor.incidents.storage.models import (
     DetectionRow,
     Incident,
@@ -37,14 +38,6 @@ __all__ = [
 
 SYSTEM_ACTOR = "advmon"
 _PER_SOURCE = {IncidentKind.QUARANTINE}
-
-
-class IncidentNotFoundError(LookupError):
-    """No incident has the given id."""
-
-
-class InvalidTransitionError(ValueError):
-    """The requested status change is not allowed (e.g. acknowledging a resolved incident)."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from monitor.errors import SchemaBehindError
+
 __all__ = [
     "SchemaBehindError",
     "alembic_config",
@@ -18,10 +20,6 @@ __all__ = [
     "head_revision",
     "upgrade",
 ]
-
-
-class SchemaBehindError(RuntimeError):
-    """The database schema is older than this advmon; ``advmon db upgrade`` fixes it."""
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

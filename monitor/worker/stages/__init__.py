@@ -1,1 +1,22 @@
-"""The worker's stages, one module each."""
+"""The worker's stages, one module each, in the order an event travels.
+
+==============  =========================================  ======================================
+module          reads                                      writes
+==============  =========================================  ======================================
+``scoring``     inference topics, the internal joined      decisions, detections, dead letters;
+                topic                                      source flags, signals, OIP v2 halves
+``join``        OIP v2 halves (keyed by CloudEvent id)     native events on the joined topic
+``quarantine``  source flags (keyed by source)             source decisions, quarantine detections
+``drift``       signals (keyed by model)                   drift detections
+``incidents``   detections                                 incidents in the database
+``alerts``      the incident store                         alerts in Alertmanager
+==============  =========================================  ======================================
+
+A stage is a plain class (a :class:`mode.Service` when it has start-up work) that takes
+the worker config, its state (a Faust table, or a dict in tests), the metrics and a
+:data:`~monitor.worker.records.Publish` callable, and exposes one coroutine per input:
+it builds its output records with :class:`~monitor.worker.records.OutputRecord` and
+returns only once ``publish`` has returned, i.e. once the broker acknowledged them. It
+never touches Faust's streams: :mod:`monitor.worker.agents` feeds it, and
+:func:`monitor.worker.app.create_app` builds it with its topics and tables.
+"""

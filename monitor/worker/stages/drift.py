@@ -26,7 +26,7 @@ import logging
 import math
 import pickle
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,8 +38,10 @@ from river import drift
 from detectors import DriftAlarm, DriftConfigError, DriftMonitor, SignalSpec, signal_columns
 from detectors.runtime import SqueezeScores
 from monitor.config import MonitorConfig
+from monitor.errors import UnsafeStateError
 from monitor.worker.metrics import Metrics
-from monitor.worker.stages.scoring_pipeline import InputMessage, ModelDetector, OutputRecord
+from monitor.worker.models import ModelDetector
+from monitor.worker.records import InputMessage, OutputRecord, Publish
 from schemas import Detection, DetectionKind, InferenceEvent, SignalBatch
 
 __all__ = [
@@ -54,8 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Publish = Callable[[Sequence[OutputRecord]], Awaitable[None]]
 
 STATE_FORMAT = 2
 
@@ -172,10 +172,6 @@ def _fresh_events(batch: SignalBatch, applied: dict[str, tuple[int, int]]) -> li
             applied[key] = place
             fresh.append(i)
     return fresh
-
-
-class UnsafeStateError(pickle.UnpicklingError):
-    """A stored drift state refers to something a drift state is never made of."""
 
 
 _PAGE_HINKLEY_TESTS = frozenset({"_test_both", "_test_increase", "_test_decrease"})
@@ -405,11 +401,7 @@ class DriftStage:
             stats["mean_before"],
             stats["mean_recent"],
         )
-        return OutputRecord(
-            self.config.topics.detections,
-            batch.model_id.encode(),
-            detection.model_dump_json().encode(),
-        )
+        return OutputRecord.of(self.config.topics.detections, batch.model_id, detection)
 
     def report_held(self) -> None:
         """Set the gauges of every model whose detectors this worker holds, such as right

@@ -19,24 +19,22 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, MutableMapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from detectors import DetectorConfig, InvalidInputError
+from detectors import DetectorConfig
 from monitor.config import MonitorConfig
-from monitor.event_files import event_input
-from monitor.formats import FormatError, OipMessage, decode_oip_v2, oip_v2_events
+from monitor.decoding import RecordFormat, event_input, joined_events
+from monitor.errors import InvalidRecordError
+from monitor.formats import OipMessage, decode_oip_v2
 from monitor.worker.metrics import Metrics
-from monitor.worker.stages.scoring_pipeline import OutputRecord
-from schemas import DeadLetter, OipHalf
+from monitor.worker.records import OutputRecord, Publish, dead_letter
+from schemas import OipHalf
 
 __all__ = ["JoinStage", "PendingHalf"]
 
 logger = logging.getLogger(__name__)
-
-Publish = Callable[[Sequence[OutputRecord]], Awaitable[None]]
 
 
 class PendingHalf(BaseModel):
@@ -174,51 +172,40 @@ class JoinStage:
     def _events(self, request: OipHalf, response: OipHalf | None) -> list[OutputRecord]:
         """The joined events on the joined topic, or the request's dead letter."""
         model = self.models[request.model_id]
+        records: list[OutputRecord] = []
         try:
-            events = oip_v2_events(
+            events = joined_events(
                 _decode(request),
                 _decode(response) if response is not None else None,
-                model_id=model.id,
-                input_name=model.oip_v2.input_name,
-                output_name=model.oip_v2.output_name,
+                RecordFormat.of(model),
             )
-        except FormatError as exc:
-            self.metrics.events_invalid.labels(exc.reason.value).inc()
-            return [self._dead_letter(request, exc.reason.value, str(exc), request.id)]
-        records: list[OutputRecord] = []
+        except InvalidRecordError as error:
+            self.metrics.events_invalid.labels(error.reason).inc()
+            return [self._dead_letter(request, error, request.id)]
         detector = self.detectors.get(model.id)
         for event in events:
             if detector is not None:
                 try:
                     event_input(event, detector.input_shape, detector.accepted_range)
-                except InvalidInputError as exc:
-                    self.metrics.events_invalid.labels(exc.reason).inc()
-                    records.append(self._dead_letter(request, exc.reason, str(exc), event.event_id))
+                except InvalidRecordError as error:
+                    self.metrics.events_invalid.labels(error.reason).inc()
+                    records.append(self._dead_letter(request, error, event.event_id))
                     continue
-            key = (event.request_id or event.event_id).encode()
-            records.append(
-                OutputRecord(self.config.topics.joined, key, event.model_dump_json().encode())
-            )
+            key = event.request_id or event.event_id
+            records.append(OutputRecord.of(self.config.topics.joined, key, event))
         return records
 
     def _dead_letter(
-        self, request: OipHalf, reason: str, error: str, event_id: str
+        self, request: OipHalf, error: InvalidRecordError, event_id: str
     ) -> OutputRecord:
         """A dead letter pointing at the original request record."""
-        letter = DeadLetter(
-            reason=reason,
-            error=error,
-            topic=request.topic,
-            partition=request.partition,
-            offset=request.offset,
-            key_b64=request.key_b64,
-            value_b64=request.value_b64,
+        return dead_letter(
+            self.config.topics.dead_letter,
+            request,
+            error,
+            key=request.id.encode(),
             event_id=event_id,
             model_id=request.model_id,
-            failed_at=datetime.now(UTC),
-        )
-        return OutputRecord(
-            self.config.topics.dead_letter, request.id.encode(), letter.model_dump_json().encode()
         )
 
 

@@ -1,53 +1,276 @@
-"""The worker's stages: scoring (with its detectors) and per-source quarantine.
+"""The scoring stage: inference messages → decoded events → fused squeeze graph → decisions.
 
-Each stage is a :class:`mode.Service`, so its start-up work (building ONNX Runtime
-sessions) runs in Faust's event loop when the worker starts, never at import time.
+For each batch the agent takes from the inference topics (and from the internal joined
+topic), :meth:`ScoringStage.process`
+
+1. decodes and validates every message through :mod:`monitor.decoding`; a refused one
+   becomes a dead letter, an OIP v2 record is forwarded, keyed by its CloudEvent id, to
+   the internal halves topic (:mod:`monitor.worker.stages.join` pairs them);
+2. scores each model's events, grouped by input shape, with the model's fused squeeze
+   graph on ONNX Runtime, in one worker thread so the event loop keeps serving Kafka;
+3. decides (:mod:`monitor.worker.decisions`): a decision per event on the decisions
+   topic; for flagged events a detection, and a source flag re-keyed by source for
+   :mod:`monitor.worker.stages.quarantine`; each batch's drift signals, keyed by model,
+   for :mod:`monitor.worker.stages.drift`;
+4. publishes all of it and returns once the broker acknowledged every record.
+
+:class:`ScoringPipeline` holds steps 1 and 3 as pure functions over plain data, testable
+without a broker; :class:`ScoringStage` runs them around ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import mode
+import numpy as np
 
-from detectors import Detector, DetectorConfig, Device, file_sha256, load_model
-from monitor.config import MonitorConfig
+from detectors import Detector, DetectorScores, Device, load_model
+from monitor.config import ModelConfig, MonitorConfig
+from monitor.decoding import RecordFormat, event_input, monitored, record_events
+from monitor.errors import InvalidRecordError
+from monitor.formats import decode_oip_v2
+from monitor.worker.decisions import request_action, request_decision
 from monitor.worker.metrics import Metrics
-from monitor.worker.policy import quarantine_due, source_action
-from monitor.worker.stages.drift import DriftPlan, signal_batch
-from monitor.worker.stages.scoring_pipeline import (
+from monitor.worker.models import ModelDetector
+from monitor.worker.records import (
     InputMessage,
-    ModelDetector,
     OutputRecord,
-    ScoringPipeline,
-    event_time,
+    Publish,
+    b64,
+    dead_letter,
 )
-from schemas import Action, Decision, Detection, DetectionKind, Reason, Scope, SourceFlag
+from monitor.worker.stages.drift import DriftPlan, signal_batch
+from schemas import (
+    Action,
+    Detection,
+    DetectionKind,
+    InferenceEvent,
+    OipHalf,
+    Scope,
+    SourceFlag,
+)
 
-__all__ = ["Publish", "QuarantineStage", "ScoringStage", "load_model_detectors"]
+__all__ = [
+    "DecidedBatch",
+    "DecodedMessages",
+    "ScoringBatch",
+    "ScoringPipeline",
+    "ScoringStage",
+    "event_time",
+]
 
 logger = logging.getLogger(__name__)
 
-Publish = Callable[[Sequence[OutputRecord]], Awaitable[None]]
-"""Publishes records and returns once the broker has acknowledged every one of them."""
+
+@dataclass
+class ScoringBatch:
+    """Valid events of one model, with inputs of one shape, ready for the fused graph."""
+
+    model_id: str
+    messages: list[InputMessage] = field(default_factory=list)
+    events: list[InferenceEvent] = field(default_factory=list)
+    inputs: list[np.ndarray] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    """Row of each event within its message (formats that log a batch per message)."""
+
+    def stacked(self) -> np.ndarray:
+        """Inputs as one ``[N, *input_shape]`` array."""
+        return np.stack(self.inputs)
+
+    def split(self) -> list[ScoringBatch]:
+        """One single-event batch per event (to isolate an event that fails to score)."""
+        return [
+            ScoringBatch(self.model_id, [m], [e], [x], [r])
+            for m, e, x, r in zip(self.messages, self.events, self.inputs, self.rows, strict=True)
+        ]
 
 
-def load_model_detectors(config: MonitorConfig) -> dict[str, ModelDetector]:
-    """Read every model's detector file (checking model hashes); no ONNX sessions yet."""
-    return {
-        model.id: ModelDetector(
-            config=model,
-            detector=DetectorConfig.load(model.detector),
-            detector_sha256=file_sha256(model.detector),
+@dataclass
+class DecodedMessages:
+    """A decoded batch: per-model scoring batches and dead letters, with their reasons, and
+    the OIP v2 halves to forward to the join."""
+
+    batches: list[ScoringBatch]
+    dead_letters: list[OutputRecord]
+    invalid_reasons: list[str]
+    halves: list[OutputRecord] = field(default_factory=list)
+    half_kinds: list[tuple[str, str]] = field(default_factory=list)
+    """``(model id, request|response)`` of each forwarded half."""
+
+
+@dataclass(frozen=True)
+class DecidedBatch:
+    """The records to publish for a scored batch, and the action taken for each event."""
+
+    records: list[OutputRecord]
+    actions: list[Action]
+
+
+class ScoringPipeline:
+    """Decode, validate and decide for the configured models.
+
+    Parameters
+    ----------
+    config
+        The worker config (topics, models, policy).
+    models
+        Each monitored model's detector, by model id.
+    """
+
+    def __init__(self, config: MonitorConfig, models: Mapping[str, ModelDetector]) -> None:
+        self.config = config
+        self.models = dict(models)
+        self.topic_models = {
+            topic: model
+            for model in config.models
+            if model.format != "native"
+            for topic in model.topics
+        }
+
+    def decode(self, messages: Sequence[InputMessage]) -> DecodedMessages:
+        """Split messages into per-model scoring batches, dead letters and OIP v2 halves."""
+        batches: dict[tuple[str, tuple[int, ...]], ScoringBatch] = {}
+        decoded = DecodedMessages([], [], [])
+        for message in messages:
+
+            def reject(error: InvalidRecordError, message: InputMessage = message) -> None:
+                decoded.invalid_reasons.append(error.reason)
+                decoded.dead_letters.append(
+                    dead_letter(self.config.topics.dead_letter, message, error)
+                )
+
+            model = self.topic_models.get(message.topic)
+            try:
+                if model is not None and model.format == "oip-v2":
+                    record, kind = self._half(message, model)
+                    decoded.halves.append(record)
+                    decoded.half_kinds.append((model.id, kind))
+                    continue
+                events = record_events(message.value, RecordFormat.of(model))
+            except InvalidRecordError as error:
+                reject(error)
+                continue
+            for row, event in enumerate(events):
+                try:
+                    array = self._accept(message, event)
+                except InvalidRecordError as error:
+                    reject(error)
+                    continue
+                key = (event.model_id, array.shape)
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = ScoringBatch(event.model_id)
+                batch.messages.append(message)
+                batch.events.append(event)
+                batch.inputs.append(array)
+                batch.rows.append(row)
+        decoded.batches.extend(batches.values())
+        return decoded
+
+    def _half(self, message: InputMessage, model: ModelConfig) -> tuple[OutputRecord, str]:
+        """An OIP v2 record, checked, as a record for the join topic keyed by its id."""
+        half = decode_oip_v2(message.value, message.headers)
+        record = OipHalf(
+            id=half.id,
+            kind=half.kind,
+            model_id=model.id,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key_b64=b64(message.key),
+            value_b64=base64.b64encode(message.value).decode(),
+            headers=[(name, base64.b64encode(value).decode()) for name, value in message.headers],
+            timestamp=message.timestamp,
+            received_at=datetime.now(UTC),
         )
-        for model in config.models
-    }
+        return OutputRecord.of(self.config.topics.oip_halves, half.id, record), half.kind
+
+    def _accept(self, message: InputMessage, event: InferenceEvent) -> np.ndarray:
+        """The event's model input, checked against its model's detector."""
+        model = monitored(event, self.models)
+        joined = message.topic == self.config.topics.joined
+        if not joined and message.topic not in model.config.topics:
+            raise InvalidRecordError(
+                "unknown_model",
+                f"model {event.model_id!r} is not configured for topic {message.topic!r}",
+                event_id=event.event_id,
+                model_id=event.model_id,
+            )
+        detector = model.detector
+        return event_input(event, detector.input_shape, detector.accepted_range)
+
+    def decide(
+        self, batch: ScoringBatch, verdict: DetectorScores, now: datetime | None = None
+    ) -> DecidedBatch:
+        """Decisions for every event of ``batch``, plus detections and source flags for the
+        flagged ones."""
+        now = now or datetime.now(UTC)
+        model = self.models[batch.model_id]
+        threshold = model.detector.threshold
+        topics = self.config.topics
+        squeezers = [s.spec for s in model.detector.squeezers]
+        scores = verdict.scores.score.tolist()
+        flagged = verdict.flagged.tolist()
+        predictions = verdict.scores.prediction.tolist()
+        distances = verdict.scores.squeezer_distances.tolist()
+        out: list[OutputRecord] = []
+        actions: list[Action] = []
+        for i, event in enumerate(batch.events):
+            score = scores[i]
+            actions.append(request_action(flagged[i], model.config.policy))
+            decision = request_decision(event, actions[-1], score, threshold, now)
+            out.append(OutputRecord.of(topics.decisions, decision.key, decision))
+            if not flagged[i]:
+                continue
+            message = batch.messages[i]
+            detection = Detection(
+                event_id=event.event_id,
+                model_id=event.model_id,
+                model_version=event.model_version,
+                request_id=event.request_id,
+                source=event.source,
+                kind=DetectionKind.ADVERSARIAL,
+                score=score,
+                threshold=threshold,
+                prediction=predictions[i],
+                detector_sha256=model.detector_sha256,
+                event_ts=event.ts,
+                detected_at=now,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                details=dict(zip(squeezers, distances[i], strict=True)),
+            )
+            out.append(OutputRecord.of(topics.detections, event.model_id, detection))
+            if event.source:
+                flag = SourceFlag(
+                    source=event.source,
+                    event_id=event.event_id,
+                    model_id=event.model_id,
+                    model_version=event.model_version,
+                    score=score,
+                    threshold=threshold,
+                    enforce=model.config.policy == "enforce",
+                    flagged_at=now,
+                )
+                out.append(OutputRecord.of(topics.source_flags, event.source, flag))
+        return DecidedBatch(out, actions)
+
+
+def event_time(event: InferenceEvent, message: InputMessage) -> float | None:
+    """When the event happened, in epoch seconds: its ``ts``, else the Kafka timestamp."""
+    if event.ts is not None:
+        return event.ts.timestamp()
+    return message.timestamp
 
 
 class ScoringStage(mode.Service):
@@ -159,12 +382,16 @@ class ScoringStage(mode.Service):
                         exc,
                     )
                     metrics.events_invalid.labels("scoring_error").inc()
+                    event = batch.events[0]
+                    error = InvalidRecordError(
+                        "scoring_error",
+                        f"scoring failed: {exc}",
+                        event_id=event.event_id,
+                        model_id=event.model_id,
+                    )
                     outputs.append(
-                        self.pipeline.dead_letter(
-                            batch.messages[0],
-                            "scoring_error",
-                            f"scoring failed: {exc}",
-                            batch.events[0],
+                        dead_letter(
+                            self.pipeline.config.topics.dead_letter, batch.messages[0], error
                         )
                     )
                 continue
@@ -189,11 +416,7 @@ class ScoringStage(mode.Service):
                     verdict.scores,
                 )
                 outputs.append(
-                    OutputRecord(
-                        self.pipeline.config.topics.signals,
-                        plan.model_id.encode(),
-                        signals.model_dump_json().encode(),
-                    )
+                    OutputRecord.of(self.pipeline.config.topics.signals, plan.model_id, signals)
                 )
         await self.publish(outputs)
         for action in actions:
@@ -204,94 +427,3 @@ class ScoringStage(mode.Service):
             for when in times:
                 if when is not None:
                     histogram.observe(max(0.0, now - when))
-
-
-class QuarantineStage:
-    """Count flagged events per source in a window and quarantine sources past the limit.
-
-    ``counts`` is a windowed Faust table and ``in_force`` a table of quarantine expiry
-    times (epoch seconds), both keyed by source: the flags topic is keyed by source, so
-    each source's state lives on exactly one worker and moves with its partition.
-    """
-
-    def __init__(
-        self,
-        config: MonitorConfig,
-        counts: Any,
-        in_force: Any,
-        metrics: Metrics,
-        publish: Publish,
-    ) -> None:
-        self.config = config
-        self.counts = counts
-        self.in_force = in_force
-        self.metrics = metrics
-        self.publish = publish
-
-    async def observe(self, raw: bytes) -> None:
-        """Count one flagged event; publish a source decision when the limit is crossed."""
-        flag = SourceFlag.model_validate_json(raw)
-        policy = self.config.quarantine
-        self.counts[flag.source] += 1
-        count = int(self.counts[flag.source].current())
-        now = datetime.now(UTC)
-        if not quarantine_due(
-            count, policy.limit, float(self.in_force[flag.source]), now.timestamp()
-        ):
-            return
-        expires = now + timedelta(seconds=policy.ttl_seconds)
-        action = source_action(flag.enforce)
-        decision = Decision(
-            event_id=flag.event_id,
-            source=flag.source,
-            model_id=flag.model_id,
-            model_version=flag.model_version,
-            action=action,
-            scope=Scope.SOURCE,
-            reasons=[
-                Reason(detector="flagged_events_per_source", score=count, threshold=policy.limit)
-            ],
-            expires_at=expires,
-            decided_at=now,
-        )
-        detection = Detection(
-            event_id=flag.event_id,
-            model_id=flag.model_id,
-            model_version=flag.model_version,
-            source=flag.source,
-            kind=DetectionKind.QUARANTINE,
-            score=count,
-            threshold=policy.limit,
-            expires_at=expires,
-            detected_at=now,
-            details={"enforced": 1.0 if flag.enforce else 0.0},
-        )
-        topics = self.config.topics
-        records = [
-            OutputRecord(
-                topics.decisions, decision.key.encode(), decision.model_dump_json().encode()
-            )
-        ]
-        if flag.enforce:
-            # A quarantine incident only when the source really was quarantined.
-            records.append(
-                OutputRecord(
-                    topics.detections, flag.model_id.encode(), detection.model_dump_json().encode()
-                )
-            )
-        await self.publish(records)
-        self.in_force[flag.source] = expires.timestamp()
-        self.metrics.decisions.labels(action.value, Scope.SOURCE.value).inc()
-        logger.warning(
-            "source %s: %s until %s (%d flagged events in %ds)",
-            flag.source,
-            action.value,
-            expires.isoformat(),
-            count,
-            policy.window_seconds,
-        )
-
-    def sources_in_force(self) -> int:
-        """Quarantines in force among the sources this worker holds."""
-        now = time.time()
-        return sum(1 for expires in self.in_force.values() if float(expires) > now)

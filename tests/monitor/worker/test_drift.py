@@ -18,6 +18,8 @@ from detectors import DriftConfigError, DriftDetectorSpec, DriftMonitor, SignalS
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
 from monitor.worker.metrics import Metrics
+from monitor.worker.models import load_model_detectors
+from monitor.worker.records import InputMessage, OutputRecord
 from monitor.worker.stages.drift import (
     DriftStage,
     DriftState,
@@ -25,8 +27,7 @@ from monitor.worker.stages.drift import (
     UnsafeStateError,
     drift_plans,
 )
-from monitor.worker.stages.scoring import ScoringStage, load_model_detectors
-from monitor.worker.stages.scoring_pipeline import InputMessage, OutputRecord
+from monitor.worker.stages.scoring import ScoringStage
 from schemas import Detection, DetectionKind, SignalBatch
 from tests.monitor.cli_support import DemoModel
 

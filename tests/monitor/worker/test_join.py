@@ -19,9 +19,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.config import MonitorConfig
+from monitor.decoding import RecordFormat, record_events
 from monitor.worker.metrics import Metrics
+from monitor.worker.records import InputMessage, OutputRecord
 from monitor.worker.stages.join import JoinStage, PendingHalf
-from monitor.worker.stages.scoring_pipeline import InputMessage, OutputRecord, ScoringPipeline
+from monitor.worker.stages.scoring import ScoringPipeline
 from schemas import DeadLetter, InferenceEvent, OipHalf, TensorPayload
 from tests.monitor.formats.kafka_records import (
     binary_headers,
@@ -224,7 +226,7 @@ def test_a_response_that_does_not_fit_its_request_dead_letters_the_request() -> 
 def test_sagemaker_records_become_events_of_their_model() -> None:
     pipeline = ScoringPipeline(config(format="sagemaker"), {})
     value = capture_record("sagemaker_csv")
-    events = pipeline._events(message(value), pipeline.topic_models["kserve-logs"])
+    events = record_events(value, RecordFormat.of(pipeline.topic_models["kserve-logs"]))
     (event,) = events
     assert event.model_id == "iris"
     assert event.event_id == "8f45e35c-fa44-40d2-8ed3-1bcab3a596f3"
@@ -235,7 +237,7 @@ def test_mapped_records_follow_the_model_mapping() -> None:
     mapping = {"event_id": "$.meta.id", "input": "$.payload.features", "source": "$.meta.user"}
     pipeline = ScoringPipeline(config(format="mapped", mapping=mapping), {})
     value = orjson.dumps(fixture_json("mapped_custom.json"))
-    (event,) = pipeline._events(message(value), pipeline.topic_models["kserve-logs"])
+    (event,) = record_events(value, RecordFormat.of(pipeline.topic_models["kserve-logs"]))
     assert event.event_id == "b7c1d2e3-f405-4617-8a9b-0c1d2e3f4a5b"
     assert event.source == "user-4821"
     assert event.input == [0.12, 3.5, 1.0, 0.0]

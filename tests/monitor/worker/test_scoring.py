@@ -14,8 +14,9 @@ from detectors import Detector, DetectorScores
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
 from monitor.worker.metrics import Metrics
-from monitor.worker.stages.scoring import ScoringStage, load_model_detectors
-from monitor.worker.stages.scoring_pipeline import InputMessage, OutputRecord
+from monitor.worker.models import load_model_detectors
+from monitor.worker.records import InputMessage, OutputRecord
+from monitor.worker.stages.scoring import ScoringStage
 from schemas import DeadLetter
 
 

@@ -13,9 +13,10 @@ import pytest
 from detectors import Detector
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
-from monitor.worker.policy import quarantine_due, request_action, source_action
-from monitor.worker.stages.scoring import load_model_detectors
-from monitor.worker.stages.scoring_pipeline import InputMessage, ScoringPipeline
+from monitor.worker.decisions import quarantine_due, request_action, source_action
+from monitor.worker.models import load_model_detectors
+from monitor.worker.records import InputMessage
+from monitor.worker.stages.scoring import ScoringPipeline
 from schemas import Action, DeadLetter, Decision, Detection, SourceFlag
 from tests.monitor.cli_support import DemoModel
 

@@ -1,0 +1,196 @@
+"""Decode and validate records: the one path every command takes.
+
+The worker's scoring stage and OIP v2 join, ``advmon inspect``, ``advmon score`` and
+``advmon calibrate`` all read records through these functions, so a record is refused
+for the same reason, in the same words, wherever it is met::
+
+    record value (+ headers) ──► record_events ──► InferenceEvent(s)
+                                 (native, sagemaker, mapped; OIP v2 halves through
+                                  monitor.formats.decode_oip_v2 and joined_events)
+    InferenceEvent ──► monitored ──► the detector of its model (unknown_model)
+                   └─► event_input ──► float32 array of the detector's input shape
+                       (input_array, then checked_input)
+
+Every refusal is an :class:`~monitor.errors.InvalidRecordError` whose ``reason`` is the
+dead-letter reason and metric label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from detectors import InvalidInputError, input_from_bytes, input_from_nested_list, validate_input
+from monitor.config import EventFormat, ModelConfig
+from monitor.errors import InvalidRecordError
+from monitor.formats import FieldMapping, OipMessage, mapped_event, oip_v2_events, sagemaker_events
+from schemas import InferenceEvent, InvalidEventError, TensorPayload, decode_event
+
+__all__ = [
+    "RecordFormat",
+    "checked_input",
+    "event_input",
+    "input_array",
+    "joined_events",
+    "monitored",
+    "record_events",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    """How a topic's records read: the format and the options of its model.
+
+    Parameters
+    ----------
+    format
+        ``native``, ``oip-v2``, ``sagemaker`` or ``mapped``.
+    model_id
+        Given to the events of formats other than native (native events name their model).
+    mapping
+        The field mapping of format ``mapped``.
+    input_name, output_name
+        Which OIP v2 tensors to use when a request (a response) has several.
+    """
+
+    format: EventFormat = "native"
+    model_id: str = ""
+    mapping: FieldMapping | None = None
+    input_name: str | None = None
+    output_name: str | None = None
+
+    @classmethod
+    def of(cls, model: ModelConfig | None) -> RecordFormat:
+        """How the topics of ``model`` read (native events when there is no model)."""
+        if model is None:
+            return cls()
+        return cls(
+            model.format,
+            model.id,
+            model.mapping,
+            model.oip_v2.input_name,
+            model.oip_v2.output_name,
+        )
+
+
+def record_events(value: bytes, record_format: RecordFormat) -> list[InferenceEvent]:
+    """The events one record holds (formats native, sagemaker and mapped).
+
+    Raises :class:`InvalidRecordError` with the reason the worker dead-letters it for.
+
+    Examples
+    --------
+    >>> [e.event_id for e in record_events(b'{"event_id": "e1", "model_id": "m", '
+    ...     b'"input": [1, 2]}', RecordFormat())]
+    ['e1']
+    >>> try:
+    ...     record_events(b'{"event_id": "e1"}', RecordFormat())
+    ... except InvalidRecordError as error:
+    ...     print(error.reason)
+    invalid_event
+    """
+    try:
+        if record_format.format == "sagemaker":
+            return sagemaker_events(value, model_id=record_format.model_id)
+        if record_format.format == "mapped":
+            if record_format.mapping is None:
+                raise InvalidRecordError(
+                    "invalid_config", f"model {record_format.model_id!r} has no mapping"
+                )
+            return [mapped_event(value, record_format.mapping, model_id=record_format.model_id)]
+        if record_format.format == "oip-v2":
+            raise InvalidRecordError(
+                "invalid_config", "OIP v2 records hold halves of events: use joined_events"
+            )
+        return [decode_event(value)]
+    except InvalidEventError as exc:
+        raise InvalidRecordError("invalid_event", str(exc)) from None
+
+
+def joined_events(
+    request: OipMessage, response: OipMessage | None, record_format: RecordFormat
+) -> list[InferenceEvent]:
+    """The events of an OIP v2 request, joined with its response when there is one."""
+    return oip_v2_events(
+        request,
+        response,
+        model_id=record_format.model_id,
+        input_name=record_format.input_name,
+        output_name=record_format.output_name,
+    )
+
+
+def monitored(event: InferenceEvent, models: Mapping[str, T]) -> T:
+    """What ``models`` holds for the event's model; ``unknown_model`` when it is not
+    among them.
+
+    >>> monitored(decode_event(b'{"event_id": "e", "model_id": "x", "input": [1]}'), {"m": 1})
+    Traceback (most recent call last):
+    ...
+    monitor.errors.InvalidRecordError: model_id 'x' is not monitored (configured: m)
+    """
+    try:
+        return models[event.model_id]
+    except KeyError:
+        known = ", ".join(sorted(models)) or "none"
+        raise InvalidRecordError(
+            "unknown_model",
+            f"model_id {event.model_id!r} is not monitored (configured: {known})",
+            event_id=event.event_id,
+            model_id=event.model_id,
+        ) from None
+
+
+def input_array(event: InferenceEvent) -> np.ndarray:
+    """The event's input as a float32 array, not yet checked against any model."""
+    value = event.input
+    try:
+        if isinstance(value, TensorPayload):
+            return input_from_bytes(value.to_bytes(), value.dtype.value, value.shape)
+        return input_from_nested_list(value)
+    except InvalidInputError as exc:
+        raise _refused(exc, event) from None
+
+
+def event_input(
+    event: InferenceEvent,
+    shape: Sequence[int | None],
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """The event's input as a float32 array checked against a model's input shape and,
+    for images, its calibrated value range."""
+    return checked_input(event, input_array(event), shape, value_range)
+
+
+def checked_input(
+    event: InferenceEvent,
+    array: np.ndarray,
+    shape: Sequence[int | None],
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """``array``, the event's :func:`input_array`, checked as :func:`event_input` checks it.
+
+    For callers that look at the decoded input before it is checked (``advmon inspect``
+    shows the shape of an input it refuses).
+
+    >>> event = decode_event(b'{"event_id": "e", "model_id": "m", "input": [1, 2, 3]}')
+    >>> checked_input(event, input_array(event), [2])
+    Traceback (most recent call last):
+    ...
+    monitor.errors.InvalidRecordError: input shape [3] does not match the model's [2]
+    """
+    try:
+        return validate_input(array, shape, value_range)
+    except InvalidInputError as exc:
+        raise _refused(exc, event) from None
+
+
+def _refused(error: InvalidInputError, event: InferenceEvent) -> InvalidRecordError:
+    return InvalidRecordError(
+        error.reason, str(error), event_id=event.event_id, model_id=event.model_id
+    )

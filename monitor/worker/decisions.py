@@ -1,0 +1,94 @@
+"""Decisions for serving: the policy that picks an action, and the decision records.
+
+A request decision is made for every scored event (:func:`request_decision`), a source
+decision when a source crosses its limit of flagged events (:func:`source_decision`);
+both are assembled here, so the decisions topic carries one shape whoever decided.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from schemas import Action, Decision, InferenceEvent, Reason, Scope, SourceFlag
+
+__all__ = [
+    "DETECTOR_NAME",
+    "SOURCE_LIMIT_NAME",
+    "Policy",
+    "quarantine_due",
+    "request_action",
+    "request_decision",
+    "source_action",
+    "source_decision",
+]
+
+DETECTOR_NAME = "feature_squeezing"
+"""The reason's detector on request decisions."""
+SOURCE_LIMIT_NAME = "flagged_events_per_source"
+"""The reason's detector on source decisions."""
+
+Policy = Literal["observe", "enforce"]
+"""``observe`` never asks for more than ``flag``; ``enforce`` may quarantine."""
+
+
+def request_action(flagged: bool, policy: Policy) -> Action:
+    """The per-request action: ``allow`` unless flagged; flagged requests are quarantined
+    under ``enforce`` and flagged under ``observe``.
+
+    >>> request_action(False, "enforce"), request_action(True, "observe")
+    (<Action.ALLOW: 'allow'>, <Action.FLAG: 'flag'>)
+    """
+    if not flagged:
+        return Action.ALLOW
+    return Action.QUARANTINE if policy == "enforce" else Action.FLAG
+
+
+def source_action(enforce: bool) -> Action:
+    """The action for a source past its flag limit: quarantine when enforced, else flag."""
+    return Action.QUARANTINE if enforce else Action.FLAG
+
+
+def quarantine_due(count: int, limit: int, in_force_until: float, now: float) -> bool:
+    """Whether a source with ``count`` flags in the window gets a new quarantine decision.
+
+    Only one decision is published while a quarantine is in force.
+
+    >>> quarantine_due(20, 20, 0.0, 100.0), quarantine_due(25, 20, 150.0, 100.0)
+    (True, False)
+    """
+    return count >= limit and in_force_until <= now
+
+
+def request_decision(
+    event: InferenceEvent, action: Action, score: float, threshold: float, now: datetime
+) -> Decision:
+    """The decision for one scored event."""
+    return Decision(
+        event_id=event.event_id,
+        request_id=event.request_id,
+        source=event.source,
+        model_id=event.model_id,
+        model_version=event.model_version,
+        action=action,
+        scope=Scope.REQUEST,
+        reasons=[Reason(detector=DETECTOR_NAME, score=score, threshold=threshold)],
+        decided_at=now,
+    )
+
+
+def source_decision(
+    flag: SourceFlag, count: int, limit: int, expires: datetime, now: datetime
+) -> Decision:
+    """The decision for a source whose ``count`` flagged events reached ``limit``."""
+    return Decision(
+        event_id=flag.event_id,
+        source=flag.source,
+        model_id=flag.model_id,
+        model_version=flag.model_version,
+        action=source_action(flag.enforce),
+        scope=Scope.SOURCE,
+        reasons=[Reason(detector=SOURCE_LIMIT_NAME, score=count, threshold=limit)],
+        expires_at=expires,
+        decided_at=now,
+    )
