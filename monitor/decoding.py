@@ -8,6 +8,7 @@ for the same reason, in the same words, wherever it is met::
                                  (native, sagemaker, mapped; OIP v2 halves through
                                   monitor.formats.decode_oip_v2 and joined_events)
     InferenceEvent ──► monitored ──► the detector of its model (unknown_model)
+                   ├─► check_topic: its model reads the topic it came from (unknown_model)
                    └─► event_input ──► float32 array of the detector's input shape
                        (input_array, then checked_input)
 
@@ -17,7 +18,7 @@ dead-letter reason and metric label.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +32,7 @@ from schemas import InferenceEvent, InvalidEventError, TensorPayload, decode_eve
 
 __all__ = [
     "RecordFormat",
+    "check_topic",
     "checked_input",
     "event_input",
     "input_array",
@@ -144,6 +146,25 @@ def monitored(event: InferenceEvent, models: Mapping[str, T]) -> T:
             event_id=event.event_id,
             model_id=event.model_id,
         ) from None
+
+
+def check_topic(event: InferenceEvent, topic: str, topics: Collection[str]) -> None:
+    """Refuse (``unknown_model``) an event read from ``topic`` when its model reads only
+    ``topics``.
+
+    >>> check_topic(decode_event(b'{"event_id": "e", "model_id": "m", "input": [1]}'),
+    ...     "staging", ["events"])
+    Traceback (most recent call last):
+    ...
+    monitor.errors.InvalidRecordError: model 'm' is not configured for topic 'staging'
+    """
+    if topic not in topics:
+        raise InvalidRecordError(
+            "unknown_model",
+            f"model {event.model_id!r} is not configured for topic {topic!r}",
+            event_id=event.event_id,
+            model_id=event.model_id,
+        )
 
 
 def input_array(event: InferenceEvent) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Read JSON-lines files of inference events into scoring batches.
 
-A line that is not a valid event, or whose input does not fit the model, is reported
-with its line number through a callback and skipped: one bad line never stops a run.
+Each line is decoded and its input checked through :mod:`monitor.decoding`, as the
+worker decodes and checks a native record. A line that is not a valid event, or whose
+input does not fit the model, is reported with its line number and the worker's words
+through a callback and skipped: one bad line never stops a run.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors import InvalidInputError, input_from_bytes, input_from_nested_list, validate_input
-from schemas import InferenceEvent, InvalidEventError, TensorPayload, decode_event
+from monitor.decoding import RecordFormat, event_input, record_events
+from monitor.errors import InvalidRecordError
+from schemas import InferenceEvent
 
-__all__ = ["BadLine", "EventBatch", "event_input", "read_event_batches"]
+__all__ = ["BadLine", "EventBatch", "read_event_batches"]
+
+_NATIVE = RecordFormat()
+"""Event files hold native events, one a line."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class BadLine:
 
     line_number: int
     reason: str
+    """What was wrong, in the words of the worker's dead letter (its ``error``)."""
 
 
 @dataclass(frozen=True)
@@ -34,20 +41,6 @@ class EventBatch:
     inputs: np.ndarray
     bytes_read: int
     """Bytes of the file consumed up to the end of this batch (for progress)."""
-
-
-def event_input(
-    event: InferenceEvent,
-    shape: Sequence[int | None],
-    value_range: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """The event's input as a float32 array checked against the model's input shape."""
-    value = event.input
-    if isinstance(value, TensorPayload):
-        array = input_from_bytes(value.to_bytes(), value.dtype.value, value.shape)
-    else:
-        array = input_from_nested_list(value)
-    return validate_input(array, shape, value_range)
 
 
 def read_event_batches(
@@ -72,10 +65,10 @@ def read_event_batches(
             if not line.strip():
                 continue
             try:
-                event = decode_event(line)
+                (event,) = record_events(line, _NATIVE)
                 array = event_input(event, input_shape, value_range)
-            except (InvalidEventError, InvalidInputError) as exc:
-                on_bad_line(BadLine(number, str(exc)))
+            except InvalidRecordError as error:
+                on_bad_line(BadLine(number, str(error)))
                 continue
             if inputs and array.shape != inputs[0].shape:
                 # Models with symbolic axes accept several sizes, but not in one batch.

@@ -1,4 +1,8 @@
-"""Offline calibration and scoring of JSON-lines event files (``advmon calibrate/score``)."""
+"""Offline calibration and scoring of JSON-lines event files (``advmon calibrate/score``).
+
+The files are read by :mod:`monitor.event_files`, through :mod:`monitor.decoding`: a line
+the worker would refuse is skipped, and reported in the words of its dead letter.
+"""
 
 from __future__ import annotations
 

@@ -276,15 +276,20 @@ def create_app(
     )
     signals = raw_topic(topics.signals, internal=True)
     outputs[topics.signals] = signals
-    drift_states = app.Table(
-        "drift-states",
-        key_type=str,
-        value_type=bytes,
-        partitions=settings.worker.internal_partitions,
-        # Written per batch of signals (take_events), outside Faust's per-event context:
-        # the changelog partition comes from the key, like the signals topic's.
-        use_partitioner=True,
-    )
+
+    def keyed_table(name: str) -> Any:
+        """A table of bytes by key, written outside Faust's per-event context (per batch
+        of a ``take_events`` agent, or by a timer): its changelog partition comes from
+        the key, as the partition of the internal topic it is keyed like does."""
+        return app.Table(
+            name,
+            key_type=str,
+            value_type=bytes,
+            partitions=settings.worker.internal_partitions,
+            use_partitioner=True,
+        )
+
+    drift_states = keyed_table("drift-states")
     plans = drift_plans(models)
     joining = any(m.format == "oip-v2" for m in config.models)
     halves = raw_topic(topics.oip_halves, internal=True)
@@ -292,15 +297,7 @@ def create_app(
     if joining:
         outputs[topics.oip_halves] = halves
         outputs[topics.joined] = joined
-    pending = app.Table(
-        "oip-pending",
-        key_type=str,
-        value_type=bytes,
-        partitions=settings.worker.internal_partitions,
-        # Also written by the timeout timer, outside Faust's per-event context: the
-        # changelog partition comes from the key, like the halves topic's.
-        use_partitioner=True,
-    )
+    pending = keyed_table("oip-pending")
 
     wiring: AdvmonApp
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,7 @@ import orjson
 import pytest
 
 from monitor.demo.run import demo_event
-from monitor.event_files import BadLine, EventBatch, event_input, read_event_batches
-from schemas import decode_event
+from monitor.event_files import BadLine, EventBatch, read_event_batches
 from tests.monitor.cli_support import write_events
 
 _SHAPE = (1, 8, 8)
@@ -125,18 +123,6 @@ def test_bytes_read_is_where_each_batch_ends(tmp_path: Path) -> None:
     assert [batch.bytes_read for batch in batches] == [sum(sizes[:2]), sum(sizes)]
 
 
-def test_tensor_payload_and_nested_list_give_identical_arrays() -> None:
-    image = _image(42)
-    as_list = decode_event(demo_event("a", image, as_tensor=False, source="t"))
-    as_tensor = decode_event(demo_event("b", image, as_tensor=True, source="t"))
-    from_list = event_input(as_list, _SHAPE)
-    from_tensor = event_input(as_tensor, _SHAPE)
-    assert from_list.dtype == from_tensor.dtype == np.float32
-    assert from_list.shape == from_tensor.shape == _SHAPE
-    np.testing.assert_array_equal(from_list, from_tensor)
-    np.testing.assert_array_equal(from_tensor, image)
-
-
 def test_file_with_both_encodings_batches_identical_arrays(tmp_path: Path) -> None:
     image = _image(7)
     lines = [
@@ -147,29 +133,6 @@ def test_file_with_both_encodings_batches_identical_arrays(tmp_path: Path) -> No
     assert bad == []
     (batch,) = batches
     np.testing.assert_array_equal(batch.inputs[0], batch.inputs[1])
-
-
-@pytest.mark.parametrize(
-    ("dtype", "values"),
-    [("uint8", [0, 7, 255]), ("float64", [0.25, -1.5, 3.0]), ("int16", [-3, 0, 300])],
-)
-def test_tensor_payloads_of_other_dtypes_become_float32(dtype: str, values: list[float]) -> None:
-    array = np.array(values, dtype=dtype)
-    payload = {
-        "dtype": dtype,
-        "shape": [3],
-        "data_b64": base64.b64encode(array.astype(np.dtype(dtype).newbyteorder("<")).tobytes()),
-    }
-    event = decode_event(
-        orjson.dumps({"event_id": "e", "model_id": "m", "input": payload}, default=bytes.decode)
-    )
-    from_tensor = event_input(event, (3,))
-    from_list = event_input(
-        decode_event(orjson.dumps({"event_id": "e", "model_id": "m", "input": values})), (3,)
-    )
-    assert from_tensor.dtype == np.float32
-    np.testing.assert_array_equal(from_tensor, np.asarray(values, dtype=np.float32))
-    np.testing.assert_array_equal(from_tensor, from_list)
 
 
 def _sized_events(widths: list[int]) -> list[bytes]:

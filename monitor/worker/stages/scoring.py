@@ -35,7 +35,7 @@ import numpy as np
 
 from detectors import Detector, DetectorScores, Device, load_model
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.decoding import RecordFormat, event_input, monitored, record_events
+from monitor.decoding import RecordFormat, check_topic, event_input, monitored, record_events
 from monitor.errors import InvalidRecordError
 from monitor.formats import decode_oip_v2
 from monitor.worker.decisions import request_action, request_decision
@@ -197,14 +197,8 @@ class ScoringPipeline:
     def _accept(self, message: InputMessage, event: InferenceEvent) -> np.ndarray:
         """The event's model input, checked against its model's detector."""
         model = monitored(event, self.models)
-        joined = message.topic == self.config.topics.joined
-        if not joined and message.topic not in model.config.topics:
-            raise InvalidRecordError(
-                "unknown_model",
-                f"model {event.model_id!r} is not configured for topic {message.topic!r}",
-                event_id=event.event_id,
-                model_id=event.model_id,
-            )
+        if message.topic != self.config.topics.joined:
+            check_topic(event, message.topic, model.config.topics)
         detector = model.detector
         return event_input(event, detector.input_shape, detector.accepted_range)
 

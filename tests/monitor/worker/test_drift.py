@@ -6,6 +6,8 @@ import asyncio
 import io
 import pickle
 import pickletools
+import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -278,6 +280,23 @@ def test_states_of_every_detector_kind_round_trip_through_the_restricted_unpickl
     assert [a.stream for a in restored.monitor.update(columns, np.arange(500.0))] == [
         a.stream for a in state.monitor.update(columns, np.arange(500.0))
     ]
+
+
+def test_states_checkpointed_before_the_worker_package_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A changelog written by a worker whose stage module was ``monitor.drift_stage``."""
+    earlier = types.ModuleType("monitor.drift_stage")
+    earlier.DriftState = DriftState  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "monitor.drift_stage", earlier)
+    monkeypatch.setattr(DriftState, "__module__", "monitor.drift_stage")
+    state = every_kind_state()
+    old = state.dumps()
+    monkeypatch.undo()
+    assert b"monitor.drift_stage" in old
+    restored = StateUnpickler.loads(old)
+    assert isinstance(restored, DriftState)
+    assert restored.applied == state.applied
 
 
 class RunsCode:
