@@ -49,7 +49,7 @@ unit: $(STAMP) $(KAFKA_STAMP)
 ## Benchmarks; figures land in docs/benchmarks.md, docs/benchmarks-stream.md and docs/benchmarks-drift.md.
 bench: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/python -m benchmarks.squeeze_scoring
-	$(BIN)/python -m benchmarks.worker_throughput --no-experiment
+	$(BIN)/python -m benchmarks.worker_throughput
 	$(BIN)/python -m benchmarks.drift_cost
 
 ## Re-pin every dependency after changing pyproject.toml.

@@ -15,8 +15,9 @@ same batches of native events (64 per batch, as the worker batches them):
   the state into the table, here a dict).
 
 The drift cost is *signals + drift stage*; the page reports it in µs per event and as a
-fraction of the scoring stage. Variants run interleaved, round after round; medians are
-reported. Nothing here asserts a time.
+fraction of the scoring stage. Variants run interleaved, round after round; medians go
+into a :class:`benchmarks.drift_results.DriftCostReport`, which
+:mod:`benchmarks.drift_report` renders. Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -29,44 +30,32 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from prometheus_client import CollectorRegistry
 
-from benchmarks.squeeze_scoring import describe_machine, machine_table_rows
+from benchmarks.drift_report import render_markdown
+from benchmarks.drift_results import BATCH, DriftCost, DriftCostReport
+from benchmarks.machine import describe_machine
+from benchmarks.page import command_line, write_page
 from monitor.config import MonitorConfig
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
 from monitor.demo.run import demo_event
 from monitor.offline import calibrate_file
 from monitor.worker.metrics import Metrics
+from monitor.worker.models import load_model_detectors
+from monitor.worker.records import InputMessage, OutputRecord
 from monitor.worker.stages.drift import DriftStage, drift_plans, signal_batch
-from monitor.worker.stages.scoring import ScoringStage, load_model_detectors
-from monitor.worker.stages.scoring_pipeline import InputMessage, OutputRecord
+from monitor.worker.stages.scoring import ScoringStage
 
-__all__ = ["main"]
+__all__ = ["main", "measure"]
 
-BATCH = 64
+MODULE = "benchmarks.drift_cost"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-drift.md"
-
-
-@dataclass(frozen=True)
-class Result:
-    events: int
-    scoring_s: float
-    signals_s: float
-    drift_s: float
-    streams: int
-    rounds: int
-
-    def per_event_us(self, seconds: float) -> float:
-        return seconds / self.events * 1e6
-
-    @property
-    def drift_cost_s(self) -> float:
-        return self.signals_s + self.drift_s
+#: Distributions whose versions the page lists.
+PACKAGES = ("advmon", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy")
 
 
 async def _nothing(records: Sequence[OutputRecord]) -> None:
@@ -92,7 +81,9 @@ def _messages(images: np.ndarray) -> list[list[InputMessage]]:
     return batches
 
 
-async def measure(detector_path: Path, images: np.ndarray, rounds: int) -> Result:
+async def measure(detector_path: Path, images: np.ndarray, rounds: int) -> DriftCost:
+    """Median seconds of the scoring stage, the signals and the drift stage over
+    ``images``, ``rounds`` interleaved rounds."""
     config = MonitorConfig.model_validate(
         {"models": [{"id": "digits", "detector": str(detector_path)}]}
     )
@@ -145,7 +136,7 @@ async def measure(detector_path: Path, images: np.ndarray, rounds: int) -> Resul
             await variants[name]()
             samples[name].append(time.perf_counter() - began)
     await plain.on_stop()
-    return Result(
+    return DriftCost(
         events=len(images),
         scoring_s=statistics.median(samples["scoring"]),
         signals_s=statistics.median(samples["signals"]),
@@ -155,48 +146,12 @@ async def measure(detector_path: Path, images: np.ndarray, rounds: int) -> Resul
     )
 
 
-def render(result: Result, machine_rows: list[list[str]], command: str) -> str:
-    us = result.per_event_us
-    share = result.drift_cost_s / result.scoring_s
-    rows = [
-        ("scoring stage (drift off)", us(result.scoring_s), 1.0),
-        (
-            "signals (columns + record, in the scoring stage)",
-            us(result.signals_s),
-            result.signals_s / result.scoring_s,
-        ),
-        (
-            "drift stage (detectors + checkpoint)",
-            us(result.drift_s),
-            result.drift_s / result.scoring_s,
-        ),
-        ("**drift cost** (signals + drift stage)", us(result.drift_cost_s), share),
-    ]
-    lines = [
-        "# Drift stage cost",
-        "",
-        f"Produced by `{command}`. The drift cost per event of the default signal set "
-        f"({result.streams} detector streams: top1, entropy, score, input_mean, input_std "
-        "and one stream per predicted class) against the scoring stage on the same "
-        f"{result.events:,} events of the demo digits model, batches of {BATCH}; medians of "
-        f"{result.rounds} interleaved rounds. Aim: at most 10% of the scoring stage.",
-        "",
-        "| stage | µs per event | ÷ scoring stage |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {name} | {value:.2f} | {ratio:.3f} |" for name, value, ratio in rows]
-    lines += ["", "## Machine", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in machine_rows]
-    lines += [
-        "",
-        "See `benchmarks/drift_cost.py` for what each row times.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Command-line entry point; prints the page and writes it to ``--output``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
@@ -216,12 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         calibrate_file(work / "model.onnx", benign, work / "detector.json", device="cpu")
-        result = asyncio.run(measure(work / "detector.json", images, 3 if args.quick else 15))
-    machine = describe_machine(0, "CPUExecutionProvider", load_before)
-    command = "python -m benchmarks.drift_cost" + (" --quick" if args.quick else "")
-    page = render(result, machine_table_rows(machine), command)
-    args.output.write_text(page, encoding="utf-8")
-    print(page)
+        cost = asyncio.run(measure(work / "detector.json", images, 3 if args.quick else 15))
+    report = DriftCostReport(
+        command_line(MODULE, argv), describe_machine(load_before, PACKAGES), cost
+    )
+    write_page(render_markdown(report), args.output)
     return 0
 
 
