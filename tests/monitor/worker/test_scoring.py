@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pytest
 from prometheus_client import CollectorRegistry
 
 from detectors import Detector, DetectorScores
@@ -87,13 +86,3 @@ async def test_an_event_that_fails_to_score_is_dead_lettered_alone(
     assert sample(registry, "advmon_events_consumed_total", topic="inference-events") == 4
     assert sample(registry, "advmon_decisions_total", action="allow", scope="request") == 3
     stage._executor.shutdown()
-
-
-def test_metric_names_follow_prometheus_conventions() -> None:
-    registry = CollectorRegistry()
-    Metrics.create(registry)
-    names = {metric.name for metric in registry.collect()}
-    assert names >= {"advmon_events_consumed", "advmon_decisions", "advmon_scoring_seconds"}
-    assert all(name.startswith("advmon_") for name in names)
-    with pytest.raises(ValueError, match="Duplicated"):
-        Metrics.create(registry)

@@ -13,7 +13,6 @@ import pytest
 from detectors import Detector
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
-from monitor.worker.decisions import quarantine_due, request_action, source_action
 from monitor.worker.models import load_model_detectors
 from monitor.worker.records import InputMessage
 from monitor.worker.stages.scoring import ScoringPipeline
@@ -129,15 +128,3 @@ def test_decisions_are_keyed_by_request_id_else_event_id(
     verdict = Detector.from_file(detector_path, device="cpu").score(batch.stacked())
     keys = [r.key for r in pipeline.decide(batch, verdict).records if r.topic == "advmon-decisions"]
     assert keys == [b"req-1", b"e2"]
-
-
-def test_policy() -> None:
-    assert request_action(False, "enforce") is Action.ALLOW
-    assert request_action(True, "enforce") is Action.QUARANTINE
-    assert request_action(True, "observe") is Action.FLAG
-    assert source_action(True) is Action.QUARANTINE
-    assert source_action(False) is Action.FLAG
-    assert quarantine_due(5, 5, 0.0, 10.0)
-    assert not quarantine_due(4, 5, 0.0, 10.0)
-    assert not quarantine_due(9, 5, 10.5, 10.0)
-    assert quarantine_due(9, 5, 10.0, 10.0)
