@@ -1,7 +1,10 @@
 """Incident history for people: filters from user input, one JSON shape, postmortem exports.
 
 ``advmon incidents``, the HTTP API and the exports all describe an incident with
-:func:`incident_dict`, so the three never disagree. Exports come in three formats:
+:func:`incident_dict`, so the three never disagree. ``advmon incidents show`` and the
+markdown export read what they show of an incident (scores, sources, decisions, drift,
+sample events, detections over time) from the functions under "what an incident shows";
+each only lays it out. Exports come in three formats:
 
 ``json``
     ``{"generated_at", "filters", "incidents": [...]}``, each incident in full detail.
@@ -22,7 +25,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -38,10 +41,15 @@ from monitor.incidents.storage.models import (
 
 __all__ = [
     "EXPORT_FORMATS",
+    "DecisionTaken",
     "DetectionBucket",
+    "DriftChange",
     "ExportFormat",
+    "SampleEvent",
+    "decisions_taken",
     "detection_dict",
     "detection_timeline",
+    "drift_changes",
     "filter_dict",
     "incident_dict",
     "parse_time",
@@ -49,8 +57,12 @@ __all__ = [
     "render_export",
     "render_json",
     "render_markdown",
+    "sample_events",
+    "score_summary",
     "source_counts",
+    "sources_summary",
     "timeline_width",
+    "utc_time",
 ]
 
 ExportFormat = Literal["json", "csv", "markdown"]
@@ -238,6 +250,129 @@ def source_counts(detections: Iterable[DetectionRow]) -> list[tuple[str | None, 
     return sorted(counts.items(), key=lambda item: (-item[1], item[0] or ""))
 
 
+# --- what an incident shows ---------------------------------------------------------
+
+
+def utc_time(moment: datetime | None) -> str:
+    """``moment`` in UTC to the second, as every view of an incident shows times.
+
+    >>> utc_time(datetime(2026, 5, 1, 14, 0, 5, 999, tzinfo=UTC))
+    '2026-05-01 14:00:05'
+    >>> utc_time(None)
+    '—'
+    """
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def _stored_time(value: object) -> datetime | None:
+    """A time that an incident's JSON columns (samples, decisions) hold as ISO text."""
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+def score_summary(incident: Incident) -> str:
+    """The incident's scores: ``peak 1, mean 0.75, threshold 0.25``."""
+    return (
+        f"peak {incident.peak_score:.4g}, mean {incident.mean_score:.4g}, "
+        f"threshold {incident.threshold:.4g}"
+    )
+
+
+def sources_summary(sources: Sequence[tuple[str, int]], most: int) -> str:
+    """The first ``most`` of ``(name, detections)``, then how many more there are.
+
+    >>> sources_summary([("key-a", 3), ("key-b", 2), ("(none)", 1)], most=2)
+    'key-a (3), key-b (2), and 1 more'
+    """
+    shown = ", ".join(f"{name} ({count})" for name, count in sources[:most])
+    more = f", and {len(sources) - most} more" if len(sources) > most else ""
+    return shown + more
+
+
+@dataclass(frozen=True)
+class DecisionTaken:
+    """A decision recorded on an incident (a source quarantined or flagged)."""
+
+    action: str | None
+    scope: str | None
+    source: str | None
+    decided_at: datetime | None
+    expires_at: datetime | None
+    flagged_events: float | None
+
+
+def decisions_taken(incident: Incident) -> list[DecisionTaken]:
+    """The decisions recorded on the incident, in the order they were recorded."""
+    decisions = []
+    for decision in incident.decisions:
+        flagged = decision.get("flagged_events")
+        decisions.append(
+            DecisionTaken(
+                action=decision.get("action"),
+                scope=decision.get("scope"),
+                source=decision.get("source"),
+                decided_at=_stored_time(decision.get("decided_at")),
+                expires_at=_stored_time(decision.get("expires_at")),
+                flagged_events=float(flagged) if flagged is not None else None,
+            )
+        )
+    return decisions
+
+
+@dataclass(frozen=True)
+class DriftChange:
+    """What one drift detection saw change: a signal's mean before and after."""
+
+    signal: str | None
+    detector: str | None
+    mean_before: float
+    mean_recent: float
+    #: The request that tipped the detector (the event id without its ``drift:`` prefix).
+    at_event: str
+    events_seen: int
+
+
+def drift_changes(incident: Incident, most: int = 20) -> list[DriftChange]:
+    """The first ``most`` drift detections of the incident, oldest first."""
+    drifts = [d for d in incident.detections if d.signal is not None]
+    changes = []
+    for drift in drifts[:most]:
+        details = drift.details or {}
+        changes.append(
+            DriftChange(
+                signal=drift.signal,
+                detector=drift.detector,
+                mean_before=details.get("mean_before", math.nan),
+                mean_recent=details.get("mean_recent", math.nan),
+                at_event=drift.event_id.removeprefix(f"drift:{drift.signal}:"),
+                events_seen=int(details.get("events_seen", 0)),
+            )
+        )
+    return changes
+
+
+@dataclass(frozen=True)
+class SampleEvent:
+    """One of the incident's sample events: the first few detections it kept."""
+
+    event_id: str
+    score: float
+    source: str | None
+    detected_at: datetime | None
+
+
+def sample_events(incident: Incident) -> list[SampleEvent]:
+    """The incident's sample events, in the order they were kept."""
+    return [
+        SampleEvent(
+            event_id=str(sample.get("event_id")),
+            score=float(sample.get("score", math.nan)),
+            source=str(sample["source"]) if sample.get("source") else None,
+            detected_at=_stored_time(sample.get("detected_at")),
+        )
+        for sample in incident.sample_events
+    ]
+
+
 # --- exports ------------------------------------------------------------------------
 
 
@@ -324,7 +459,7 @@ def _md(value: object) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+    return f"{utc_time(moment)} UTC" if moment else "—"
 
 
 def _duration(span: timedelta) -> str:
@@ -343,33 +478,23 @@ def _duration(span: timedelta) -> str:
 
 
 def _score_line(incident: Incident) -> str:
-    line = (
-        f"peak {incident.peak_score:.4g}, mean {incident.mean_score:.4g}, "
-        f"threshold {incident.threshold:.4g}"
-    )
+    line = score_summary(incident)
     if incident.threshold > 0:
         line += f" (peak {incident.peak_score / incident.threshold:.2f}× the threshold)"
     return line
 
 
-def _decision_text(decision: Mapping[str, Any]) -> str:
-    action = decision.get("action", "decision")
-    scope = decision.get("scope")
-    text = str(action)
-    if scope == "source":
-        text += f" of source {_md(decision.get('source'))}"
-    elif scope:
-        text += f" ({_md(scope)})"
-    if decision.get("expires_at"):
-        text += f" until {_when(datetime.fromisoformat(decision['expires_at']))}"
-    if decision.get("flagged_events") is not None:
-        text += f" after {decision['flagged_events']:g} flagged events"
+def _decision_text(decision: DecisionTaken) -> str:
+    text = decision.action or "decision"
+    if decision.scope == "source":
+        text += f" of source {_md(decision.source)}"
+    elif decision.scope:
+        text += f" ({_md(decision.scope)})"
+    if decision.expires_at is not None:
+        text += f" until {_when(decision.expires_at)}"
+    if decision.flagged_events is not None:
+        text += f" after {decision.flagged_events:g} flagged events"
     return text
-
-
-def _decided_at(decision: Mapping[str, Any]) -> datetime | None:
-    value = decision.get("decided_at")
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 def _timeline_rows(incident: Incident) -> list[tuple[datetime, str]]:
@@ -381,10 +506,9 @@ def _timeline_rows(incident: Incident) -> list[tuple[datetime, str]]:
         note = f": {_md(change.note)}" if change.note else ""
         verb = "opened" if change.status is IncidentStatus.OPEN else change.status.value
         rows.append((change.at, f"{verb} by {_md(change.by)}{note}"))
-    for decision in incident.decisions:
-        decided_at = _decided_at(decision)
-        if decided_at is not None:
-            rows.append((decided_at, "decision: " + _decision_text(decision)))
+    for decision in decisions_taken(incident):
+        if decision.decided_at is not None:
+            rows.append((decision.decided_at, "decision: " + _decision_text(decision)))
     # Stable sort: at equal times, detections come before the status change they caused.
     return sorted(rows, key=lambda row: row[0])
 
@@ -417,15 +541,12 @@ def _incident_markdown(incident: Incident) -> list[str]:
         f"- Score: {_score_line(incident)}",
     ]
     if sources:
-        shown = ", ".join(
-            f"{_md(source) if source else '(no source)'} ({count})"
-            for source, count in sources[:10]
-        )
-        more = f", and {len(sources) - 10} more" if len(sources) > 10 else ""
-        lines.append(f"- Sources: {shown}{more}")
+        named = [(_md(source) if source else "(no source)", count) for source, count in sources]
+        lines.append(f"- Sources: {sources_summary(named, most=10)}")
     lines += ["", "### Decisions taken", ""]
-    if incident.decisions:
-        lines += [f"- {_when(_decided_at(d))}: {_decision_text(d)}" for d in incident.decisions]
+    decisions = decisions_taken(incident)
+    if decisions:
+        lines += [f"- {_when(d.decided_at)}: {_decision_text(d)}" for d in decisions]
     else:
         lines.append("None recorded.")
     lines += ["", "### Timeline", "", "| time | what |", "|---|---|"]
@@ -449,13 +570,11 @@ def _incident_markdown(incident: Incident) -> list[str]:
         "| event id | score | source | detected at |",
         "|---|---:|---|---|",
     ]
-    for sample in incident.sample_events:
-        detected_at = sample.get("detected_at")
-        lines.append(
-            f"| {_md(sample.get('event_id'))} | {float(sample.get('score', math.nan)):.4g} "
-            f"| {_md(sample.get('source') or '—')} "
-            f"| {_when(datetime.fromisoformat(detected_at)) if detected_at else '—'} |"
-        )
+    lines += [
+        f"| {_md(sample.event_id)} | {sample.score:.4g} | {_md(sample.source or '—')} "
+        f"| {_when(sample.detected_at)} |"
+        for sample in sample_events(incident)
+    ]
     return lines
 
 

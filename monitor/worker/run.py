@@ -36,7 +36,8 @@ from monitor.worker.stages.drift import drift_plans
 
 __all__ = ["run_worker"]
 
-# The logger advmon's start-up messages have always used.
+# The package's logger, not this module's: start-up warnings have always been logged as
+# "monitor", and log filters may match the name.
 logger = logging.getLogger("monitor")
 
 
@@ -54,12 +55,16 @@ def run_worker(
     :class:`detectors.DetectorError`, :class:`~monitor.errors.DatabaseUrlError`,
     :class:`~monitor.errors.SchemaBehindError` or
     :class:`~monitor.errors.BrokerUnreachableError` before anything starts; once Faust
-    runs, it returns only by :class:`SystemExit`.
+    runs, it ends with :class:`SystemExit`.
     """
+    # 1. The config and the detector files.
     config = load_config(config_path)
     models = load_model_detectors(config)
-    drift_plans(models)  # a drift signal that does not fit its model stops here
+    # 2. The drift signals.
+    drift_plans(models)
+    # 3. The scoring device.
     check_device(settings.scoring.device)
+    # 4. The incident database.
     store: IncidentStore | None = None
     if settings.database.url is not None:
         try:
@@ -71,6 +76,7 @@ def run_worker(
                 "it is back",
                 exc.orig or exc,
             )
+    # 5. The broker.
     check_broker(settings.kafka)
     wiring = create_app(settings, config, models, store)
     register(wiring)

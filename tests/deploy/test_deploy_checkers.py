@@ -177,7 +177,7 @@ CMD ["worker", "--web-port", "6066"]
 
 def test_dockerignore_semantics() -> None:
     ignore = DockerIgnore.parse("*\n!monitor/\n**/__pycache__\n!keep/**/*.txt\nkeep/x.txt\n")
-    assert not ignore.excluded("monitor/cli/root.py")
+    assert not ignore.excluded("monitor/cli/offline.py")
     assert ignore.excluded("monitor/__pycache__/cli.pyc")
     assert ignore.excluded("README.md")
     assert ignore.excluded("tests/conftest.py")

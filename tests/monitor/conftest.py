@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from detectors import calibrate_detector
-from monitor.cli import root as cli
+from monitor.cli._console import console
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
 from tests.monitor.cli_support import N_BENIGN, DemoModel, Traffic, image_events, write_events
 from tests.monitor.database_support import fresh_schema
@@ -31,10 +31,10 @@ def _isolated_settings() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def _wide_console() -> Iterator[None]:
     """Keep advmon's console from wrapping long paths in the middle of a word."""
-    before = cli.console.width
-    cli.console.width = 400
+    before = console.width
+    console.width = 400
     yield
-    cli.console.width = before
+    console.width = before
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from monitor.cli import main
-from monitor.cli import root as cli
+from monitor.cli import main, offline
 from monitor.settings import Settings
 from tests.monitor.cli_support import DemoModel, Traffic, normalized
 
@@ -51,9 +50,11 @@ class _Recorder:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, _Recorder]:
     """The CLI's calibrate_file and score_file, recording how they are called."""
-    recorders = {name: _Recorder(getattr(cli, name)) for name in ("calibrate_file", "score_file")}
+    recorders = {
+        name: _Recorder(getattr(offline, name)) for name in ("calibrate_file", "score_file")
+    }
     for name, recorder in recorders.items():
-        monkeypatch.setattr(cli, name, recorder)
+        monkeypatch.setattr(offline, name, recorder)
     return recorders
 
 

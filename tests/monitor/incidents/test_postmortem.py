@@ -11,15 +11,23 @@ from typing import Any
 import pytest
 
 from monitor.incidents.postmortem import (
+    DecisionTaken,
     DetectionBucket,
+    DriftChange,
+    SampleEvent,
+    decisions_taken,
     detection_timeline,
+    drift_changes,
     incident_dict,
     parse_time,
     render_csv,
     render_export,
     render_json,
     render_markdown,
+    sample_events,
+    score_summary,
     source_counts,
+    sources_summary,
     timeline_width,
 )
 from monitor.incidents.storage.incidents import IncidentFilter
@@ -237,6 +245,66 @@ def test_timeline_width_fits_thirty_buckets(span: timedelta, width: timedelta) -
 
 def test_source_counts_most_first() -> None:
     assert source_counts(_incident().detections) == [("key-a", 2), (None, 1), ("key-b", 1)]
+
+
+# --- what an incident shows ---------------------------------------------------------
+
+
+def test_what_an_incident_shows_is_read_from_its_columns() -> None:
+    incident = _incident()
+    assert score_summary(incident) == "peak 1, mean 0.625, threshold 0.25"
+    assert decisions_taken(incident) == [
+        DecisionTaken(
+            action="quarantine",
+            scope="source",
+            source="key-a",
+            decided_at=T0 + timedelta(seconds=40),
+            expires_at=T0 + timedelta(hours=1),
+            flagged_events=10.0,
+        )
+    ]
+    assert sample_events(incident) == [
+        SampleEvent("e1", 0.5, "key-a", T0),
+        SampleEvent("e3", 1.0, "key-b", T0 + timedelta(seconds=70)),
+    ]
+    assert drift_changes(incident) == []
+
+
+def test_sources_summary_names_the_first_and_counts_the_rest() -> None:
+    sources = [("key-a", 3), ("key-b", 2), ("(none)", 1)]
+    assert sources_summary(sources, most=5) == "key-a (3), key-b (2), (none) (1)"
+    assert sources_summary(sources, most=1) == "key-a (3), and 2 more"
+
+
+def test_drift_changes_say_what_moved_and_when() -> None:
+    drift = DetectionRow(
+        kind=IncidentKind.DRIFT,
+        event_id="drift:top1:req-9",
+        model_id="digits",
+        source=None,
+        score=0.07,
+        threshold=0.0,
+        detected_at=T0,
+        topic="signals",
+        partition=0,
+        offset=3,
+        signal="top1",
+        detector="adwin",
+        details={"mean_before": 0.97, "mean_recent": 0.9, "events_seen": 1375.0},
+    )
+    incident = _incident(kind=IncidentKind.DRIFT)
+    incident.detections = [drift, _detection("e1", 0, 0.5, "key-a")]
+    assert drift_changes(incident) == [
+        DriftChange(
+            signal="top1",
+            detector="adwin",
+            mean_before=0.97,
+            mean_recent=0.9,
+            at_event="req-9",
+            events_seen=1375,
+        )
+    ]
+    assert drift_changes(incident, most=0) == []
 
 
 # --- exports ------------------------------------------------------------------------
