@@ -65,8 +65,7 @@ from detectors import (
 )
 from monitor.demo.model import DigitsData, load_digits_data
 from monitor.demo.run import demo_event
-from monitor.event_files import read_event_batches
-from monitor.offline import calibrate_file, score_file
+from monitor.offline import calibrate_file, read_event_batches, score_file
 
 __all__ = ["main", "run_benchmarks"]
 

@@ -16,8 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from monitor.cli._console import console, user_errors
-from monitor.event_files import BadLine
-from monitor.offline import calibrate_file, score_file
+from monitor.offline import BadLine, calibrate_file, score_file
 from monitor.settings import Settings
 
 __all__ = ["calibrate", "device_option", "score"]

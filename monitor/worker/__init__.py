@@ -1,6 +1,8 @@
 """The streaming worker (``advmon worker``): a Faust app that reads inference topics and
 publishes decisions, detections and dead letters.
 
+- :mod:`~monitor.worker.run` starts it: checks the config, detectors, database and
+  broker, then runs Faust;
 - :mod:`~monitor.worker.app` builds the app: broker connection, topics, tables, stages;
 - :mod:`~monitor.worker.agents` moves messages from topics to stages, top to bottom in
   the order an event travels;

@@ -16,8 +16,8 @@ from detectors import DetectorConfig
 from monitor.config import load_config
 from monitor.decoding import event_input
 from monitor.demo.run import demo_event
-from monitor.event_files import BadLine, read_event_batches
 from monitor.inspect import KafkaRecord, Problem, inspect_record, resolve_decoding
+from monitor.offline import BadLine, read_event_batches
 from monitor.worker.models import load_model_detectors
 from monitor.worker.records import InputMessage
 from monitor.worker.stages.scoring import ScoringPipeline

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from monitor.demo.run import demo_event
-from monitor.event_files import BadLine, EventBatch, read_event_batches
+from monitor.offline import BadLine, EventBatch, read_event_batches
 from tests.monitor.cli_support import write_events
 
 _SHAPE = (1, 8, 8)
