@@ -47,7 +47,8 @@ from monitor.offline import calibrate_file
 from monitor.worker.metrics import Metrics
 from monitor.worker.models import load_model_detectors
 from monitor.worker.records import InputMessage, OutputRecord
-from monitor.worker.stages.drift import DriftStage, drift_plans, signal_batch
+from monitor.worker.signals import drift_plans, signal_batch
+from monitor.worker.stages.drift import DriftStage
 from monitor.worker.stages.scoring import ScoringStage
 
 __all__ = ["main", "measure"]

@@ -48,7 +48,6 @@ from monitor.formats import FieldMapping
 
 __all__ = [
     "BatchingConfig",
-    "ConfigError",
     "DriftConfig",
     "DriftSignalConfig",
     "EventFormat",

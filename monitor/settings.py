@@ -27,7 +27,6 @@ __all__ = [
     "KafkaSettings",
     "ScoringSettings",
     "Settings",
-    "UnknownSettingError",
     "WorkerSettings",
     "setting_variable_names",
 ]

@@ -47,7 +47,8 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from monitor.kafka.local_broker import BrokerError, BrokerProcess, LocalKafkaBroker
+from monitor.errors import BrokerError
+from monitor.kafka.local_broker import BrokerProcess, LocalKafkaBroker
 from tests.kafka import ApacheKafkaBroker, create_topics
 
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -7,16 +7,17 @@ and exports can be piped; notes go to stderr.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
-from monitor.cli._console import console, print_table
+from monitor.cli._console import console, file_option, print_table
 from monitor.cli._database import store_for
 from monitor.cli._incident_tables import incident_history, incident_list
 from monitor.errors import IncidentNotFoundError, InvalidTransitionError
@@ -59,6 +60,7 @@ def _time_option(name: str, help_text: str) -> Callable[[F], F]:
 
 
 def _filter_options(command: F) -> F:
+    """The filter options, given to ``command`` as one ``filters`` argument."""
     options = [
         click.option("--model", "model_id", metavar="MODEL_ID", help="Only this model."),
         click.option(
@@ -81,9 +83,25 @@ def _filter_options(command: F) -> F:
         ),
         _time_option("--until", "Only incidents that began at or before TIME (as --since)."),
     ]
+
+    @functools.wraps(command)
+    def with_filters(
+        *args: Any,
+        model_id: str | None,
+        kind: str | None,
+        status: str | None,
+        source: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        **kwargs: Any,
+    ) -> Any:
+        filters = _filters(model_id, kind, status, source, since, until)
+        return command(*args, filters=filters, **kwargs)
+
+    wrapped: Any = with_filters
     for option in reversed(options):
-        command = option(command)
-    return command
+        wrapped = option(wrapped)
+    return cast(F, wrapped)
 
 
 def _filters(
@@ -133,18 +151,12 @@ def _print_json(data: object) -> None:
 @click.pass_obj
 def list_incidents(
     settings: Settings,
-    model_id: str | None,
-    kind: str | None,
-    status: str | None,
-    source: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    filters: IncidentFilter,
     limit: int,
     offset: int,
     as_json: bool,
 ) -> None:
     """List incidents, the most recently active first."""
-    filters = _filters(model_id, kind, status, source, since, until)
     with store_for(settings) as store:
         rows, total = store.find(filters, limit=limit, offset=offset)
     if as_json:
@@ -227,24 +239,22 @@ _by_option = click.option(
 )
 
 
-@incidents.command("ack")
-@click.argument("incident_id", metavar="ID", type=int)
-@_note_option
-@_by_option
-@click.pass_obj
-def ack_incident(settings: Settings, incident_id: int, note: str, by: str | None) -> None:
-    """Acknowledge an open incident: someone is on it."""
-    _set_status(settings, incident_id, IncidentStatus.ACKNOWLEDGED, by, note)
+def _status_command(name: str, status: IncidentStatus, summary: str) -> None:
+    """Add ``advmon incidents NAME ID --note … [--by …]``, which sets ``status``."""
+
+    @incidents.command(name, help=summary)
+    @click.argument("incident_id", metavar="ID", type=int)
+    @_note_option
+    @_by_option
+    @click.pass_obj
+    def set_status(settings: Settings, incident_id: int, note: str, by: str | None) -> None:
+        _set_status(settings, incident_id, status, by, note)
 
 
-@incidents.command("resolve")
-@click.argument("incident_id", metavar="ID", type=int)
-@_note_option
-@_by_option
-@click.pass_obj
-def resolve_incident(settings: Settings, incident_id: int, note: str, by: str | None) -> None:
-    """Resolve an open or acknowledged incident."""
-    _set_status(settings, incident_id, IncidentStatus.RESOLVED, by, note)
+_status_command(
+    "ack", IncidentStatus.ACKNOWLEDGED, "Acknowledge an open incident: someone is on it."
+)
+_status_command("resolve", IncidentStatus.RESOLVED, "Resolve an open or acknowledged incident.")
 
 
 # --- export -------------------------------------------------------------------------
@@ -261,13 +271,7 @@ def resolve_incident(settings: Settings, incident_id: int, note: str, by: str | 
     help="markdown: a postmortem-ready summary per incident; json: every detail; "
     "csv: one row per incident.",
 )
-@click.option(
-    "--out",
-    "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write to this file instead of stdout.",
-)
+@file_option("--out", "out_path", "Write to this file instead of stdout.")
 @click.option(
     "--limit",
     type=click.IntRange(1, _MAX_LIMIT),
@@ -281,12 +285,7 @@ def resolve_incident(settings: Settings, incident_id: int, note: str, by: str | 
 @click.pass_obj
 def export_incidents(
     settings: Settings,
-    model_id: str | None,
-    kind: str | None,
-    status: str | None,
-    source: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    filters: IncidentFilter,
     export_format: ExportFormat,
     out_path: Path | None,
     limit: int,
@@ -296,7 +295,6 @@ def export_incidents(
 
     The most recently active incidents come first; the filters are those of `list`.
     """
-    filters = _filters(model_id, kind, status, source, since, until)
     with store_for(settings) as store:
         rows, total = store.find(filters, limit=limit, offset=offset)
         if export_format != "csv":

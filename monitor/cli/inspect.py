@@ -12,8 +12,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from monitor.cli._console import console, print_table
-from monitor.errors import AdvmonError, InspectUsageError
+from monitor.cli._console import console, file_option, print_table, user_errors
 from monitor.settings import Settings
 
 __all__ = ["inspect_topic"]
@@ -33,12 +32,10 @@ __all__ = ["inspect_topic"]
     default=None,
     help="How the messages are written. [default: the model's format in --config]",
 )
-@click.option(
+@file_option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Worker config: the model's format, mapping and OIP v2 options come from it, and "
+    "Worker config: the model's format, mapping and OIP v2 options come from it, and "
     "inputs are checked against its detector.",
 )
 @click.option(
@@ -79,12 +76,10 @@ __all__ = ["inspect_topic"]
     help="Seconds to wait for the broker and the messages.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per message.")
-@click.option(
+@file_option(
     "--export",
     "export_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the events the worker would accept to this file as native JSON lines (the "
+    "Write the events the worker would accept to this file as native JSON lines (the "
     "input of advmon calibrate --events) instead of printing each message.",
 )
 @click.pass_obj
@@ -109,9 +104,9 @@ def inspect_topic(
     OIP v2 requests and responses among the messages read are joined.
     """
     from monitor import inspect as inspection
-    from monitor.worker.app import check_broker
+    from monitor.kafka.metadata import check_broker
 
-    try:
+    with user_errors():
         decoding, notes = inspection.resolve_decoding(
             topic, event_format, config_path=config_path, model_id=model_id, mapping=mapping
         )
@@ -126,10 +121,6 @@ def inspect_topic(
             partition=partition,
             timeout_s=timeout,
         )
-    except InspectUsageError as exc:
-        raise click.UsageError(str(exc)) from None
-    except AdvmonError as exc:
-        raise click.ClickException(str(exc)) from None
     reports = inspection.inspect_records(read.records, decoding)
     if export_path is not None:
         try:

@@ -15,7 +15,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from monitor.cli._console import console, user_errors
+from monitor.cli._console import console, file_option, user_errors
 from monitor.offline import BadLine, calibrate_file, score_file
 from monitor.settings import Settings
 
@@ -103,12 +103,11 @@ def _file_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     required=True,
     help="Benign inference events, JSON lines (native event format).",
 )
-@click.option(
+@file_option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "Where to write the detector file (JSON).",
     required=True,
-    help="Where to write the detector file (JSON).",
 )
 @click.option(
     "--fpr",
@@ -225,12 +224,11 @@ def calibrate(
     required=True,
     help="Inference events to score, JSON lines (native event format).",
 )
-@click.option(
+@file_option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    'Where to write one line per event: {"event_id", "score", "flagged"}.',
     required=True,
-    help='Where to write one line per event: {"event_id", "score", "flagged"}.',
 )
 @_batch_option
 @device_option

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from detectors import DetectorError
-from monitor.errors import AdvmonError
+from monitor.cli._console import file_option, user_errors
 from monitor.settings import Settings
 
 __all__ = ["worker"]
@@ -23,13 +22,10 @@ __all__ = ["worker"]
     epilog="Any other option goes to Faust's worker command, e.g. -l info, --web-port 6066, "
     "--web-host 0.0.0.0 (see `faust worker --help`).",
 )
-@click.option(
+@file_option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Worker config (YAML): the monitored models, their topics and policy. "
-    "[default: ADVMON_CONFIG]",
+    "Worker config (YAML): the monitored models, their topics and policy. [default: ADVMON_CONFIG]",
 )
 @click.pass_context
 def worker(ctx: click.Context, config_path: Path | None) -> None:
@@ -45,7 +41,5 @@ def worker(ctx: click.Context, config_path: Path | None) -> None:
     path = config_path or settings.config
     if path is None:
         raise click.UsageError("give the worker config with --config or ADVMON_CONFIG")
-    try:
+    with user_errors():
         run_worker(settings, path, ctx.args, prog=str(ctx.find_root().info_name))
-    except (AdvmonError, DetectorError) as exc:
-        raise click.ClickException(str(exc)) from None

@@ -36,7 +36,7 @@ from monitor.incidents.storage.schema import upgrade
 from monitor.kafka.local_broker import LocalKafkaBroker, free_loopback_port
 from schemas import Action, DeadLetter, Decision, Scope
 
-__all__ = ["DemoError", "run_streaming_demo"]
+__all__ = ["run_streaming_demo"]
 
 ATTACKER = "attacker-7"
 USERS = [f"user-{i}" for i in range(1, 21)]

@@ -17,7 +17,7 @@ import aiohttp
 from monitor.errors import AlertDeliveryError
 from monitor.incidents.storage.models import Incident, IncidentKind, IncidentStatus
 
-__all__ = ["ALERT_NAMES", "AlertDeliveryError", "AlertmanagerClient", "incident_alert"]
+__all__ = ["ALERT_NAMES", "AlertmanagerClient", "incident_alert"]
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ mapping, topic, broker) and its subclass :class:`~monitor.errors.InspectUsageErr
 
 from __future__ import annotations
 
-from monitor.errors import InspectError, InspectUsageError
 from monitor.inspect._options import (
     DEFAULT_MODEL_ID,
     Decoding,
@@ -59,8 +58,6 @@ __all__ = [
     "EventSummary",
     "ExpectedInput",
     "InputSummary",
-    "InspectError",
-    "InspectUsageError",
     "KafkaRecord",
     "MessageReport",
     "OipHalfSummary",

@@ -11,9 +11,9 @@ import yaml
 from pydantic import ValidationError
 
 from detectors import DetectorConfig, DetectorError
-from monitor.config import ConfigError, EventFormat, ModelConfig, MonitorConfig, load_config
+from monitor.config import EventFormat, ModelConfig, MonitorConfig, load_config
 from monitor.decoding import RecordFormat
-from monitor.errors import InspectError, InspectUsageError
+from monitor.errors import ConfigError, InspectError, InspectUsageError
 from monitor.formats import FieldMapping
 
 __all__ = ["DEFAULT_MODEL_ID", "Decoding", "ExpectedInput", "parse_mapping", "resolve_decoding"]

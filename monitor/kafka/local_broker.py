@@ -31,7 +31,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from monitor.errors import BrokerError
 
 __all__ = [
-    "BrokerError",
     "BrokerProcess",
     "LocalKafkaBroker",
     "die_with_parent",

@@ -1,4 +1,6 @@
-"""Which partitions a topic has, asked of the cluster without creating the topic.
+"""What the cluster says: whether a broker answers, and which partitions a topic has.
+
+:func:`check_broker` probes the bootstrap servers before a command starts.
 
 An aiokafka consumer without a group knows the partitions of a topic only once it tracks
 that topic (``assign``); before that, ``partitions_for_topic`` answers ``None`` on Apache
@@ -10,11 +12,17 @@ first and describes the topic only when it is there.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
-__all__ = ["topic_partitions"]
+from monitor.errors import BrokerUnreachableError
+from monitor.settings import KafkaSettings
+
+__all__ = ["check_broker", "topic_partitions"]
 
 
 async def topic_partitions(topic: str, **client_options: Any) -> frozenset[int] | None:
@@ -39,3 +47,31 @@ async def topic_partitions(topic: str, **client_options: Any) -> frozenset[int] 
         if entry["topic"] == topic and entry["error_code"] == 0
         for partition in entry["partitions"]
     )
+
+
+def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
+    """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request."""
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(
+            **kafka.client_options(), request_timeout_ms=int(timeout_s * 1000)
+        )
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+        finally:
+            await admin.close()
+
+    # The probe's failure is reported below, in one line; aiokafka would log it too.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(probe())
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {kafka.bootstrap} "
+            f"({kafka.security_protocol}) within {timeout_s:g} s: {exc!r}; check "
+            "ADVMON_KAFKA__BOOTSTRAP and the ADVMON_KAFKA__ security settings"
+        ) from None
+    finally:
+        client_log.setLevel(level)

@@ -1,4 +1,4 @@
-"""The worker's agents and web pages, top to bottom in the order an event travels.
+"""The worker's agents, top to bottom in the order an event travels.
 
 1. ``score``: batches of inference messages → decode, validate (bad ones to the
    dead-letter topic) → fused squeeze graph → a decision per event on the decisions
@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from monitor.worker.app import AdvmonApp
@@ -171,25 +170,3 @@ def register(wiring: AdvmonApp) -> None:
     async def refresh_gauges() -> None:
         wiring.metrics.quarantined_sources.set(wiring.quarantine.sources_in_force())
         wiring.drift.report_held()
-
-    @app.page("/metrics")
-    async def metrics(web: faust.web.View, request: faust.web.Request) -> Any:
-        # aiohttp refuses a charset in content_type=; prometheus-client's type carries one.
-        return web.bytes(
-            generate_latest(wiring.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    @app.page("/healthz")
-    async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
-        consumer = app.consumer
-        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
-        # actives_ready turns true once the first assignment is recovered, and false again
-        # at every rebalance: before that the worker holds nothing.
-        consuming = (
-            app.started
-            and not app.rebalancing
-            and app.tables.actives_ready
-            and wiring.scoring.ready
-        )
-        body = {"status": "ok" if consuming else "starting", "assigned": assigned}
-        return web.json(body, status=200 if consuming else 503)

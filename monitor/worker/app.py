@@ -1,4 +1,6 @@
-"""Build the Faust app: broker connection, topics, tables, stages, agents and web pages.
+"""Build the Faust app: broker connection, topics, tables and stages.
+
+The agents that feed the stages are attached by :func:`monitor.worker.agents.register`.
 
 Nothing is built at import time: :func:`create_app` is called by ``advmon worker`` (and
 by tests) with the settings and the worker config.
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.exceptions import AlreadyConfiguredWarning
@@ -23,7 +24,6 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from monitor.config import MonitorConfig
-from monitor.errors import BrokerUnreachableError
 from monitor.incidents.storage.incidents import IncidentStore
 from monitor.retry import retrying
 from monitor.settings import KafkaSettings, Settings
@@ -31,8 +31,9 @@ from monitor.worker.consumer import GaplessConsumer
 from monitor.worker.metrics import Metrics
 from monitor.worker.models import ModelDetector
 from monitor.worker.records import OutputRecord
+from monitor.worker.signals import drift_plans
 from monitor.worker.stages.alerts import AlertingStage
-from monitor.worker.stages.drift import DriftStage, drift_plans
+from monitor.worker.stages.drift import DriftStage
 from monitor.worker.stages.incidents import IncidentStage
 from monitor.worker.stages.join import JoinStage
 from monitor.worker.stages.quarantine import QuarantineStage
@@ -40,9 +41,7 @@ from monitor.worker.stages.scoring import ScoringStage
 
 __all__ = [
     "AdvmonApp",
-    "BrokerUnreachableError",
     "broker_credentials",
-    "check_broker",
     "create_app",
 ]
 
@@ -63,34 +62,6 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     if ssl_context is not None:
         return faust.SSLCredentials(ssl_context)
     return None
-
-
-def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
-    """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request."""
-
-    async def probe() -> None:
-        admin = AIOKafkaAdminClient(
-            **kafka.client_options(), request_timeout_ms=int(timeout_s * 1000)
-        )
-        try:
-            await asyncio.wait_for(admin.start(), timeout_s)
-        finally:
-            await admin.close()
-
-    # The probe's failure is reported below, in one line; aiokafka would log it too.
-    client_log = logging.getLogger("aiokafka")
-    level = client_log.level
-    client_log.setLevel(logging.CRITICAL)
-    try:
-        asyncio.run(probe())
-    except (KafkaError, OSError, TimeoutError) as exc:
-        raise BrokerUnreachableError(
-            f"no Kafka broker answered at {kafka.bootstrap} "
-            f"({kafka.security_protocol}) within {timeout_s:g} s: {exc!r}; check "
-            "ADVMON_KAFKA__BOOTSTRAP and the ADVMON_KAFKA__ security settings"
-        ) from None
-    finally:
-        client_log.setLevel(level)
 
 
 class _FaustApp(faust.App):

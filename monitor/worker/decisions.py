@@ -1,26 +1,45 @@
-"""Decisions for serving: the policy that picks an action, and the decision records.
+"""What the worker decides and reports: the policy, decisions for serving, detections.
 
-A request decision is made for every scored event (:func:`request_decision`), a source
-decision when a source crosses its limit of flagged events (:func:`source_decision`);
-both are assembled here, so the decisions topic carries one shape whoever decided.
+A request decision is made for every scored event (:func:`request_decision`); a flagged
+event also gets a detection (:func:`adversarial_detection`) and, when it names its
+source, a source flag for the quarantine stage (:func:`source_flag`). A source that
+crosses its limit of flagged events gets a source decision (:func:`source_decision`) and,
+when enforced, a quarantine detection (:func:`quarantine_detection`). All of them are
+assembled here, so each topic carries one shape whichever stage decided.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from schemas import Action, Decision, InferenceEvent, Reason, Scope, SourceFlag
+if TYPE_CHECKING:
+    from monitor.worker.records import InputMessage
+
+from schemas import (
+    Action,
+    Decision,
+    Detection,
+    DetectionKind,
+    InferenceEvent,
+    Reason,
+    Scope,
+    SourceFlag,
+)
 
 __all__ = [
     "DETECTOR_NAME",
     "SOURCE_LIMIT_NAME",
     "Policy",
+    "adversarial_detection",
+    "quarantine_detection",
     "quarantine_due",
     "request_action",
     "request_decision",
     "source_action",
     "source_decision",
+    "source_flag",
 ]
 
 DETECTOR_NAME = "feature_squeezing"
@@ -91,4 +110,70 @@ def source_decision(
         reasons=[Reason(detector=SOURCE_LIMIT_NAME, score=count, threshold=limit)],
         expires_at=expires,
         decided_at=now,
+    )
+
+
+def adversarial_detection(
+    event: InferenceEvent,
+    message: InputMessage,
+    score: float,
+    threshold: float,
+    prediction: int,
+    detector_sha256: str,
+    distances: Mapping[str, float],
+    now: datetime,
+) -> Detection:
+    """The detection of one flagged event, pointing at the message it came in."""
+    return Detection(
+        event_id=event.event_id,
+        model_id=event.model_id,
+        model_version=event.model_version,
+        request_id=event.request_id,
+        source=event.source,
+        kind=DetectionKind.ADVERSARIAL,
+        score=score,
+        threshold=threshold,
+        prediction=prediction,
+        detector_sha256=detector_sha256,
+        event_ts=event.ts,
+        detected_at=now,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        details=dict(distances),
+    )
+
+
+def source_flag(
+    event: InferenceEvent, source: str, score: float, threshold: float, enforce: bool, now: datetime
+) -> SourceFlag:
+    """A flagged event of ``source``, for the quarantine stage's count."""
+    return SourceFlag(
+        source=source,
+        event_id=event.event_id,
+        model_id=event.model_id,
+        model_version=event.model_version,
+        score=score,
+        threshold=threshold,
+        enforce=enforce,
+        flagged_at=now,
+    )
+
+
+def quarantine_detection(
+    flag: SourceFlag, count: int, limit: int, expires: datetime, now: datetime
+) -> Detection:
+    """The detection of a source quarantined (or, when not enforced, flagged) until
+    ``expires``."""
+    return Detection(
+        event_id=flag.event_id,
+        model_id=flag.model_id,
+        model_version=flag.model_version,
+        source=flag.source,
+        kind=DetectionKind.QUARANTINE,
+        score=count,
+        threshold=limit,
+        expires_at=expires,
+        detected_at=now,
+        details={"enforced": 1.0 if flag.enforce else 0.0},
     )

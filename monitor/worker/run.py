@@ -28,11 +28,13 @@ from monitor.config import load_config
 from monitor.incidents.storage.engine import incident_store
 from monitor.incidents.storage.incidents import IncidentStore
 from monitor.incidents.storage.schema import ensure_current
+from monitor.kafka.metadata import check_broker
 from monitor.settings import Settings
 from monitor.worker.agents import register
-from monitor.worker.app import check_broker, create_app
+from monitor.worker.app import create_app
 from monitor.worker.models import load_model_detectors
-from monitor.worker.stages.drift import drift_plans
+from monitor.worker.signals import drift_plans
+from monitor.worker.web import register_pages
 
 __all__ = ["run_worker"]
 
@@ -80,6 +82,7 @@ def run_worker(
     check_broker(settings.kafka)
     wiring = create_app(settings, config, models, store)
     register(wiring)
+    register_pages(wiring)
     # Faust's worker command reads its options from the command line.
     sys.argv = [prog, "worker", *worker_options]
     wiring.app.main()

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from monitor.kafka.local_broker import BrokerError, BrokerProcess, free_loopback_port
+from monitor.errors import BrokerError
+from monitor.kafka.local_broker import BrokerProcess, free_loopback_port
 
 __all__ = [
     "POM",

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import ConfigError, MonitorConfig, load_config
+from monitor.config import MonitorConfig, load_config
+from monitor.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

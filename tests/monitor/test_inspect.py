@@ -20,12 +20,11 @@ from rich.console import Console
 from detectors import DetectorConfig, calibrate_detector
 from monitor.cli import main
 from monitor.demo.run import demo_event
+from monitor.errors import InspectError, InspectUsageError
 from monitor.formats import FieldMapping
 from monitor.inspect import (
     Decoding,
     ExpectedInput,
-    InspectError,
-    InspectUsageError,
     KafkaRecord,
     MessageReport,
     inspect_record,

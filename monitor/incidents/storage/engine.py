@@ -11,7 +11,7 @@ from monitor.errors import DatabaseUrlError
 from monitor.incidents.storage.incidents import GroupingPolicy, IncidentStore
 from monitor.settings import DatabaseSettings, IncidentSettings
 
-__all__ = ["DatabaseUrlError", "grouping_policy", "incident_store", "open_engine"]
+__all__ = ["grouping_policy", "incident_store", "open_engine"]
 
 
 def open_engine(database: DatabaseSettings) -> Engine:

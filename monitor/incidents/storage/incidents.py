@@ -26,15 +26,7 @@ from monitor.incidents.storage.models import (
 )
 from schemas import Detection, DetectionKind
 
-__all__ = [
-    "SYSTEM_ACTOR",
-    "GroupingPolicy",
-    "IncidentFilter",
-    "IncidentNotFoundError",
-    "IncidentStore",
-    "InvalidTransitionError",
-    "RecordResult",
-]
+__all__ = ["SYSTEM_ACTOR", "GroupingPolicy", "IncidentFilter", "IncidentStore", "RecordResult"]
 
 SYSTEM_ACTOR = "advmon"
 _PER_SOURCE = {IncidentKind.QUARANTINE}

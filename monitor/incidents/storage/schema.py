@@ -12,14 +12,7 @@ from sqlalchemy import Engine
 
 from monitor.errors import SchemaBehindError
 
-__all__ = [
-    "SchemaBehindError",
-    "alembic_config",
-    "current_revision",
-    "ensure_current",
-    "head_revision",
-    "upgrade",
-]
+__all__ = ["alembic_config", "current_revision", "ensure_current", "head_revision", "upgrade"]
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

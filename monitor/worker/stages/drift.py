@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import math
 import pickle
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -35,108 +34,19 @@ import numpy as np
 from pydantic import ValidationError
 from river import drift
 
-from detectors import DriftAlarm, DriftConfigError, DriftMonitor, SignalSpec, signal_columns
-from detectors.runtime import SqueezeScores
+from detectors import DriftAlarm, DriftMonitor
 from monitor.config import MonitorConfig
 from monitor.errors import UnsafeStateError
 from monitor.worker.metrics import Metrics
-from monitor.worker.models import ModelDetector
-from monitor.worker.records import InputMessage, OutputRecord, Publish
-from schemas import Detection, DetectionKind, InferenceEvent, SignalBatch
+from monitor.worker.records import OutputRecord, Publish
+from monitor.worker.signals import DriftPlan
+from schemas import Detection, DetectionKind, SignalBatch
 
-__all__ = [
-    "DriftPlan",
-    "DriftStage",
-    "DriftState",
-    "StateUnpickler",
-    "UnsafeStateError",
-    "drift_detection_id",
-    "drift_plans",
-    "signal_batch",
-]
+__all__ = ["DriftStage", "DriftState", "StateUnpickler", "drift_detection_id"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 2
-
-
-@dataclass(frozen=True)
-class DriftPlan:
-    """What drift detection does for one model: its signals and the columns they need."""
-
-    model_id: str
-    signals: tuple[SignalSpec, ...]
-    num_classes: int | None
-    cooldown_seconds: float
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the configuration a state was learned under."""
-        return repr((self.signals, self.num_classes, self.cooldown_seconds))
-
-    def new_monitor(self) -> DriftMonitor:
-        """Fresh detectors for this plan."""
-        return DriftMonitor(self.signals, self.num_classes, self.cooldown_seconds)
-
-    @property
-    def columns(self) -> list[str]:
-        """The per-event columns the scoring stage computes for this model."""
-        return list(dict.fromkeys(s.column for s in self.signals))
-
-
-def drift_plans(models: Mapping[str, ModelDetector]) -> dict[str, DriftPlan]:
-    """The drift plan of every model with drift detection on.
-
-    Raises :class:`detectors.DriftConfigError` naming the model when a signal does not
-    fit it (``predicted_class`` without classes, a feature index beyond the input).
-    """
-    plans: dict[str, DriftPlan] = {}
-    for model_id, model in models.items():
-        drift = model.config.drift
-        if not drift.enabled:
-            continue
-        detector = model.detector
-        dims = detector.input_shape
-        n_features = None if None in dims else math.prod(d for d in dims if d is not None)
-        try:
-            specs = drift.signal_specs(detector.input_kind, detector.num_classes, n_features)
-            for spec in specs:
-                name, _, index = spec.name.partition(":")
-                if name == "feature" and n_features is not None and int(index) >= n_features:
-                    raise DriftConfigError(
-                        f"signal {spec.name!r}: the input has {n_features} features"
-                    )
-            plan = DriftPlan(model_id, tuple(specs), detector.num_classes, drift.cooldown_seconds)
-            plan.new_monitor()
-        except DriftConfigError as exc:
-            raise DriftConfigError(f"model {model_id!r}: drift: {exc}") from None
-        plans[model_id] = plan
-    return plans
-
-
-def signal_batch(
-    plan: DriftPlan,
-    messages: Sequence[InputMessage],
-    rows: Sequence[int],
-    events: Sequence[InferenceEvent],
-    times: Sequence[float],
-    inputs: np.ndarray,
-    scores: SqueezeScores,
-) -> SignalBatch:
-    """The signals record of a scored batch of one model."""
-    columns = signal_columns(
-        plan.columns, inputs, scores.probabilities, scores.score, scores.prediction
-    )
-    return SignalBatch.model_construct(
-        model_id=plan.model_id,
-        event_ids=[e.event_id for e in events],
-        times=list(times),
-        topics=[m.topic for m in messages],
-        partitions=[m.partition for m in messages],
-        offsets=[m.offset for m in messages],
-        rows=list(rows) if any(rows) else None,
-        columns={name: values.tolist() for name, values in columns.items()},
-    )
 
 
 def drift_detection_id(stream: str, event_id: str) -> str:

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor.config import MonitorConfig
-from monitor.worker.decisions import quarantine_due, source_decision
+from monitor.worker.decisions import quarantine_detection, quarantine_due, source_decision
 from monitor.worker.metrics import Metrics
 from monitor.worker.records import OutputRecord, Publish
-from schemas import Detection, DetectionKind, Scope, SourceFlag
+from schemas import Scope, SourceFlag
 
 __all__ = ["QuarantineStage"]
 
@@ -59,18 +59,7 @@ class QuarantineStage:
             return
         expires = now + timedelta(seconds=policy.ttl_seconds)
         decision = source_decision(flag, count, policy.limit, expires, now)
-        detection = Detection(
-            event_id=flag.event_id,
-            model_id=flag.model_id,
-            model_version=flag.model_version,
-            source=flag.source,
-            kind=DetectionKind.QUARANTINE,
-            score=count,
-            threshold=policy.limit,
-            expires_at=expires,
-            detected_at=now,
-            details={"enforced": 1.0 if flag.enforce else 0.0},
-        )
+        detection = quarantine_detection(flag, count, policy.limit, expires, now)
         topics = self.config.topics
         records = [OutputRecord.of(topics.decisions, decision.key, decision)]
         if flag.enforce:

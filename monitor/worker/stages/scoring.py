@@ -38,7 +38,12 @@ from monitor.config import ModelConfig, MonitorConfig
 from monitor.decoding import RecordFormat, check_topic, event_input, monitored, record_events
 from monitor.errors import InvalidRecordError
 from monitor.formats import decode_oip_v2
-from monitor.worker.decisions import request_action, request_decision
+from monitor.worker.decisions import (
+    adversarial_detection,
+    request_action,
+    request_decision,
+    source_flag,
+)
 from monitor.worker.metrics import Metrics
 from monitor.worker.models import ModelDetector
 from monitor.worker.records import (
@@ -48,15 +53,12 @@ from monitor.worker.records import (
     b64,
     dead_letter,
 )
-from monitor.worker.stages.drift import DriftPlan, signal_batch
+from monitor.worker.signals import DriftPlan, signal_batch
 from schemas import (
     Action,
-    Detection,
-    DetectionKind,
     InferenceEvent,
     OipHalf,
     Scope,
-    SourceFlag,
 )
 
 __all__ = [
@@ -225,36 +227,20 @@ class ScoringPipeline:
             out.append(OutputRecord.of(topics.decisions, decision.key, decision))
             if not flagged[i]:
                 continue
-            message = batch.messages[i]
-            detection = Detection(
-                event_id=event.event_id,
-                model_id=event.model_id,
-                model_version=event.model_version,
-                request_id=event.request_id,
-                source=event.source,
-                kind=DetectionKind.ADVERSARIAL,
-                score=score,
-                threshold=threshold,
-                prediction=predictions[i],
-                detector_sha256=model.detector_sha256,
-                event_ts=event.ts,
-                detected_at=now,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                details=dict(zip(squeezers, distances[i], strict=True)),
+            detection = adversarial_detection(
+                event,
+                batch.messages[i],
+                score,
+                threshold,
+                predictions[i],
+                model.detector_sha256,
+                dict(zip(squeezers, distances[i], strict=True)),
+                now,
             )
             out.append(OutputRecord.of(topics.detections, event.model_id, detection))
             if event.source:
-                flag = SourceFlag(
-                    source=event.source,
-                    event_id=event.event_id,
-                    model_id=event.model_id,
-                    model_version=event.model_version,
-                    score=score,
-                    threshold=threshold,
-                    enforce=model.config.policy == "enforce",
-                    flagged_at=now,
+                flag = source_flag(
+                    event, event.source, score, threshold, model.config.policy == "enforce", now
                 )
                 out.append(OutputRecord.of(topics.source_flags, event.source, flag))
         return DecidedBatch(out, actions)

@@ -19,13 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from monitor.cli import main
+from monitor.errors import IncidentNotFoundError, InvalidTransitionError, SchemaBehindError
 from monitor.incidents.storage.incidents import (
     SYSTEM_ACTOR,
     GroupingPolicy,
     IncidentFilter,
-    IncidentNotFoundError,
     IncidentStore,
-    InvalidTransitionError,
     RecordResult,
 )
 from monitor.incidents.storage.models import (
@@ -36,7 +35,6 @@ from monitor.incidents.storage.models import (
     StatusChange,
 )
 from monitor.incidents.storage.schema import (
-    SchemaBehindError,
     current_revision,
     ensure_current,
     head_revision,

@@ -19,16 +19,12 @@ from prometheus_client import CollectorRegistry
 from detectors import DriftConfigError, DriftDetectorSpec, DriftMonitor, SignalSpec
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
+from monitor.errors import UnsafeStateError
 from monitor.worker.metrics import Metrics
 from monitor.worker.models import load_model_detectors
 from monitor.worker.records import InputMessage, OutputRecord
-from monitor.worker.stages.drift import (
-    DriftStage,
-    DriftState,
-    StateUnpickler,
-    UnsafeStateError,
-    drift_plans,
-)
+from monitor.worker.signals import drift_plans
+from monitor.worker.stages.drift import DriftStage, DriftState, StateUnpickler
 from monitor.worker.stages.scoring import ScoringStage
 from schemas import Detection, DetectionKind, SignalBatch
 from tests.monitor.cli_support import DemoModel
