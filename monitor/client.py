@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError, UnsupportedVersionError
 from aiokafka.helpers import create_ssl_context
 from pydantic import ValidationError
 
-from monitor.errors import DecisionClientError
+from monitor.errors import DecisionClientError, validation_problem
 from monitor.kafka.metadata import topic_partitions
 from monitor.retry import retrying
 from schemas import Action, Decision, Scope
@@ -427,9 +427,7 @@ class DecisionClient:
         try:
             decision = Decision.model_validate_json(value)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "<root>"
-            self._skip(record, f"{error.error_count()} error(s), first at {where}: {first['msg']}")
+            self._skip(record, f"{error.error_count()} error(s), first {validation_problem(error)}")
             return
         self.apply(decision)
 

@@ -54,6 +54,7 @@ __all__ = [
     "ModelConfig",
     "MonitorConfig",
     "OipV2Config",
+    "Policy",
     "QuarantineConfig",
     "TopicsConfig",
     "load_config",
@@ -200,6 +201,9 @@ class DriftConfig(_Strict):
         return self
 
 
+Policy = Literal["observe", "enforce"]
+"""``observe`` never asks for more than ``flag``; ``enforce`` may quarantine."""
+
 EventFormat = Literal["native", "oip-v2", "sagemaker", "mapped"]
 """How the messages of a model's topics are written (see docs/formats.md)."""
 
@@ -234,7 +238,7 @@ class ModelConfig(_Strict):
     mapping: FieldMapping | None = Field(
         default=None, description="For format mapped: JSONPath of each event field."
     )
-    policy: Literal["observe", "enforce"] = "observe"
+    policy: Policy = "observe"
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")

@@ -31,6 +31,10 @@ so that code catching the built-in keeps working.
 from __future__ import annotations
 
 import pickle
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 __all__ = [
     "AdvmonError",
@@ -49,6 +53,7 @@ __all__ = [
     "SchemaBehindError",
     "UnknownSettingError",
     "UnsafeStateError",
+    "validation_problem",
 ]
 
 
@@ -173,3 +178,24 @@ class InspectUsageError(InspectError):
 
 class DemoError(AdvmonError, RuntimeError):
     """The streaming demo could not run; the message says what failed."""
+
+
+def validation_problem(error: ValidationError) -> str:
+    """The first problem pydantic found, worded to continue a sentence.
+
+    >>> from pydantic import BaseModel
+    >>> class Record(BaseModel):
+    ...     id: str
+    >>> try:
+    ...     Record.model_validate({})
+    ... except Exception as exc:
+    ...     print(validation_problem(exc))
+    field 'id': field required
+    """
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "<root>"
+    message = first["msg"]
+    # pydantic capitalises its messages ("Field required"); ours continue a sentence.
+    if len(message) > 1 and message[0].isupper() and message[1].islower():
+        message = message[0].lower() + message[1:]
+    return f"field {field!r}: {message}"

@@ -1,6 +1,6 @@
 """Session-wide fixtures that start the real servers integration tests talk to.
 
-Two servers, both on loopback (see DESIGN.md, "Local and CI services"):
+Two servers, both on loopback (the README's "Development" section says how CI provides them):
 
 - ``kafka_bootstrap``: a Kafka broker started once per test session on free ports, in a
   throwaway data directory. By default it is Apache Kafka (:mod:`tests.kafka`: one KRaft

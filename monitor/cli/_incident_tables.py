@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from rich.table import Table
 from rich.text import Text
 
-from monitor.incidents.postmortem import (
+from monitor.incidents.storage.models import Incident, IncidentStatus
+from monitor.incidents.views import (
     DriftChange,
     decisions_taken,
     detection_timeline,
@@ -24,7 +25,6 @@ from monitor.incidents.postmortem import (
     timeline_width,
     utc_time,
 )
-from monitor.incidents.storage.models import Incident, IncidentStatus
 
 __all__ = ["incident_history", "incident_list"]
 

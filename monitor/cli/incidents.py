@@ -21,15 +21,17 @@ from monitor.cli._console import console, file_option, print_table
 from monitor.cli._database import store_for
 from monitor.cli._incident_tables import incident_history, incident_list
 from monitor.errors import IncidentNotFoundError, InvalidTransitionError
-from monitor.incidents.postmortem import (
+from monitor.incidents.exports import (
     EXPORT_FORMATS,
     ExportFormat,
-    incident_dict,
-    parse_time,
     render_export,
 )
 from monitor.incidents.storage.incidents import IncidentFilter, IncidentStore
 from monitor.incidents.storage.models import Incident, IncidentKind, IncidentStatus
+from monitor.incidents.views import (
+    incident_dict,
+    parse_time,
+)
 from monitor.settings import Settings
 
 __all__ = ["incidents"]

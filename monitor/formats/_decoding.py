@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from monitor.errors import validation_problem
 from monitor.formats._errors import FormatError, FormatErrorReason
 from schemas import InferenceEvent, InvalidEventError, validate_event
 
@@ -30,9 +31,7 @@ def validate_wire(model: type[_Model], data: Any, reason: FormatErrorReason, wha
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "<root>"
-        raise FormatError(reason, f"{what}: field {field!r}: {_lower(error['msg'])}") from None
+        raise FormatError(reason, f"{what}: {validation_problem(exc)}") from None
 
 
 def row_event_id(base: str, row: int, rows: int) -> str:
@@ -49,10 +48,3 @@ def build_event(fields: dict[str, Any], what: str) -> InferenceEvent:
             FormatErrorReason.INVALID_EVENT,
             f"{what} does not make a valid inference event: field {exc.field!r}: {exc.reason}",
         ) from None
-
-
-def _lower(message: str) -> str:
-    # pydantic capitalises its messages ("Field required"); ours continue a sentence.
-    if len(message) > 1 and message[0].isupper() and message[1].islower():
-        return message[0].lower() + message[1:]
-    return message

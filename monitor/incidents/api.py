@@ -33,9 +33,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from monitor.errors import IncidentNotFoundError
-from monitor.incidents.postmortem import detection_dict, incident_dict, parse_time
 from monitor.incidents.storage.incidents import IncidentFilter, IncidentStore
 from monitor.incidents.storage.models import IncidentKind, IncidentStatus
+from monitor.incidents.views import (
+    detection_dict,
+    incident_dict,
+    parse_time,
+)
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "STORE", "create_api"]
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from detectors import DetectorConfig, DetectorError
 from monitor.config import EventFormat, ModelConfig, MonitorConfig, load_config
 from monitor.decoding import RecordFormat
-from monitor.errors import ConfigError, InspectError, InspectUsageError
+from monitor.errors import ConfigError, InspectError, InspectUsageError, validation_problem
 from monitor.formats import FieldMapping
 
 __all__ = ["DEFAULT_MODEL_ID", "Decoding", "ExpectedInput", "parse_mapping", "resolve_decoding"]
@@ -116,9 +116,7 @@ def parse_mapping(text: str) -> FieldMapping:
     try:
         return FieldMapping.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = ".".join(str(part) for part in error["loc"]) or "<root>"
-        raise InspectError(f"{where}: field {name!r}: {_lower(error['msg'])}") from None
+        raise InspectError(f"{where}: {validation_problem(exc)}") from None
 
 
 def resolve_decoding(
@@ -223,10 +221,3 @@ def _expected_input(model: ModelConfig, notes: list[str]) -> ExpectedInput | Non
     except DetectorError as exc:
         notes.append(f"model {model.id!r}: inputs are not checked against its detector: {exc}")
         return None
-
-
-def _lower(message: str) -> str:
-    # pydantic capitalises its messages ("Field required"); ours continue a sentence.
-    if len(message) > 1 and message[0].isupper() and message[1].islower():
-        return message[0].lower() + message[1:]
-    return message

@@ -7,7 +7,8 @@ publishes decisions, detections and dead letters.
 - :mod:`~monitor.worker.agents` moves messages from topics to stages, top to bottom in
   the order an event travels;
 - :mod:`~monitor.worker.stages` holds one module per stage;
-- :mod:`~monitor.worker.records` and :mod:`~monitor.worker.decisions` are what stages
-  write; :mod:`~monitor.worker.metrics` what they count; :mod:`~monitor.worker.consumer`
+- :mod:`~monitor.worker.records`, :mod:`~monitor.worker.decisions` and
+  :mod:`~monitor.worker.signals` are what stages write; :mod:`~monitor.worker.metrics`
+  what they count, served by :mod:`~monitor.worker.web`; :mod:`~monitor.worker.consumer`
   the Kafka consumer that never commits over an unprocessed message.
 """

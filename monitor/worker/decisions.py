@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from monitor.config import Policy
 
 if TYPE_CHECKING:
     from monitor.worker.records import InputMessage
@@ -31,7 +33,6 @@ from schemas import (
 __all__ = [
     "DETECTOR_NAME",
     "SOURCE_LIMIT_NAME",
-    "Policy",
     "adversarial_detection",
     "quarantine_detection",
     "quarantine_due",
@@ -46,9 +47,6 @@ DETECTOR_NAME = "feature_squeezing"
 """The reason's detector on request decisions."""
 SOURCE_LIMIT_NAME = "flagged_events_per_source"
 """The reason's detector on source decisions."""
-
-Policy = Literal["observe", "enforce"]
-"""``observe`` never asks for more than ``flag``; ``enforce`` may quarantine."""
 
 
 def request_action(flagged: bool, policy: Policy) -> Action:

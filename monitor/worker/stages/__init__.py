@@ -12,11 +12,12 @@ module          reads                                      writes
 ``alerts``      the incident store                         alerts in Alertmanager
 ==============  =========================================  ======================================
 
-A stage is a plain class (a :class:`mode.Service` when it has start-up work) that takes
-the worker config, its state (a Faust table, or a dict in tests), the metrics and a
-:data:`~monitor.worker.records.Publish` callable, and exposes one coroutine per input:
-it builds its output records with :class:`~monitor.worker.records.OutputRecord` and
-returns only once ``publish`` has returned, i.e. once the broker acknowledged them. It
-never touches Faust's streams: :mod:`monitor.worker.agents` feeds it, and
-:func:`monitor.worker.app.create_app` builds it with its topics and tables.
+A stage is a plain class (a :class:`mode.Service` when it has start-up work) built by
+:func:`monitor.worker.app.create_app` from what it needs (the worker config, its state as
+a Faust table or a dict in tests, the metrics, a
+:data:`~monitor.worker.records.Publish` callable, the incident store) and fed by an
+agent of :mod:`monitor.worker.agents` through one coroutine per input. A stage that
+writes records builds them with :class:`~monitor.worker.records.OutputRecord` and
+returns only once ``publish`` has returned, i.e. once the broker acknowledged them; the
+agent's offsets are committed after that. A stage never touches Faust's streams.
 """

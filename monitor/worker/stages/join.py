@@ -215,4 +215,5 @@ def _decode(half: OipHalf) -> OipMessage:
 
 
 def _dump(entry: PendingHalf) -> bytes:
+    # A table value, not a record to publish: OutputRecord does not apply.
     return entry.model_dump_json().encode()

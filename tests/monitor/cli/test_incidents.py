@@ -21,10 +21,12 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from monitor.cli import main
-from monitor.incidents.postmortem import incident_dict
 from monitor.incidents.storage.incidents import GroupingPolicy, IncidentFilter, IncidentStore
 from monitor.incidents.storage.models import IncidentStatus
 from monitor.incidents.storage.schema import upgrade
+from monitor.incidents.views import (
+    incident_dict,
+)
 from tests.monitor.cli_support import assert_clean_failure
 from tests.monitor.database_support import detection
 

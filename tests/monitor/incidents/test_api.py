@@ -27,10 +27,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, create_engine
 
 from monitor.incidents.api import create_api
-from monitor.incidents.postmortem import detection_dict, incident_dict
 from monitor.incidents.storage.incidents import GroupingPolicy, IncidentStore
 from monitor.incidents.storage.models import Incident, IncidentStatus
 from monitor.incidents.storage.schema import upgrade
+from monitor.incidents.views import (
+    detection_dict,
+    incident_dict,
+)
 from tests.monitor.database_support import detection, fresh_schema
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -10,7 +10,21 @@ from typing import Any
 
 import pytest
 
-from monitor.incidents.postmortem import (
+from monitor.incidents.exports import (
+    render_csv,
+    render_export,
+    render_json,
+    render_markdown,
+)
+from monitor.incidents.storage.incidents import IncidentFilter
+from monitor.incidents.storage.models import (
+    DetectionRow,
+    Incident,
+    IncidentKind,
+    IncidentStatus,
+    StatusChange,
+)
+from monitor.incidents.views import (
     DecisionTaken,
     DetectionBucket,
     DriftChange,
@@ -20,23 +34,11 @@ from monitor.incidents.postmortem import (
     drift_changes,
     incident_dict,
     parse_time,
-    render_csv,
-    render_export,
-    render_json,
-    render_markdown,
     sample_events,
     score_summary,
     source_counts,
     sources_summary,
     timeline_width,
-)
-from monitor.incidents.storage.incidents import IncidentFilter
-from monitor.incidents.storage.models import (
-    DetectionRow,
-    Incident,
-    IncidentKind,
-    IncidentStatus,
-    StatusChange,
 )
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
