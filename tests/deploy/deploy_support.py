@@ -6,6 +6,11 @@ code accepts: the ``ADVMON_*`` settings, the ``advmon`` CLI (and Faust's worker 
 it passes through), the worker config format, Kafka's listeners. Each ``check_*``
 function returns a list of problems (empty when all is well), so tests can also feed them
 broken input and see the problem reported.
+
+The Dockerfile is read by dockerfile-parse, the build context by docker-py's
+``exclude_paths`` (Docker's .dockerignore rules), image references and ``ports`` short
+syntax by docker-py too; what is left here is compose's variable interpolation (no
+maintained Python library implements it) and the checks that are about advmon.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from typing import Any
 
 import click
 import yaml
+from docker.utils import parse_repository_tag
+from docker.utils.build import exclude_paths
+from docker.utils.ports import split_port
+from dockerfile_parse import DockerfileParser
+from dockerfile_parse.parser import image_from
 
 from monitor.settings import ENV_PREFIX, setting_variable_names
 
@@ -149,10 +159,7 @@ def image_problems(compose: Mapping[str, Any]) -> list[str]:
                 problems.append(f"service {name}: neither image nor build")
             continue
         image = interpolate(str(image))
-        if "@sha256:" in image:
-            continue
-        last = image.rsplit("/", 1)[-1]
-        tag = last.partition(":")[2]
+        _, tag = parse_repository_tag(image)  # a digest (@sha256:…) stands in for the tag
         if not tag:
             problems.append(f"service {name}: image {image} has no tag (means latest)")
         elif tag == "latest":
@@ -168,7 +175,8 @@ class PortMapping:
 
 
 def service_ports(svc: Mapping[str, Any]) -> list[PortMapping]:
-    """A service's ``ports`` in short (``"[IP:]HOST:CONTAINER[/proto]"``) or long syntax."""
+    """A service's ``ports`` in long syntax, or in short syntax (``docker run -p``'s, read by
+    docker-py: ``[[IP:]HOST:]CONTAINER[/proto]``, ranges too)."""
     mappings = []
     for entry in svc.get("ports") or []:
         if isinstance(entry, Mapping):
@@ -181,11 +189,12 @@ def service_ports(svc: Mapping[str, Any]) -> list[PortMapping]:
                 )
             )
             continue
-        text, _, protocol = interpolate(str(entry)).partition("/")
-        parts = text.rsplit(":", 2)
-        target = int(parts[-1])
-        published_port = parts[-2] if len(parts) >= 2 else None
-        mappings.append(PortMapping(published_port or None, target, protocol or "tcp"))
+        targets, published_ports = split_port(interpolate(str(entry)))
+        for index, target in enumerate(targets):
+            port, _, protocol = str(target).partition("/")
+            host = published_ports[index] if published_ports else None
+            host = host[1] if isinstance(host, tuple) else host  # (IP, port)
+            mappings.append(PortMapping(str(host) if host else None, int(port), protocol or "tcp"))
     return mappings
 
 
@@ -446,6 +455,7 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # what its ENV instructions set
 
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
@@ -455,39 +465,21 @@ class Stage:
         return found[-1] if found else None
 
 
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages and instructions of a Dockerfile: continuations joined, comments dropped."""
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[Stage]:
+    """The Dockerfile's stages, their instructions and ENV, as dockerfile-parse reads them."""
+    parser = DockerfileParser(str(path))
     stages: list[Stage] = []
-    logical: list[tuple[int, str]] = []
-    pending: list[str] = []
-    start = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if stripped.startswith("#") or (not stripped and not pending):
-            continue
-        if not pending:
-            start = number
-        if stripped.endswith("\\"):
-            pending.append(stripped[:-1].strip())
-            continue
-        pending.append(stripped)
-        logical.append((start, " ".join(p for p in pending if p)))
-        pending = []
-    if pending:
-        raise ValueError("Dockerfile ends inside a line continuation")
-    for number, line in logical:
-        keyword, _, value = line.partition(" ")
-        keyword = keyword.upper()
-        value = value.strip()
+    for item, context in zip(parser.structure, parser.context_structure, strict=True):
+        keyword, value, line = item["instruction"], item["value"], item["startline"] + 1
         if keyword == "FROM":
-            words = [w for w in value.split() if not w.startswith("--")]
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(words[0], name))
+            base, name = image_from(value)
+            assert base is not None, f"line {line}: FROM names no image"
+            stages.append(Stage(base, name))
         elif not stages:
-            if keyword != "ARG":
-                raise ValueError(f"line {number}: {keyword} before the first FROM")
-        else:
-            stages[-1].instructions.append(Instruction(keyword, value, number))
+            assert keyword in ("ARG", "COMMENT"), f"line {line}: {keyword} before the first FROM"
+        elif keyword != "COMMENT":
+            stages[-1].instructions.append(Instruction(keyword, value, line))
+            stages[-1].env = dict(context.envs)
     return stages
 
 
@@ -513,20 +505,6 @@ def split_flags(value: str) -> tuple[dict[str, str], str]:
     return flags, rest
 
 
-def env_instructions(stage: Stage) -> dict[str, str]:
-    """Variables set by the stage's ENV instructions."""
-    env: dict[str, str] = {}
-    for instruction in stage.all("ENV"):
-        words = shlex.split(instruction.value)
-        if words and "=" not in words[0]:
-            env[words[0]] = " ".join(words[1:])
-            continue
-        for word in words:
-            key, _, value = word.partition("=")
-            env[key] = value
-    return env
-
-
 def copy_sources(instruction: Instruction) -> tuple[dict[str, str], list[str], str]:
     """(flags, sources, destination) of a COPY or ADD."""
     flags, rest = split_flags(instruction.value)
@@ -536,77 +514,16 @@ def copy_sources(instruction: Instruction) -> tuple[dict[str, str], list[str], s
     return flags, words[:-1], words[-1]
 
 
-def image_tag(image: str) -> str:
-    return image.rsplit("/", 1)[-1].partition("@")[0].partition(":")[2]
-
-
 # ---------------------------------------------------------------------------------------
-# .dockerignore
+# the build context
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """Docker's (Go filepath.Match plus ``**``) pattern as an anchored regex."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**", i):
-            i += 2
-            if pattern.startswith("/", i):
-                out.append("(?:.*/)?")
-                i += 1
-            else:
-                out.append(".*")
-            continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                raise ValueError(f"unterminated character class in {pattern!r}")
-            body = pattern[i + 1 : end]
-            if body.startswith(("!", "^")):
-                body = "^" + body[1:]
-            out.append(f"[{body}]")
-            i = end
-        elif char == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        else:
-            out.append(re.escape(char))
-        i += 1
-    return re.compile("^" + "".join(out) + "$")
-
-
-@dataclass(frozen=True)
-class DockerIgnore:
-    rules: tuple[tuple[bool, re.Pattern[str]], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> DockerIgnore:
-        rules = []
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            include = line.startswith("!")
-            pattern = line[1:].strip() if include else line
-            pattern = os.path.normpath(pattern.lstrip("/")).replace(os.sep, "/")
-            rules.append((include, _pattern_regex(pattern)))
-        return cls(tuple(rules))
-
-    def excluded(self, path: str) -> bool:
-        """Whether ``path`` (relative to the context root) is left out of the context:
-        the last rule matching it or one of its parent folders decides."""
-        parts = PurePosixPath(path).parts
-        candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-        result = False
-        for include, regex in self.rules:
-            if any(regex.match(candidate) for candidate in candidates):
-                result = not include
-        return result
+def build_context(root: Path = REPO, dockerignore: Path = DOCKERIGNORE) -> set[str]:
+    """Paths under ``root`` that ``docker build -f deploy/Dockerfile root`` sends, with the
+    patterns of ``dockerignore`` read and applied as docker-py's ``build`` does."""
+    lines = (line.strip() for line in dockerignore.read_text(encoding="utf-8").splitlines())
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    return exclude_paths(root, patterns, dockerfile=DOCKERFILE.relative_to(REPO).as_posix())
 
 
 def context_files(root: Path, source: str) -> Iterator[str]:

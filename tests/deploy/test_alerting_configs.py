@@ -24,16 +24,15 @@ from prometheus_client import CollectorRegistry
 from monitor.incidents.alertmanager import ALERT_NAMES
 from monitor.worker.metrics import Metrics
 from tests.deploy.deploy_support import (
-    DOCKERFILE,
     REPO,
     WORKER,
     argv,
+    dockerfile_stages,
     host_path,
     image_problems,
     load_compose,
     mount_for,
     parse_advmon,
-    parse_dockerfile,
     service,
     service_env,
     service_mounts,
@@ -479,7 +478,7 @@ def test_prometheus_service(compose: dict[str, Any]) -> None:
 
 
 def test_prometheus_scrapes_the_worker(compose: dict[str, Any]) -> None:
-    runtime_stage = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))[-1]
+    runtime_stage = dockerfile_stages()[-1]
     web_port = parse_advmon(worker_argv(compose, runtime_stage)[1:]).web_port
     (job,) = [
         c for c in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"] if c["job_name"] == SCRAPE_JOB

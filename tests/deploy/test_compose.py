@@ -22,7 +22,7 @@ from tests.deploy.deploy_support import (
     bootstrap_problems,
     check_advmon_argv,
     check_settings_env,
-    env_instructions,
+    dockerfile_stages,
     exec_form,
     host_path,
     image_problems,
@@ -30,7 +30,6 @@ from tests.deploy.deploy_support import (
     load_compose,
     mount_for,
     parse_advmon,
-    parse_dockerfile,
     parse_listeners,
     service,
     service_env,
@@ -46,12 +45,12 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runtime_stage() -> Stage:
-    return parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))[-1]
+    return dockerfile_stages()[-1]
 
 
 def worker_env(compose: dict[str, Any], runtime_stage: Stage) -> dict[str, str]:
     """What the worker process sees: the image's ENV, then compose's environment."""
-    return {**env_instructions(runtime_stage), **service_env(service(compose, WORKER))}
+    return {**runtime_stage.env, **service_env(service(compose, WORKER))}
 
 
 def worker_argv(compose: dict[str, Any], runtime_stage: Stage) -> list[str]:

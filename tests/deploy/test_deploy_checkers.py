@@ -11,18 +11,14 @@ import pytest
 from monitor.settings import setting_variable_names
 from tests.deploy.deploy_support import (
     KAFKA,
-    DockerIgnore,
     bootstrap_problems,
     check_advmon_argv,
     check_settings_env,
-    env_instructions,
-    exec_form,
     image_problems,
     interpolate,
     kraft_problems,
     load_compose,
     parse_advmon,
-    parse_dockerfile,
     service,
     service_env,
     service_mounts,
@@ -146,41 +142,3 @@ def test_ports_and_volumes_syntax() -> None:
         ("./x", "/etc/x", True, True),
         ("./y", "/y", True, True),
     ]
-
-
-def test_dockerfile_parser() -> None:
-    text = """# syntax=docker/dockerfile:1
-ARG BASE=python:3.11-slim
-FROM python:3.11-slim AS build
-RUN pip install \\
-    # a comment inside a continuation
-    -c constraints.txt .
-FROM build
-ENV A=1 B="two words"
-ENV C 3
-CMD ["worker", "--web-port", "6066"]
-"""
-    build, final = parse_dockerfile(text)
-    assert (build.base, build.name, final.base, final.name) == (
-        "python:3.11-slim",
-        "build",
-        "build",
-        None,
-    )
-    assert [i.value for i in build.all("RUN")] == ["pip install -c constraints.txt ."]
-    assert env_instructions(final) == {"A": "1", "B": "two words", "C": "3"}
-    cmd = final.last("CMD")
-    assert cmd is not None
-    assert exec_form(cmd.value) == ["worker", "--web-port", "6066"]
-    assert exec_form("advmon worker") is None
-
-
-def test_dockerignore_semantics() -> None:
-    ignore = DockerIgnore.parse("*\n!monitor/\n**/__pycache__\n!keep/**/*.txt\nkeep/x.txt\n")
-    assert not ignore.excluded("monitor/cli/offline.py")
-    assert ignore.excluded("monitor/__pycache__/cli.pyc")
-    assert ignore.excluded("README.md")
-    assert ignore.excluded("tests/conftest.py")
-    assert not ignore.excluded("keep/a/b.txt")
-    assert ignore.excluded("keep/x.txt")
-    assert ignore.excluded("keep/a/b.bin")

@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
+from docker.utils import parse_repository_tag
 from packaging.specifiers import SpecifierSet
 
 from tests.deploy.deploy_support import (
-    DOCKERFILE,
     DOCKERIGNORE,
     REPO,
-    DockerIgnore,
     Instruction,
     Stage,
+    build_context,
     build_inputs,
     check_advmon_argv,
     check_settings_env,
     context_files,
     copy_sources,
-    env_instructions,
+    dockerfile_stages,
     exec_form,
-    image_tag,
     parse_advmon,
-    parse_dockerfile,
     pyproject,
     split_flags,
 )
@@ -33,7 +32,7 @@ from tests.deploy.deploy_support import (
 
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
-    return parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+    return dockerfile_stages()
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +46,8 @@ def project() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def ignore() -> DockerIgnore:
-    return DockerIgnore.parse(DOCKERIGNORE.read_text(encoding="utf-8"))
+def context() -> set[str]:
+    return build_context()
 
 
 def pip_install_commands(stage: Stage) -> list[tuple[Instruction, list[str]]]:
@@ -75,10 +74,11 @@ def install_stage(stages: list[Stage]) -> tuple[Stage, Instruction, list[str]]:
 def test_multi_stage_python_slim(stages: list[Stage], project: dict[str, Any]) -> None:
     assert len(stages) >= 2, "build and runtime stages"
     for stage in stages:
-        assert image_tag(stage.base) not in ("", "latest"), f"unpinned base {stage.base}"
+        _, tag = parse_repository_tag(stage.base)
+        assert tag not in (None, "latest"), f"unpinned base {stage.base}"
     runtime = stages[-1]
     assert runtime.base.startswith("python:3.11-slim")
-    version = image_tag(runtime.base).split("-")[0]
+    version = str(parse_repository_tag(runtime.base)[1]).split("-")[0]
     assert version in SpecifierSet(project["project"]["requires-python"])
     bases = {stage.name: stage.base for stage in stages}
     for instruction in runtime.all("COPY"):
@@ -118,7 +118,7 @@ def test_build_inputs_are_copied_before_the_install(
 
 
 def test_every_copied_file_exists_and_reaches_the_context(
-    stages: list[Stage], ignore: DockerIgnore
+    stages: list[Stage], context: set[str]
 ) -> None:
     names = [s.name for s in stages]
     for index, stage in enumerate(stages):
@@ -135,7 +135,7 @@ def test_every_copied_file_exists_and_reaches_the_context(
                 for match in matches:
                     files = list(context_files(REPO, str(match.relative_to(REPO))))
                     assert files, f"{source} is empty"
-                    left_out = [f for f in files if ignore.excluded(f)]
+                    left_out = [f for f in files if f not in context]
                     assert left_out == [], f".dockerignore leaves out files COPY needs: {left_out}"
 
 
@@ -152,8 +152,10 @@ def test_every_copied_file_exists_and_reaches_the_context(
         "monitor/__pycache__/cli.cpython-311.pyc",
     ],
 )
-def test_build_context_leaves_out(ignore: DockerIgnore, path: str) -> None:
-    assert ignore.excluded(path)
+def test_build_context_leaves_out(tmp_path: Path, path: str) -> None:
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).touch()
+    assert path not in build_context(tmp_path, DOCKERIGNORE)
 
 
 def test_runs_as_an_unprivileged_user(runtime: Stage) -> None:
@@ -220,6 +222,6 @@ def test_healthz_page_exists() -> None:
 
 
 def test_environment_is_real_settings(runtime: Stage) -> None:
-    env = env_instructions(runtime)
+    env = runtime.env
     assert check_settings_env(env) == []
     assert env.get("ADVMON_CONFIG", "").startswith("/")
