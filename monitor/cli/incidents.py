@@ -97,37 +97,26 @@ def _filter_options(command: F) -> F:
         until: datetime | None,
         **kwargs: Any,
     ) -> Any:
-        filters = _filters(model_id, kind, status, source, since, until)
+        if since is not None and until is not None and since > until:
+            raise click.BadParameter(
+                f"--since ({since.isoformat(timespec='seconds')}) is after "
+                f"--until ({until.isoformat(timespec='seconds')})",
+                param_hint="'--since'",
+            )
+        filters = IncidentFilter(
+            model_id=model_id,
+            kind=IncidentKind(kind) if kind else None,
+            status=IncidentStatus(status) if status else None,
+            source=source,
+            since=since,
+            until=until,
+        )
         return command(*args, filters=filters, **kwargs)
 
     wrapped: Any = with_filters
     for option in reversed(options):
         wrapped = option(wrapped)
     return cast(F, wrapped)
-
-
-def _filters(
-    model_id: str | None,
-    kind: str | None,
-    status: str | None,
-    source: str | None,
-    since: datetime | None,
-    until: datetime | None,
-) -> IncidentFilter:
-    if since is not None and until is not None and since > until:
-        raise click.BadParameter(
-            f"--since ({since.isoformat(timespec='seconds')}) is after "
-            f"--until ({until.isoformat(timespec='seconds')})",
-            param_hint="'--since'",
-        )
-    return IncidentFilter(
-        model_id=model_id,
-        kind=IncidentKind(kind) if kind else None,
-        status=IncidentStatus(status) if status else None,
-        source=source,
-        since=since,
-        until=until,
-    )
 
 
 def _print_json(data: object) -> None:
