@@ -207,6 +207,10 @@ def create_app(
         # Stop promptly even while a stage is retrying (database down): events it did not
         # finish are uncommitted and processed again after the restart.
         stream_wait_empty=False,
+        # The worker creates its internal topics as it starts; when the group is assigned
+        # before the cluster's metadata lists one of them, the consumer joins the group
+        # again only at its next metadata refresh (five minutes by default).
+        consumer_metadata_max_age_ms=10_000,
         autodiscover=False,
     )
     if settings.worker.data_dir is not None:
