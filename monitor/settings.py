@@ -23,6 +23,7 @@ __all__ = [
     "AlertingSettings",
     "ApiSettings",
     "DatabaseSettings",
+    "DriftSettings",
     "IncidentSettings",
     "KafkaSettings",
     "ScoringSettings",
@@ -120,6 +121,13 @@ class WorkerSettings(_Group):
         default=None,
         description="Faust's data directory; unset uses '<app_id>-data' in the working dir.",
     )
+    web_bind: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the worker's web port (/metrics, /healthz) listens on: loopback "
+        "unless set, 0.0.0.0 where Prometheus scrapes it from another host or container. "
+        "The worker's --web-bind option overrides it.",
+    )
 
 
 class DatabaseSettings(_Group):
@@ -133,6 +141,24 @@ class DatabaseSettings(_Group):
     retry_max_seconds: float = Field(
         default=30.0, gt=0, description="Longest back-off between retries while it is down."
     )
+
+
+class DriftSettings(_Group):
+    """How the worker keeps its drift detectors."""
+
+    checkpoint_key: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Key (32 or more characters, e.g. `openssl rand -hex 32`) the drift "
+        "checkpoints in the drift-states changelog are signed and verified with "
+        "(HMAC-SHA256); a checkpoint that does not verify is never unpickled. Unset: "
+        "checkpoints are written and read unsigned (logged once at start).",
+    )
+
+    def checkpoint_key_bytes(self) -> bytes | None:
+        """The checkpoint key as the drift stage takes it, ``None`` when unset."""
+        key = self.checkpoint_key
+        return key.get_secret_value().encode() if key is not None else None
 
 
 class IncidentSettings(_Group):
@@ -196,6 +222,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

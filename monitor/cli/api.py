@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
 from monitor.cli._console import console
 from monitor.cli._database import store_for
@@ -26,22 +25,24 @@ def api(settings: Settings, host: str | None, port: int | None) -> None:
 
     GET /api/incidents (filters as query parameters: model, kind, status, source, since,
     until, limit, offset), /api/incidents/ID, /api/incidents/ID/detections, /healthz.
-    When ADVMON_API__TOKEN is set, /api requests need `Authorization: Bearer TOKEN`.
+    When ADVMON_API__TOKEN is set, /api requests need `Authorization: Bearer TOKEN`;
+    without it the API listens only on a loopback address (127.0.0.1, ::1, localhost).
     """
     from aiohttp import web
 
-    from monitor.incidents.api import create_api
+    from monitor.incidents.api import create_api, is_loopback
 
     host = host or settings.api.host
     port = port or settings.api.port
     token = settings.api.token.get_secret_value() if settings.api.token else None
+    if token is None and not is_loopback(host):
+        # Anyone who reaches the address could read the incident history.
+        raise click.ClickException(
+            f"refusing to serve the incident API on {host}:{port} without a token: set "
+            "ADVMON_API__TOKEN, or listen on 127.0.0.1"
+        )
     with store_for(settings) as store:
         app = create_api(store, token)
-        if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-            console.print(
-                f"[yellow]warning: no ADVMON_API__TOKEN: anyone who reaches {escape(host)}:{port} "
-                "can read the incident history[/]"
-            )
         serving = (
             f"serving the incident API on http://{host}:{port}/api/incidents "
             f"({'bearer token required' if token else 'no token'}); Ctrl-C stops it"

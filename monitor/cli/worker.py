@@ -20,7 +20,8 @@ __all__ = ["worker"]
         "help_option_names": ["--help"],
     },
     epilog="Any other option goes to Faust's worker command, e.g. -l info, --web-port 6066, "
-    "--web-host 0.0.0.0 (see `faust worker --help`).",
+    "--web-bind 0.0.0.0 (see `faust worker --help`; the default address is "
+    "ADVMON_WORKER__WEB_BIND, 127.0.0.1).",
 )
 @file_option(
     "--config",

@@ -12,7 +12,8 @@
     200 ``{"status": "ok"}`` when the database answers, else 503; never needs a token.
 
 Errors are JSON too: ``{"error": "..."}`` with 400 (bad parameter), 401 (missing or wrong
-token), 404 (no such incident or path), 503 (database unreachable). The database calls
+token), 404 (no such incident or path), 503 (database unreachable). ``advmon api`` serves
+without a token only on a loopback address (:func:`is_loopback`). The database calls
 are synchronous SQLAlchemy, so they run in worker threads and never block the event loop.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,7 +43,7 @@ from monitor.incidents.views import (
     parse_time,
 )
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "STORE", "create_api"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "STORE", "create_api", "is_loopback"]
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -76,6 +78,22 @@ def create_api(store: IncidentStore, token: str | None) -> web.Application:
     app.router.add_get(r"/api/incidents/{id:\d+}", _show_incident)
     app.router.add_get(r"/api/incidents/{id:\d+}/detections", _list_detections)
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only: ``localhost``, 127.0.0.0/8
+    or ``::1``. Any other name counts as beyond loopback, whatever it resolves to now.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "", "::")]
+    [True, True, True, False, False, False]
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower() == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 # --- middlewares --------------------------------------------------------------------

@@ -13,12 +13,15 @@
    decision when a source crosses its limit (and a quarantine detection).
 3. ``drift``: signals, keyed by model → each model's River detectors (checkpointed in
    a table) → drift detections.
-4. ``incidents``: detections → incidents in the database (retrying while it is down);
+4. ``incidents``: detections → incidents in the database (retrying while it is down;
+   a detection the database refuses goes to the dead-letter topic, the rest are stored);
    a background task keeps Alertmanager's alerts in step with the incidents.
 
 Each agent returns to Faust only after its outputs are acknowledged by the broker, and
 Faust commits an offset only after the agent has returned for that message: processing
-is at-least-once.
+is at-least-once. An unexpected error ends the process without a commit; a stop (the
+agent cancelled mid-batch) withholds the unfinished messages from the commit
+(:meth:`~monitor.worker.app.AdvmonApp.withhold`), so the next worker reads them again.
 """
 
 from __future__ import annotations
@@ -29,11 +32,9 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import faust
-from pydantic import ValidationError
 
 from monitor.worker.app import AdvmonApp
 from monitor.worker.records import InputMessage
-from schemas import Detection
 
 __all__ = ["register"]
 
@@ -79,6 +80,9 @@ def register(wiring: AdvmonApp) -> None:
                 await wiring.scoring.process([_input_message(event) for event in events])
             except Exception:
                 _exit_without_commit("scoring a batch")
+            except BaseException:
+                wiring.withhold(events)  # stopped mid-batch: read it again after the restart
+                raise
 
     app.agent(wiring.inference, name="advmon.score")(score_batches)
     join = wiring.join
@@ -93,6 +97,9 @@ def register(wiring: AdvmonApp) -> None:
                     await join.observe(value)
                 except Exception:
                     _exit_without_commit("joining an OIP v2 request and response")
+                except BaseException:
+                    wiring.withhold([stream.current_event])
+                    raise
 
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def expire_joins() -> None:
@@ -109,6 +116,9 @@ def register(wiring: AdvmonApp) -> None:
                 await wiring.quarantine.observe(value)
             except Exception:
                 _exit_without_commit("counting a source flag")
+            except BaseException:
+                wiring.withhold([stream.current_event])
+                raise
 
     if wiring.drift.plans:
 
@@ -120,6 +130,9 @@ def register(wiring: AdvmonApp) -> None:
                     await wiring.drift.process([event.message.value or b"" for event in events])
                 except Exception:
                     _exit_without_commit("updating drift detectors")
+                except BaseException:
+                    wiring.withhold(events)
+                    raise
 
     incident_stage, alerting = wiring.incidents, wiring.alerting
     if incident_stage is not None and alerting is not None:
@@ -127,23 +140,13 @@ def register(wiring: AdvmonApp) -> None:
         @app.agent(wiring.outputs[wiring.config.topics.detections], name="advmon.incidents")
         async def incidents(stream: Any) -> None:
             async for events in stream.take_events(256, 1.0):
-                detections = []
-                for event in events:
-                    message = event.message
-                    try:
-                        detections.append(Detection.model_validate_json(message.value or b""))
-                    except ValidationError as exc:
-                        logger.error(
-                            "skipping a malformed detection at %s/%d@%d: %s",
-                            message.topic,
-                            message.partition,
-                            message.offset,
-                            exc,
-                        )
                 try:
-                    await incident_stage.record(detections)
+                    await incident_stage.process([_input_message(event) for event in events])
                 except Exception:
                     _exit_without_commit("storing detections")
+                except BaseException:
+                    wiring.withhold(events)
+                    raise
 
         @app.task  # type: ignore[untyped-decorator]
         async def sync_alerts() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.exceptions import AlreadyConfiguredWarning
 from faust.types import TP, ConsumerT
+from faust.web import Web
+from faust.web.base import BlueprintManager
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -74,11 +76,23 @@ class _FaustApp(faust.App):
     worker command sets it from ``--web-host``/``--web-port``), which change when a pod
     comes back on another node or a process restarts on another port; the instance id
     does not. It is set here, once the command line has been applied.
+
+    Its web server serves only the pages advmon registers (:mod:`monitor.worker.web`):
+    Faust's built-in ones would give anyone who reaches the port the tables' contents
+    (``/table/oip-pending/<id>/`` is a pending request body), the cluster's workers
+    (``/router``), the service graph and sensor statistics, without authentication.
     """
 
     static_url: URL | None = None
     #: Called with (topic, partition) when the consumer reads a skipped message again.
     on_hole_repaired: Callable[[str, int], None] | None = None
+
+    def _new_web(self) -> Web:
+        web = super()._new_web()
+        # Faust's blueprints (/table, /router, /graph, /assignment, /performance and its
+        # index at /) are applied when the server starts: none are.
+        web.blueprints = BlueprintManager()
+        return web
 
     def _new_consumer(self) -> ConsumerT:
         # Faust's own consumer can commit over a message no agent processed; see
@@ -144,6 +158,13 @@ class AdvmonApp:
             await topic.maybe_declare()
             await client.partitions_for(topic.get_topic_name())
         self._changelogs_known = True
+
+    def withhold(self, events: Iterable[faust.EventT[Any] | None]) -> None:
+        """Leave ``events`` uncommitted: their agent was stopped before it finished them
+        (see :meth:`monitor.worker.consumer.GaplessConsumer.withhold`)."""
+        consumer = self.app.consumer
+        if isinstance(consumer, GaplessConsumer):
+            consumer.withhold(event.message for event in events if event is not None)
 
     async def publish(self, records: Sequence[OutputRecord]) -> None:
         """Send records and return once the broker acknowledged all of them.
@@ -212,6 +233,8 @@ def create_app(
         # again only at its next metadata refresh (five minutes by default).
         consumer_metadata_max_age_ms=10_000,
         autodiscover=False,
+        # Faust binds to every interface unless told; --web-bind still overrides this.
+        web_bind=settings.worker.web_bind,
     )
     if settings.worker.data_dir is not None:
         app.conf.datadir = settings.worker.data_dir
@@ -308,6 +331,7 @@ def create_app(
         metrics,
         publish,
         owner_check(topics.signals),
+        checkpoint_key=settings.drift.checkpoint_key_bytes(),
     )
     join = (
         JoinStage(
@@ -339,7 +363,14 @@ def create_app(
         drift=drift,
         join=join,
         incidents=(
-            IncidentStage(store, settings.database.retry_max_seconds, new_incident)
+            IncidentStage(
+                store,
+                metrics,
+                publish,
+                dead_letter_topic=topics.dead_letter,
+                retry_max_seconds=settings.database.retry_max_seconds,
+                on_new_incident=new_incident,
+            )
             if store is not None
             else None
         ),

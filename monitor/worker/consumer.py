@@ -22,16 +22,23 @@ decided twice (at-least-once), and nothing is lost. The same is done for a parti
 has been fetched past its committed offset while, for :data:`HOLE_GRACE_S`, none of its
 messages is acknowledged, held by an agent or waiting in an agent's queue: every message
 read since the commit went missing.
+
+An agent stopped in the middle of a batch (the worker is shutting down) hands the
+batch's messages to :meth:`GaplessConsumer.withhold`: Faust acknowledges a batch taken
+with ``take_events`` on its way out, whether or not the agent finished it, and the
+consumer would commit it on stop. A withheld message is never acknowledged, so the
+commit stops before it and the next worker reads it again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.types import TP
+from faust.types import TP, Message
 from mode import Service
 
 __all__ = ["HOLE_GRACE_S", "GaplessConsumer", "covered"]
@@ -76,6 +83,17 @@ class GaplessConsumer(AIOKafkaConsumer):
         self._holes: dict[TP, tuple[int, float]] = {}
         self._stalls: dict[TP, tuple[int, float]] = {}
         self._starts: dict[TP, int] = {}
+        self._withheld: weakref.WeakSet[Message] = weakref.WeakSet()
+
+    def withhold(self, messages: Iterable[Message]) -> None:
+        """Never acknowledge ``messages``: an agent stopped before it finished them."""
+        self._withheld.update(messages)
+
+    def ack(self, message: Message) -> bool:
+        if message in self._withheld:
+            return False
+        acked: bool = super().ack(message)
+        return acked
 
     def _expected(self, tp: TP) -> int | None:
         """The offset the next commit of ``tp`` must start at, when known.

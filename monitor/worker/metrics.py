@@ -35,10 +35,12 @@ class Metrics:
     drift_state_events: Gauge
     drift_state_age: Gauge
     drift_suppressed: Gauge
+    drift_resets: Counter
     oip_halves: Counter
     oip_joins: Counter
     messages_reread: Counter
     oip_pending: Gauge
+    detections_refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -155,10 +157,26 @@ class Metrics:
                 "OIP v2 halves waiting for their other half, on this worker's partitions.",
                 registry=registry,
             ),
+            detections_refused=Counter(
+                "advmon_detections_refused",
+                "Detections set aside (sent to the dead-letter topic) instead of stored as "
+                "incidents, by reason: malformed, nul_character, too_long, out_of_range, "
+                "database (the database refused the write).",
+                ["reason"],
+                registry=registry,
+            ),
             drift_suppressed=Gauge(
                 "advmon_drift_suppressed",
                 "Drifts not reported because of the cooldown, since the detectors started.",
                 ["model", "stream"],
+                registry=registry,
+            ),
+            drift_resets=Counter(
+                "advmon_drift_resets",
+                "Times a model's drift detectors started afresh instead of going on from their "
+                "checkpoint, by reason: unauthenticated, bad_signature, unreadable, "
+                "other_version, configuration_changed, update_failed.",
+                ["model", "reason"],
                 registry=registry,
             ),
         )

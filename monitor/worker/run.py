@@ -53,8 +53,12 @@ def run_worker(
     """Check the config, detectors, device, database and broker; then run the worker.
 
     ``worker_options`` go to Faust's ``worker`` command (``-l info``, ``--web-port 6066``),
-    which runs as ``prog worker``. Raises :class:`~monitor.errors.ConfigError`,
-    :class:`detectors.DetectorError`, :class:`~monitor.errors.DatabaseUrlError`,
+    which runs as ``prog worker``. The web port listens on ``settings.worker.web_bind``
+    (``ADVMON_WORKER__WEB_BIND``, loopback by default) unless ``--web-bind`` names another
+    address: the command line is applied after the settings. (``--web-host`` is no bind
+    address: it is the host name in the worker's canonical URL.) Raises
+    :class:`~monitor.errors.ConfigError`, :class:`detectors.DetectorError`,
+    :class:`~monitor.errors.DatabaseUrlError`,
     :class:`~monitor.errors.SchemaBehindError` or
     :class:`~monitor.errors.BrokerUnreachableError` before anything starts; once Faust
     runs, it ends with :class:`SystemExit`.

@@ -1,4 +1,8 @@
-"""The worker's web pages: ``/metrics`` for Prometheus and ``/healthz`` for probes."""
+"""The worker's web pages: ``/metrics`` for Prometheus and ``/healthz`` for probes.
+
+They are all its web port serves (Faust's own pages are never registered, see
+``monitor.worker.app._FaustApp``), on ``ADVMON_WORKER__WEB_BIND``, loopback by default.
+"""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ from docker.utils.ports import split_port
 from dockerfile_parse import DockerfileParser
 from dockerfile_parse.parser import image_from
 
-from monitor.settings import ENV_PREFIX, setting_variable_names
+from monitor.incidents.api import is_loopback
+from monitor.settings import ENV_PREFIX, ApiSettings, WorkerSettings, setting_variable_names
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -46,6 +47,7 @@ PYPROJECT = REPO / "pyproject.toml"
 KAFKA = "kafka"
 POSTGRES = "postgres"
 WORKER = "advmon-worker"
+API = "advmon-api"
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,6 +174,7 @@ class PortMapping:
     published: str | None
     target: int
     protocol: str = "tcp"
+    host_ip: str | None = None  # the host address it is published on; None: every one
 
 
 def service_ports(svc: Mapping[str, Any]) -> list[PortMapping]:
@@ -181,11 +184,13 @@ def service_ports(svc: Mapping[str, Any]) -> list[PortMapping]:
     for entry in svc.get("ports") or []:
         if isinstance(entry, Mapping):
             published = entry.get("published")
+            host_ip = entry.get("host_ip")
             mappings.append(
                 PortMapping(
                     None if published is None else str(published),
                     int(entry["target"]),
                     str(entry.get("protocol", "tcp")),
+                    None if host_ip is None else str(host_ip),
                 )
             )
             continue
@@ -193,8 +198,11 @@ def service_ports(svc: Mapping[str, Any]) -> list[PortMapping]:
         for index, target in enumerate(targets):
             port, _, protocol = str(target).partition("/")
             host = published_ports[index] if published_ports else None
+            host_ip = host[0] if isinstance(host, tuple) else None
             host = host[1] if isinstance(host, tuple) else host  # (IP, port)
-            mappings.append(PortMapping(str(host) if host else None, int(port), protocol or "tcp"))
+            mappings.append(
+                PortMapping(str(host) if host else None, int(port), protocol or "tcp", host_ip)
+            )
     return mappings
 
 
@@ -403,6 +411,14 @@ class Invocation:
         port = self.faust_params.get("web_port")
         return int(port if port is not None else WEB_PORT)
 
+    def web_bind(self, env: Mapping[str, str]) -> str:
+        """The address the worker's web port listens on with ``env``: ``--web-bind``,
+        else ``ADVMON_WORKER__WEB_BIND``, else the setting's default."""
+        bind = self.faust_params.get("web_bind")
+        if bind:
+            return str(bind)
+        return env.get("ADVMON_WORKER__WEB_BIND") or WorkerSettings().web_bind
+
 
 def parse_advmon(args: list[str]) -> Invocation:
     """Parse ``advmon ARGS`` as the CLI would, without running a command.
@@ -429,6 +445,39 @@ def parse_advmon(args: list[str]) -> Invocation:
     elif sub.args:
         raise click.UsageError(f"unexpected arguments {sub.args}")
     return Invocation(name, dict(sub.params), faust_params)
+
+
+def api_token_problems(name: str, svc: Mapping[str, Any]) -> list[str]:
+    """An ``advmon api`` service that listens beyond loopback must get a token: compose
+    must refuse to start without ``ADVMON_API__TOKEN`` (``${ADVMON_API__TOKEN:?...}``),
+    as ``advmon api`` itself would."""
+    command = argv(svc.get("command"))
+    invocation = parse_advmon(command) if command else None
+    if invocation is None or invocation.command != "api":
+        return []
+    host = (
+        invocation.params.get("host")
+        or service_env(svc, {"ADVMON_API__TOKEN": "a-token"}).get("ADVMON_API__HOST")
+        or ApiSettings().host
+    )
+    if is_loopback(host):
+        return []
+    raw = svc.get("environment") or {}
+    entries = (
+        dict(raw) if isinstance(raw, Mapping) else dict(str(e).partition("=")[::2] for e in raw)
+    )
+    if "ADVMON_API__TOKEN" not in entries:
+        return [f"service {name}: advmon api listens on {host} but gets no ADVMON_API__TOKEN"]
+    try:
+        token = interpolate(_scalar(entries["ADVMON_API__TOKEN"]))
+    except ValueError:
+        return []  # compose refuses to start without the token
+    if token:
+        return [f"service {name}: ADVMON_API__TOKEN is a fixed value in the compose file"]
+    return [
+        f"service {name}: advmon api listens on {host} and compose starts it without "
+        "ADVMON_API__TOKEN; require it with ${ADVMON_API__TOKEN:?...}"
+    ]
 
 
 def check_advmon_argv(args: list[str]) -> list[str]:

@@ -10,14 +10,17 @@ import pytest
 import yaml
 
 from monitor.config import MonitorConfig, load_config
+from monitor.incidents.api import is_loopback
 from monitor.settings import Settings
 from tests.deploy.deploy_support import (
+    API,
     DOCKERFILE,
     KAFKA,
     POSTGRES,
     REPO,
     WORKER,
     Stage,
+    api_token_problems,
     argv,
     bootstrap_problems,
     check_advmon_argv,
@@ -202,6 +205,45 @@ def test_worker_web_port_is_published_and_exposed(
         int(word.split("/")[0]) for i in runtime_stage.all("EXPOSE") for word in i.value.split()
     }
     assert port in exposed, f"the image does not EXPOSE the web port {port}"
+
+
+def test_worker_web_port_reaches_prometheus_and_the_host_loopback_only(
+    compose: dict[str, Any], runtime_stage: Stage
+) -> None:
+    invocation = parse_advmon(worker_argv(compose, runtime_stage)[1:])
+    # Prometheus scrapes it from its own container: loopback in the worker's would not do.
+    assert invocation.web_bind(worker_env(compose, runtime_stage)) == "0.0.0.0"
+    published = [
+        m for m in service_ports(service(compose, WORKER)) if m.target == invocation.web_port
+    ]
+    assert published
+    for mapping in published:
+        assert mapping.host_ip is not None, "the web port is published on every host address"
+        assert is_loopback(mapping.host_ip), f"the web port is published on {mapping.host_ip}"
+
+
+def test_api_beyond_loopback_needs_a_token(compose: dict[str, Any]) -> None:
+    advmon = [name for name, svc in compose["services"].items() if "build" in svc]
+    assert API in advmon
+    assert [p for name in advmon for p in api_token_problems(name, service(compose, name))] == []
+
+
+def test_api_environment_values_validate(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = service(compose, API)
+    with pytest.raises(ValueError, match="ADVMON_API__TOKEN"):
+        service_env(api)
+    for name in list(os.environ):
+        if name.upper().startswith("ADVMON_"):
+            monkeypatch.delenv(name)
+    env = service_env(api, {"ADVMON_API__TOKEN": "a-long-random-string"})
+    assert check_settings_env(env) == []
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    token = Settings().api.token
+    assert token is not None
+    assert token.get_secret_value() == "a-long-random-string"
 
 
 def test_worker_healthcheck_matches_the_web_port(

@@ -10,7 +10,9 @@ import pytest
 
 from monitor.settings import setting_variable_names
 from tests.deploy.deploy_support import (
+    API,
     KAFKA,
+    api_token_problems,
     bootstrap_problems,
     check_advmon_argv,
     check_settings_env,
@@ -134,11 +136,45 @@ def test_ports_and_volumes_syntax() -> None:
             {"type": "bind", "source": "./y", "target": "/y", "read_only": True},
         ],
     }
-    ports = [(p.published, p.target, p.protocol) for p in service_ports(svc)]
-    assert ports == [(None, 6066, "tcp"), ("9000", 9001, "udp"), ("8080", 80, "tcp")]
+    ports = [(p.published, p.target, p.protocol, p.host_ip) for p in service_ports(svc)]
+    assert ports == [
+        (None, 6066, "tcp", None),
+        ("9000", 9001, "udp", "127.0.0.1"),
+        ("8080", 80, "tcp", None),
+    ]
     mounts = [(m.source, m.target, m.read_only, m.is_bind) for m in service_mounts(svc)]
     assert mounts == [
         ("data", "/d", False, False),
         ("./x", "/etc/x", True, True),
         ("./y", "/y", True, True),
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "token", "problem"),
+    [
+        (None, "${ADVMON_API__TOKEN:?set it}", None),
+        (None, "${ADVMON_API__TOKEN:-}", "starts it without ADVMON_API__TOKEN"),
+        (None, "${ADVMON_API__TOKEN}", "starts it without ADVMON_API__TOKEN"),
+        (None, None, "gets no ADVMON_API__TOKEN"),
+        (None, "s3cret", "fixed value"),
+        (["api", "--host", "127.0.0.1"], None, None),
+        (["api"], None, None),
+        (["worker"], None, None),
+    ],
+)
+def test_api_token_checker_reports(
+    command: list[str] | None, token: str | None, problem: str | None
+) -> None:
+    svc = copy.deepcopy(service(load_compose(), API))
+    if command is not None:
+        svc["command"] = command
+    svc["environment"].pop("ADVMON_API__TOKEN")
+    if token is not None:
+        svc["environment"]["ADVMON_API__TOKEN"] = token
+    problems = api_token_problems(API, svc)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1
+        assert problem in problems[0]

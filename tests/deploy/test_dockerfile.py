@@ -200,6 +200,13 @@ def test_exposes_the_web_port(runtime: Stage) -> None:
     assert port in exposed
 
 
+def test_web_port_listens_beyond_the_container_loopback(runtime: Stage) -> None:
+    # The worker listens on loopback by default: EXPOSE would publish nothing.
+    cmd = runtime.last("CMD")
+    assert cmd is not None
+    assert parse_advmon(exec_form(cmd.value) or []).web_bind(runtime.env) == "0.0.0.0"
+
+
 def test_healthcheck_calls_healthz_on_the_web_port(runtime: Stage) -> None:
     cmd = runtime.last("CMD")
     healthcheck = runtime.last("HEALTHCHECK")

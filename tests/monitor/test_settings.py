@@ -184,3 +184,16 @@ def test_instance_id_follows_kafkas_rule_for_group_instance_ids(
         monkeypatch.setenv("ADVMON_WORKER__INSTANCE_ID", bad)
         with pytest.raises(ValueError, match="instance_id"):
             Settings()
+
+
+def test_the_drift_checkpoint_key_is_a_secret_of_32_or_more_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().drift.checkpoint_key_bytes() is None
+    monkeypatch.setenv("ADVMON_DRIFT__CHECKPOINT_KEY", "k" * 64)
+    settings = Settings()
+    assert settings.drift.checkpoint_key_bytes() == b"k" * 64
+    assert "k" * 64 not in repr(settings)
+    monkeypatch.setenv("ADVMON_DRIFT__CHECKPOINT_KEY", "k" * 31)
+    with pytest.raises(ValueError, match="checkpoint_key"):
+        Settings()

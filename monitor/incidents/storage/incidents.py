@@ -1,18 +1,24 @@
 """Group detections into incidents in the database, idempotently, and query them.
 
-Every write is keyed: a detection is stored once per ``(kind, event_id)``, so a
-replayed batch changes no count and adds no row. Grouping: a detection joins the newest
+Every write is keyed: a detection is stored once per ``(kind, model_id, event_id)``, so
+a replayed batch changes no count and adds no row. Grouping: a detection joins the newest
 unresolved incident of the same kind and model (and source, for per-source kinds) whose
 last detection is at most ``gap`` earlier; otherwise it opens a new incident.
+
+A detection with a value the database cannot hold (text with a NUL character, text
+longer than its column, an integer outside its column's range) is refused before any
+write, with the reason (:func:`unstorable`), and the rest of the batch is stored: the
+strings come from clients, and one of them must not keep every other detection out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import BigInteger, ColumnElement, Engine, Integer, Select, String, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -26,7 +32,15 @@ from monitor.incidents.storage.models import (
 )
 from schemas import Detection, DetectionKind
 
-__all__ = ["SYSTEM_ACTOR", "GroupingPolicy", "IncidentFilter", "IncidentStore", "RecordResult"]
+__all__ = [
+    "SYSTEM_ACTOR",
+    "GroupingPolicy",
+    "IncidentFilter",
+    "IncidentStore",
+    "RecordResult",
+    "RefusedDetection",
+    "unstorable",
+]
 
 SYSTEM_ACTOR = "advmon"
 _PER_SOURCE = {IncidentKind.QUARANTINE}
@@ -42,6 +56,19 @@ class GroupingPolicy:
 
 
 @dataclass(frozen=True)
+class RefusedDetection:
+    """A detection the store refused to write, and why."""
+
+    position: int
+    """Its position in the batch given to :meth:`IncidentStore.record`."""
+    reason: str
+    """``nul_character``, ``too_long`` or ``out_of_range`` (the incident stage adds
+    ``malformed`` and ``database``: not a detection, refused by the database)."""
+    problem: str
+    """What was wrong, in words."""
+
+
+@dataclass(frozen=True)
 class RecordResult:
     """What storing a batch of detections did."""
 
@@ -49,6 +76,58 @@ class RecordResult:
     duplicates: int
     opened: list[int]
     touched: list[int]
+    refused: list[RefusedDetection] = field(default_factory=list)
+    """Detections not stored because the database cannot hold one of their values."""
+
+
+# Where each stored field of a detection goes; the columns bound what is accepted.
+_STORED_FIELDS: dict[str, ColumnElement[Any]] = {
+    **{
+        name: DetectionRow.__table__.c[name]
+        for name in ("event_id", "model_id", "source", "topic", "signal", "detector")
+    },
+    "partition": DetectionRow.__table__.c.partition,
+    "offset": DetectionRow.__table__.c.offset,
+    "model_version": Incident.__table__.c.model_version,
+}
+
+
+def unstorable(detection: Detection) -> tuple[str, str] | None:
+    """Why the database cannot hold ``detection`` (reason, problem), or ``None`` if it can.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> ok = Detection(event_id="e1", model_id="m", kind="adversarial", score=1.0,
+    ...                threshold=0.5, detected_at=datetime(2026, 1, 1, tzinfo=UTC))
+    >>> unstorable(ok) is None
+    True
+    >>> unstorable(ok.model_copy(update={"event_id": "e" * 501}))
+    ('too_long', 'event_id is 501 characters long; the database keeps at most 500')
+    >>> unstorable(ok.model_copy(update={"source": "a\\x00b"}))
+    ('nul_character', 'source contains a NUL character, which the database cannot store')
+    """
+    for name, column in _STORED_FIELDS.items():
+        value = getattr(detection, name)
+        if value is None:
+            continue
+        if isinstance(column.type, String):
+            if "\x00" in value:
+                return (
+                    "nul_character",
+                    f"{name} contains a NUL character, which the database cannot store",
+                )
+            length = column.type.length
+            if length is not None and len(value) > length:
+                return (
+                    "too_long",
+                    f"{name} is {len(value)} characters long; the database keeps at most {length}",
+                )
+        elif isinstance(column.type, Integer):
+            bound = 2**63 if isinstance(column.type, BigInteger) else 2**31
+            if not -bound <= value < bound:
+                return "out_of_range", f"{name} {value} is outside the database's range"
+    return None
 
 
 @dataclass(frozen=True)
@@ -103,20 +182,21 @@ class IncidentStore:
 
         Each detection is written in a savepoint together with its incident's update, so
         a detection another writer stored concurrently is skipped whole: no count grows
-        without its row.
+        without its row. A detection the database cannot hold (:func:`unstorable`) is
+        not written and is listed in the result's ``refused``.
         """
         stored = duplicates = 0
         opened: list[int] = []
         touched: list[int] = []
+        refused: list[RefusedDetection] = []
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            for detection in detections:
+            for position, detection in enumerate(detections):
+                problem = unstorable(detection)
+                if problem is not None:
+                    refused.append(RefusedDetection(position, *problem))
+                    continue
                 kind = _incident_kind(detection.kind)
-                exists = session.scalar(
-                    select(DetectionRow.id).where(
-                        DetectionRow.kind == kind, DetectionRow.event_id == detection.event_id
-                    )
-                )
-                if exists is not None:
+                if self._stored(session, kind, detection):
                     duplicates += 1
                     continue
                 try:
@@ -127,6 +207,8 @@ class IncidentStore:
                             self._note_quarantine(session, detection)
                         session.flush()
                 except IntegrityError:
+                    if not self._stored(session, kind, detection):
+                        raise  # not a duplicate: the database refused the detection
                     # Another writer stored the same detection a moment ago.
                     duplicates += 1
                     continue
@@ -135,7 +217,19 @@ class IncidentStore:
                     opened.append(incident.id)
                 if incident.id not in touched:
                     touched.append(incident.id)
-        return RecordResult(stored, duplicates, opened, touched)
+        return RecordResult(stored, duplicates, opened, touched, refused)
+
+    @staticmethod
+    def _stored(session: Session, kind: IncidentKind, detection: Detection) -> bool:
+        """Whether ``detection`` is stored already (it is keyed by kind, model and event)."""
+        stored = session.scalar(
+            select(DetectionRow.id).where(
+                DetectionRow.kind == kind,
+                DetectionRow.model_id == detection.model_id,
+                DetectionRow.event_id == detection.event_id,
+            )
+        )
+        return stored is not None
 
     def _group(
         self, session: Session, kind: IncidentKind, detection: Detection

@@ -6,8 +6,8 @@
 ``incident_status_changes``
     Every status change of an incident: to which status, when, by whom, and why.
 ``detections``
-    Every detection stored, unique by ``(kind, event_id)`` so that a replayed
-    detection never adds a row or a count.
+    Every detection stored, unique by ``(kind, model_id, event_id)`` so that a replayed
+    detection never adds a row or a count, while two models may share an event id.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class StatusChange(Base):
 
 
 class DetectionRow(Base):
-    """One stored detection; unique per kind and event."""
+    """One stored detection; unique per kind, model and event."""
 
     __tablename__ = "detections"
 
@@ -190,4 +190,4 @@ class DetectionRow(Base):
 
     incident: Mapped[Incident] = relationship(back_populates="detections")
 
-    __table_args__ = (UniqueConstraint("kind", "event_id", name="uq_detection"),)
+    __table_args__ = (UniqueConstraint("kind", "model_id", "event_id", name="uq_detection"),)

@@ -13,13 +13,20 @@ so neither a replayed signals record nor an inference batch scored again after a
 updates them twice. Per inference partition, events reach the detectors in offset order,
 so a restarted worker continues exactly as an uninterrupted one would.
 
-State is pickled (River detectors have no other serialisation). Unpickling is restricted
-to the classes a state is made of (:class:`StateUnpickler`), so a forged changelog record
-cannot make the worker run code.
+State is pickled (River detectors have no other serialisation). With a checkpoint key,
+each checkpoint is signed (HMAC-SHA256 over the model id and the pickle) and one that does
+not verify is never unpickled; unpickling is restricted to the classes a state is made of
+(:class:`StateUnpickler`), so a forged changelog record cannot make the worker run code.
+A checkpoint that cannot be used, or detectors that fail on update (River's Rust core
+panics on an impossible state), reset that model's detectors: logged, counted in
+``advmon_drift_resets_total``, and the stage goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import io
 import itertools
 import logging
@@ -28,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -42,11 +49,21 @@ from monitor.worker.records import OutputRecord, Publish
 from monitor.worker.signals import DriftPlan
 from schemas import Detection, DetectionKind, SignalBatch
 
-__all__ = ["DriftStage", "DriftState", "StateUnpickler", "drift_detection_id"]
+__all__ = ["DriftStage", "DriftState", "StateUnpickler", "drift_detection_id", "seal_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 2
+
+SIGNED = b"advmon-drift-state hmac-sha256\n"
+"""Starts a signed checkpoint: then the 32-byte HMAC-SHA256 tag, then the pickle."""
+UNSIGNED = b"advmon-drift-state unsigned\n"
+"""Starts a checkpoint written without a key: then the pickle."""
+_TAG_SIZE = hashlib.sha256().digest_size
+MIN_KEY_BYTES = 32
+
+_FATAL = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+"""What a failing detector may raise that still stops the worker; anything else resets."""
 
 
 def drift_detection_id(stream: str, event_id: str) -> str:
@@ -92,6 +109,53 @@ def _page_hinkley_test(obj: object, name: str) -> Any:
     if type(obj) is not drift.PageHinkley or name not in _PAGE_HINKLEY_TESTS:
         raise UnsafeStateError(f"a drift state may not look up {type(obj).__name__}.{name}")
     return getattr(obj, name)
+
+
+def _tag(key: bytes, model_id: str, payload: bytes) -> bytes:
+    """HMAC-SHA256 over the header, the model id (length-prefixed) and the pickle: one
+    model's checkpoint copied to another model's table key does not verify."""
+    mac = hmac.new(key, SIGNED, hashlib.sha256)
+    name = model_id.encode()
+    mac.update(len(name).to_bytes(4, "big") + name)
+    mac.update(payload)
+    return mac.digest()
+
+
+def seal_checkpoint(payload: bytes, model_id: str, key: bytes | None) -> bytes:
+    """The table record of ``model_id``'s pickled state: signed with ``key``, or marked
+    unsigned without one."""
+    if key is None:
+        return UNSIGNED + payload
+    return SIGNED + _tag(key, model_id, payload) + payload
+
+
+class _Reset(NamedTuple):
+    """Why a model's detectors start afresh: the metric's reason, and the log's words."""
+
+    reason: str
+    problem: str
+
+
+def _open_checkpoint(raw: bytes, model_id: str, key: bytes | None) -> bytes | _Reset:
+    """The pickle inside a table record once it is verified, else why it is refused.
+
+    Without a key, unsigned records (and bare pickles of versions before signing) are
+    taken as they are; with one, only a record whose tag verifies is.
+    """
+    if raw.startswith(SIGNED):
+        if key is None:
+            return _Reset("unauthenticated", "drift checkpoint signed, but no key is set")
+        tag, payload = raw[len(SIGNED) : len(SIGNED) + _TAG_SIZE], raw[len(SIGNED) + _TAG_SIZE :]
+        if len(tag) != _TAG_SIZE or not hmac.compare_digest(tag, _tag(key, model_id, payload)):
+            return _Reset("bad_signature", "drift checkpoint failed HMAC verification")
+        return payload
+    if key is not None:
+        return _Reset("unauthenticated", "drift checkpoint not signed")
+    return raw[len(UNSIGNED) :] if raw.startswith(UNSIGNED) else raw
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 class StateUnpickler(pickle.Unpickler):
@@ -180,6 +244,9 @@ class DriftStage:
         Where the stage reports, and how it sends records (returns once acknowledged).
     owns
         Whether this worker holds a model's partition of the signals topic.
+    checkpoint_key
+        Key the checkpoints are signed and verified with (HMAC-SHA256, at least 32 bytes);
+        ``None`` writes and reads them unsigned, which is logged once here.
     """
 
     def __init__(
@@ -190,37 +257,75 @@ class DriftStage:
         metrics: Metrics,
         publish: Publish,
         owns: Callable[[str], bool] = lambda _model_id: True,
+        checkpoint_key: bytes | None = None,
     ) -> None:
+        if checkpoint_key is not None and len(checkpoint_key) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"checkpoint_key must have at least {MIN_KEY_BYTES} bytes, "
+                f"got {len(checkpoint_key)}"
+            )
         self.config = config
         self.plans = dict(plans)
         self.table = table
         self.metrics = metrics
         self.publish = publish
         self.owns = owns
+        self.checkpoint_key = checkpoint_key
+        if checkpoint_key is None and self.plans:
+            logger.warning(
+                "drift checkpoints are not authenticated: set ADVMON_DRIFT__CHECKPOINT_KEY "
+                "so that a record written into the drift-states changelog by anyone else is "
+                "never unpickled"
+            )
 
     def load(self, model_id: str) -> DriftState:
         """The model's checkpointed state, or a fresh one (also when it does not fit)."""
-        state, problem = self._checkpoint(model_id)
+        state, reset = self._checkpoint(model_id)
         if state is not None:
             return state
-        if problem is not None:
-            logger.warning("model %s: %s; its drift detectors start afresh", model_id, problem)
+        if reset is not None:
+            return self._reset(model_id, reset)
         plan = self.plans[model_id]
         return DriftState(plan.fingerprint, plan.new_monitor(), {}, time.time())
 
-    def _checkpoint(self, model_id: str) -> tuple[DriftState | None, str | None]:
-        """The model's usable checkpoint, else ``None`` and why (``None``: there is none)."""
+    def _reset(self, model_id: str, reset: _Reset) -> DriftState:
+        """Fresh detectors for the model, logged and counted with the reason."""
+        logger.warning(
+            "model %s: %s; its drift detectors start afresh (%s)",
+            model_id,
+            reset.problem,
+            reset.reason,
+        )
+        self.metrics.drift_resets.labels(model_id, reset.reason).inc()
+        plan = self.plans[model_id]
+        return DriftState(plan.fingerprint, plan.new_monitor(), {}, time.time())
+
+    def _checkpoint(self, model_id: str) -> tuple[DriftState | None, _Reset | None]:
+        """The model's usable checkpoint, else ``None`` and why (``None``: there is none).
+
+        The record is verified before anything is unpickled.
+        """
         raw = self.table.get(model_id)
         if not raw:
             return None, None
+        payload = _open_checkpoint(bytes(raw), model_id, self.checkpoint_key)
+        if isinstance(payload, _Reset):
+            return None, payload
         try:
-            state = StateUnpickler.loads(bytes(raw))
-        except Exception as exc:
-            return None, f"drift state unreadable ({exc})"
-        if not isinstance(state, DriftState) or state.format != STATE_FORMAT:
-            return None, "drift state of another advmon version"
+            state = StateUnpickler.loads(payload)
+        except BaseException as exc:  # River's Rust core panics on bytes it cannot restore
+            if isinstance(exc, _FATAL):
+                raise
+            return None, _Reset("unreadable", f"drift checkpoint unreadable ({_failure(exc)})")
+        if (
+            not isinstance(state, DriftState)
+            or state.format != STATE_FORMAT
+            or not isinstance(state.monitor, DriftMonitor)
+            or not isinstance(state.applied, dict)
+        ):
+            return None, _Reset("other_version", "drift checkpoint of another advmon version")
         if state.fingerprint != self.plans[model_id].fingerprint:
-            return None, "drift configuration changed"
+            return None, _Reset("configuration_changed", "drift configuration changed")
         return state, None
 
     async def process(self, raw_batches: Sequence[bytes]) -> None:
@@ -245,17 +350,50 @@ class DriftStage:
         counted: list[tuple[str, str]] = []
         states: dict[str, DriftState] = {}
         for model_id, batches in pending.items():
-            state = states[model_id] = self.load(model_id)
-            for alarm, batch, position in self._apply(state, batches):
+            state, found = self._learn(model_id, self.load(model_id), batches)
+            states[model_id] = state
+            for alarm, batch, position in found:
                 records.append(self._detection(batch, alarm, position))
                 counted.append((model_id, alarm.signal))
         if records:
             await self.publish(records)
         for model_id, state in states.items():
-            self.table[model_id] = state.dumps()
+            self.table[model_id] = seal_checkpoint(state.dumps(), model_id, self.checkpoint_key)
             self._report(model_id, state)
         for model_id, signal in counted:
             self.metrics.drift_detections.labels(model_id, signal).inc()
+
+    def _learn(
+        self, model_id: str, state: DriftState, batches: Sequence[SignalBatch]
+    ) -> tuple[DriftState, list[tuple[DriftAlarm, SignalBatch, int]]]:
+        """:meth:`_apply`, resetting the model's detectors if they fail, a River panic (not
+        an ``Exception``) included: fresh detectors learn the take instead, and should
+        they fail too, the take's events are skipped. The state to keep, and the alarms."""
+        try:
+            return state, self._apply(state, batches)
+        except BaseException as exc:
+            if isinstance(exc, _FATAL):
+                raise
+            failure = exc
+        fresh = self._reset(
+            model_id, _Reset("update_failed", f"drift detectors failed ({_failure(failure)})")
+        )
+        try:
+            return fresh, self._apply(fresh, batches)
+        except BaseException as exc:
+            if isinstance(exc, _FATAL):
+                raise
+            failure = exc
+        skipped = self._reset(
+            model_id,
+            _Reset(
+                "update_failed",
+                f"fresh drift detectors failed too ({_failure(failure)}); "
+                f"the events of {len(batches)} signals records are not learned",
+            ),
+        )
+        skipped.applied = fresh.applied  # the take's events, marked applied as it failed
+        return skipped, []
 
     @staticmethod
     def _apply(
@@ -318,9 +456,12 @@ class DriftStage:
         after a restart, before new signals arrive."""
         for model_id in self.plans:
             if self.owns(model_id):
-                state, _ = self._checkpoint(model_id)
+                state, _ = self._checkpoint(model_id)  # a reset is logged on its first take
                 if state is not None:
-                    self._report(model_id, state)
+                    try:
+                        self._report(model_id, state)
+                    except Exception as exc:  # a state only an unsigned checkpoint can hold
+                        logger.warning("model %s: drift state not reported (%s)", model_id, exc)
 
     def _report(self, model_id: str, state: DriftState) -> None:
         metrics = self.metrics

@@ -432,7 +432,7 @@ def test_commands_refuse_a_schema_that_is_behind(
     message = assert_clean_failure(_run(*args))
     database = make_url(pg_url).render_as_string(hide_password=True)
     assert message == (
-        f"the database {database} is empty, this advmon needs revision 0002: "
+        f"the database {database} is empty, this advmon needs revision 0003: "
         "run `advmon db upgrade`"
     )
 
@@ -460,6 +460,61 @@ def test_an_unreachable_database_is_one_line_without_the_password(
     assert message.endswith("; check ADVMON_DATABASE__URL and that the server is up")
     assert "Connection refused" in message
     assert "hunter2" not in result.output
+
+
+# --- ``advmon api``: beyond loopback only with a token --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "environment"),
+    [
+        (["--host", "0.0.0.0"], {}),
+        (["--host", "::"], {}),
+        (["--host", "192.0.2.10"], {}),
+        (["--host", "api.example.invalid"], {}),
+        # As compose passes an unset variable: ADVMON_API__TOKEN=${ADVMON_API__TOKEN:-}.
+        ([], {"ADVMON_API__HOST": "0.0.0.0", "ADVMON_API__TOKEN": ""}),
+    ],
+)
+def test_api_refuses_to_listen_beyond_loopback_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], environment: dict[str, str]
+) -> None:
+    monkeypatch.delenv("ADVMON_API__TOKEN", raising=False)
+    monkeypatch.delenv("ADVMON_API__HOST", raising=False)
+    # A database that does not answer: the refusal comes before the database is opened.
+    monkeypatch.setenv(
+        "ADVMON_DATABASE__URL", f"postgresql+psycopg://advmon@127.0.0.1:{_closed_port()}/prod"
+    )
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    message = assert_clean_failure(_run("api", *args, "--port", "8080"))
+    host = args[1] if args else environment["ADVMON_API__HOST"]
+    assert message == (
+        f"refusing to serve the incident API on {host}:8080 without a token: set "
+        "ADVMON_API__TOKEN, or listen on 127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "token"),
+    [("127.0.0.1", None), ("localhost", None), ("::1", None), ("0.0.0.0", "s3cret-api-token")],
+)
+def test_api_listens_on_loopback_or_with_a_token(
+    store: IncidentStore, monkeypatch: pytest.MonkeyPatch, host: str, token: str | None
+) -> None:
+    from aiohttp import web
+
+    monkeypatch.delenv("ADVMON_API__TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("ADVMON_API__TOKEN", token)
+    served: list[tuple[str, int]] = []
+
+    def run_app(app: web.Application, *, host: str, port: int, **_: object) -> None:
+        served.append((host, port))
+
+    monkeypatch.setattr(web, "run_app", run_app)
+    _ok("api", "--host", host, "--port", "8080")
+    assert served == [(host, 8080)]
 
 
 def test_no_database_configured(monkeypatch: pytest.MonkeyPatch) -> None:

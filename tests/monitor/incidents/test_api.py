@@ -26,7 +26,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import Engine, create_engine
 
-from monitor.incidents.api import create_api
+from monitor.incidents.api import create_api, is_loopback
 from monitor.incidents.storage.incidents import GroupingPolicy, IncidentStore
 from monitor.incidents.storage.models import Incident, IncidentStatus
 from monitor.incidents.storage.schema import upgrade
@@ -371,6 +371,29 @@ async def test_an_unreachable_database_is_503() -> None:
 
 
 # --- ``advmon api`` -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.5", False),
+        ("::ffff:10.0.0.5", False),
+        ("localhost.example.invalid", False),
+        ("advmon-api", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
 
 
 def test_advmon_api_serves_until_interrupted(pg_url: str) -> None:

@@ -10,12 +10,15 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from monitor.cli import main
@@ -26,6 +29,7 @@ from monitor.incidents.storage.incidents import (
     IncidentFilter,
     IncidentStore,
     RecordResult,
+    RefusedDetection,
 )
 from monitor.incidents.storage.models import (
     DetectionRow,
@@ -35,6 +39,7 @@ from monitor.incidents.storage.models import (
     StatusChange,
 )
 from monitor.incidents.storage.schema import (
+    alembic_config,
     current_revision,
     ensure_current,
     head_revision,
@@ -218,6 +223,14 @@ def test_a_detection_repeated_within_one_batch_is_stored_once(
     assert _rows(engine, DetectionRow) == 1
 
 
+def test_two_models_may_share_an_event_id(store: IncidentStore, engine: Engine) -> None:
+    batch = [detection("e1", 0), detection("e1", 0, model_id="other")]
+    result = store.record(batch)
+    assert (result.stored, result.duplicates, len(result.opened)) == (2, 0, 2)
+    assert store.record(batch) == RecordResult(stored=0, duplicates=2, opened=[], touched=[])
+    assert _rows(engine, DetectionRow) == 2
+
+
 def incident_state(incident: Incident) -> tuple[Any, ...]:
     """What a replay must not change."""
     return (
@@ -263,6 +276,52 @@ def test_a_detection_stored_concurrently_is_counted_once(
     assert results == [RecordResult(stored=0, duplicates=1, opened=[], touched=[])]
     incident = store.get(incident_id)
     assert incident.detection_count == len(incident.detections) == 2
+
+
+# --- values the database cannot hold -------------------------------------------------
+
+
+def test_values_the_database_cannot_hold_are_refused_and_the_rest_stored(
+    store: IncidentStore, engine: Engine
+) -> None:
+    result = store.record(
+        [
+            detection("e1", 0),
+            detection("x" * 501, 1),
+            detection("e2", 2, source="key\x00a"),
+            detection("e3", 3, partition=2**31),
+            detection("y" * 500, 4),
+            detection("e4", 5, model_version="v\x00"),
+        ]
+    )
+    assert result.refused == [
+        RefusedDetection(
+            1, "too_long", "event_id is 501 characters long; the database keeps at most 500"
+        ),
+        RefusedDetection(
+            2, "nul_character", "source contains a NUL character, which the database cannot store"
+        ),
+        RefusedDetection(3, "out_of_range", "partition 2147483648 is outside the database's range"),
+        RefusedDetection(
+            5,
+            "nul_character",
+            "model_version contains a NUL character, which the database cannot store",
+        ),
+    ]
+    assert (result.stored, result.duplicates) == (2, 0)
+    (incident_id,) = result.opened
+    assert [d.event_id for d in store.get(incident_id).detections] == ["e1", "y" * 500]
+    assert _rows(engine, DetectionRow) == 2
+
+
+def test_a_refusal_that_is_not_a_duplicate_is_raised(store: IncidentStore, engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text("ALTER TABLE detections ADD CONSTRAINT test_score CHECK (score < 100)")
+        )
+    with pytest.raises(IntegrityError, match="test_score"):
+        store.record([detection("e1", 0), detection("e2", 1, score=1000.0)])
+    assert _rows(engine, DetectionRow) == _rows(engine, Incident) == 0
 
 
 # --- status ---------------------------------------------------------------------------
@@ -441,5 +500,75 @@ def test_upgrade_with_a_percent_encoded_password(
     try:
         upgrade(engine)
         assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def _stored_detections(engine: Engine) -> list[tuple[str, str, str, int]]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(
+                DetectionRow.kind, DetectionRow.model_id, DetectionRow.event_id, DetectionRow.id
+            ).order_by(DetectionRow.id)
+        )
+        return [(kind.value, model_id, event_id, id_) for kind, model_id, event_id, id_ in rows]
+
+
+def test_upgrade_to_0003_keeps_detections_and_lets_models_share_event_ids(
+    engine: Engine,
+) -> None:
+    upgrade(engine, "0002")
+    store = IncidentStore(engine, POLICY)
+    store.record([detection("e1", 0), detection("e1", 1, kind="drift"), detection("e2", 2)])
+    before = _stored_detections(engine)
+    with pytest.raises(IntegrityError, match="uq_detection"):
+        store.record([detection("e1", 3, model_id="other")])  # the collision 0003 ends
+
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    assert _stored_detections(engine) == before
+    result = store.record([detection("e1", 3, model_id="other"), detection("e2", 2)])
+    assert (result.stored, result.duplicates) == (1, 1)
+    assert len(_stored_detections(engine)) == 4
+
+
+def test_downgrade_from_0003_refuses_while_models_share_an_event_id(engine: Engine) -> None:
+    upgrade(engine)
+    store = IncidentStore(engine, POLICY)
+    store.record([detection("e1", 0), detection("e1", 0, model_id="other")])
+    with pytest.raises(RuntimeError, match="1 event id"):
+        _downgrade(engine, "0002")
+    assert current_revision(engine) == head_revision()
+
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM detections WHERE model_id = 'other'"))
+    _downgrade(engine, "0002")
+    assert current_revision(engine) == "0002"
+    with pytest.raises(IntegrityError, match="uq_detection"):
+        store.record([detection("e1", 1, model_id="other")])
+
+
+def test_migration_0003_on_sqlite(tmp_path: Path) -> None:
+    # The demo keeps its incidents in SQLite; batch mode rebuilds the table there.
+    engine = create_engine(f"sqlite:///{tmp_path / 'incidents.db'}")
+    try:
+        upgrade(engine, "0002")
+        store = IncidentStore(engine, POLICY)
+        store.record([detection("e1", 0)])
+        upgrade(engine)
+        assert store.record([detection("e1", 1, model_id="other")]).stored == 1
+        with pytest.raises(RuntimeError, match="1 event id"):
+            _downgrade(engine, "0002")
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM detections WHERE model_id = 'other'"))
+        _downgrade(engine, "0002")
+        assert [row[:3] for row in _stored_detections(engine)] == [("adversarial", "digits", "e1")]
     finally:
         engine.dispose()

@@ -72,5 +72,5 @@ def test_worker_refuses_a_database_whose_schema_is_behind(
     monkeypatch.setenv("ADVMON_DATABASE__URL", f"sqlite:///{tmp_path / 'empty.db'}")
     result = CliRunner().invoke(main, ["worker", "--config", str(config)])
     assert result.exit_code == 1
-    assert "is empty, this advmon needs revision 0002: run `advmon db upgrade`" in result.stderr
+    assert "is empty, this advmon needs revision 0003: run `advmon db upgrade`" in result.stderr
     assert "Traceback" not in result.output

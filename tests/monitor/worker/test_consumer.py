@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from faust.types import TP
+from faust.types import TP, Message
 
 from monitor.worker.app import _FaustApp
 from monitor.worker.consumer import HOLE_GRACE_S, GaplessConsumer
@@ -183,3 +183,22 @@ def test_before_the_first_commit_a_missing_first_message_is_not_committed_over(
     assert consumer._new_offset(PARTITION) is None
     _acknowledge(consumer, None, [0, 1, 2])
     assert consumer._new_offset(PARTITION) == 3
+
+
+def _message(offset: int) -> Message:
+    return Message(TOPIC, 0, offset, time.time(), 0, [], b"k", b"v", None)
+
+
+def test_messages_withheld_by_a_stopped_agent_are_never_acknowledged_or_committed(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer.app.topics, "acks_enabled_for", lambda _topic: True)
+    consumer._committed_offset[PARTITION] = 10
+    done, stopped = [_message(10), _message(11)], [_message(12), _message(13)]
+    consumer.withhold(stopped)
+    # Faust acknowledges the whole batch on the way out of take_events.
+    for message in [*done, *stopped]:
+        consumer.ack(message)
+    assert [m.acked for m in stopped] == [False, False]
+    assert consumer._acked[PARTITION] == [10, 11]
+    assert consumer._new_offset(PARTITION) == 12

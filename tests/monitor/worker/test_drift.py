@@ -8,7 +8,7 @@ import pickle
 import pickletools
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from detectors import DriftConfigError, DriftDetectorSpec, DriftMonitor, SignalSpec
+from detectors import (
+    DriftConfigError,
+    DriftDetector,
+    DriftDetectorSpec,
+    DriftMonitor,
+    SignalSpec,
+)
 from monitor.config import MonitorConfig
 from monitor.demo.run import demo_event
 from monitor.errors import UnsafeStateError
@@ -24,13 +30,21 @@ from monitor.worker.metrics import Metrics
 from monitor.worker.models import load_model_detectors
 from monitor.worker.records import InputMessage, OutputRecord
 from monitor.worker.signals import drift_plans
-from monitor.worker.stages.drift import DriftStage, DriftState, StateUnpickler
+from monitor.worker.stages.drift import (
+    SIGNED,
+    UNSIGNED,
+    DriftStage,
+    DriftState,
+    StateUnpickler,
+    seal_checkpoint,
+)
 from monitor.worker.stages.scoring import ScoringStage
 from schemas import Detection, DetectionKind, SignalBatch
 from tests.monitor.cli_support import DemoModel
 
 SHIFT_AT = 3000
 N_EVENTS = 4000
+KEY = bytes(range(32))
 
 
 def config_for(detector_path: Path, drift: dict[str, Any] | None = None) -> MonitorConfig:
@@ -88,7 +102,9 @@ async def signal_records(config: MonitorConfig, images: Sequence[np.ndarray]) ->
 class Run:
     """A drift stage over a dict table, publishing into a list."""
 
-    def __init__(self, config: MonitorConfig, table: dict[str, bytes]) -> None:
+    def __init__(
+        self, config: MonitorConfig, table: dict[str, bytes], key: bytes | None = None
+    ) -> None:
         self.records: list[OutputRecord] = []
         self.registry = CollectorRegistry()
 
@@ -97,7 +113,12 @@ class Run:
 
         models = load_model_detectors(config)
         self.stage = DriftStage(
-            config, drift_plans(models), table, Metrics.create(self.registry), publish
+            config,
+            drift_plans(models),
+            table,
+            Metrics.create(self.registry),
+            publish,
+            checkpoint_key=key,
         )
 
     def feed(self, raw: Sequence[bytes], per_take: int = 7) -> None:
@@ -106,6 +127,21 @@ class Run:
 
     def detections(self) -> list[Detection]:
         return [Detection.model_validate_json(r.value) for r in self.records]
+
+    def resets(self, reason: str, model: str = "digits") -> float:
+        value = self.registry.get_sample_value(
+            "advmon_drift_resets_total", {"model": model, "reason": reason}
+        )
+        return value or 0.0
+
+    def all_resets(self) -> float:
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            if metric.name == "advmon_drift_resets"
+            for sample in metric.samples
+            if sample.name == "advmon_drift_resets_total"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +206,9 @@ def test_brightening_is_detected_after_the_shift_and_never_before(
     )
 
 
+@pytest.mark.parametrize("key", [None, KEY], ids=["unsigned", "signed"])
 def test_a_restart_from_the_checkpoint_detects_exactly_like_an_uninterrupted_run(
-    detector_path: Path, signals: list[bytes]
+    detector_path: Path, signals: list[bytes], key: bytes | None
 ) -> None:
     config = config_for(detector_path)
     uninterrupted = Run(config, {})
@@ -180,13 +217,15 @@ def test_a_restart_from_the_checkpoint_detects_exactly_like_an_uninterrupted_run
     assert expected
 
     table: dict[str, bytes] = {}
-    before = Run(config, table)
+    before = Run(config, table, key)
     before.feed(signals[:40])  # 2,560 events: the baseline, no drift yet
     assert before.detections() == []
-    after = Run(config, dict(table))  # a new worker, recovering the table
+    assert table["digits"].startswith(SIGNED if key else UNSIGNED)
+    after = Run(config, dict(table), key)  # a new worker, recovering the table
     # At-least-once: the new worker is handed some records the old one already applied.
     after.feed(signals[35:])
     same_detections(after.detections(), uninterrupted.detections())
+    assert after.all_resets() == 0
 
     cold = Run(config, {})
     cold.feed(signals[40:])
@@ -371,3 +410,215 @@ def test_held_states_are_reported_before_new_signals_arrive(
         elsewhere.registry.get_sample_value("advmon_drift_state_events", {"model": "digits"})
         is None
     )
+
+
+# --- Damaged and forged checkpoints ---------------------------------------------------
+
+
+def learned_checkpoint(detector_path: Path, signals: list[bytes], key: bytes | None) -> bytes:
+    """The table record after the first 640 events, written with ``key``."""
+    table: dict[str, bytes] = {}
+    Run(config_for(detector_path), table, key).feed(signals[:10])
+    return table["digits"]
+
+
+class Unpickled:
+    """Counts the restricted unpickler's lookups: none means nothing was unpickled."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lookups: list[tuple[str, str]] = []
+        find_class = StateUnpickler.find_class
+
+        def spy(unpickler: StateUnpickler, module: str, name: str) -> Any:
+            self.lookups.append((module, name))
+            return find_class(unpickler, module, name)
+
+        monkeypatch.setattr(StateUnpickler, "find_class", spy)
+
+
+def flip(record: bytes, at: int) -> bytes:
+    return record[:at] + bytes([record[at] ^ 0x01]) + record[at + 1 :]
+
+
+TAMPERED: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "payload-byte-flipped": (lambda good: flip(good, len(good) - 200), "bad_signature"),
+    "tag-byte-flipped": (lambda good: flip(good, len(SIGNED) + 5), "bad_signature"),
+    "code-under-a-wrong-tag": (
+        lambda _good: SIGNED + bytes(32) + pickle.dumps(RunsCode()),
+        "bad_signature",
+    ),
+    "cut-short": (lambda good: good[: len(SIGNED) + 10], "bad_signature"),
+    "signed-for-another-model": (
+        lambda good: seal_checkpoint(good[len(SIGNED) + 32 :], "other", KEY),
+        "bad_signature",
+    ),
+    "unsigned-code": (lambda _good: UNSIGNED + pickle.dumps(RunsCode()), "unauthenticated"),
+    "bare-pickle-of-an-earlier-version": (
+        lambda good: good[len(SIGNED) + 32 :],
+        "unauthenticated",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERED))
+def test_a_checkpoint_that_does_not_verify_is_never_unpickled_and_resets_the_model(
+    detector_path: Path,
+    signals: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    good = learned_checkpoint(detector_path, signals, KEY)
+    tamper, reason = TAMPERED[name]
+    table = {"digits": tamper(good)}
+    unpickled = Unpickled(monkeypatch)
+    run = Run(config_for(detector_path), table, KEY)
+    run.stage.report_held()  # at start: nothing to report, nothing unpickled
+    run.feed(signals[10:14])  # one take: the reset, then the fresh detectors learn it
+    assert unpickled.lookups == []
+    assert "this must never run" not in capsys.readouterr().out
+    assert run.stage.load("digits").monitor.n_seen == 4 * 64
+    assert run.resets(reason) == 1 == run.all_resets()
+    (warning,) = [r.getMessage() for r in caplog.records if "start afresh" in r.getMessage()]
+    assert warning.startswith("model digits: ")
+    assert warning.endswith(f"({reason})")
+    assert table["digits"].startswith(SIGNED)
+
+
+def test_without_a_key_checkpoints_are_unsigned_and_earlier_ones_are_read(
+    detector_path: Path, signals: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    table: dict[str, bytes] = {}
+    run = Run(config_for(detector_path), table)
+    assert [r.getMessage() for r in caplog.records if "not authenticated" in r.getMessage()]
+    run.feed(signals[:10])
+    unsigned = table["digits"]
+    assert unsigned.startswith(UNSIGNED)
+    earlier = unsigned[len(UNSIGNED) :]  # a bare pickle, as versions before signing wrote
+    assert earlier.startswith(b"\x80")
+    for record in (unsigned, earlier):
+        restored = Run(config_for(detector_path), {"digits": record})
+        assert restored.stage.load("digits").monitor.n_seen == 640
+        assert restored.all_resets() == 0
+    signed = Run(config_for(detector_path), {"digits": seal_checkpoint(earlier, "digits", KEY)})
+    assert signed.stage.load("digits").monitor.n_seen == 0  # no key to verify it with
+    assert signed.resets("unauthenticated") == 1
+
+
+def test_a_checkpoint_key_shorter_than_32_bytes_is_refused(detector_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_key must have at least 32 bytes, got 31"):
+        Run(config_for(detector_path), {}, KEY[:31])
+
+
+def first_adwin(state: DriftState) -> DriftDetector:
+    return next(s.detector for s in state.monitor.streams if s.detector.kind == "adwin")
+
+
+def adwin_helper(state: DriftState) -> Any:
+    """The Rust core of the state's first ADWIN detector."""
+    return first_adwin(state).river._helper
+
+
+def with_impossible_adwin(state: DriftState) -> DriftState:
+    """The state with its first ADWIN's bucket limit (``max_buckets``, 5) set to 0 in its
+    serialised Rust state, which River restores without a check."""
+    helper = adwin_helper(state)
+    raw = bytearray(helper.__getstate__())
+    # Layout of river 0.26's AdaptiveWindowing state: delta (f64), clock (u32), max_buckets.
+    assert raw[8:16] == (32).to_bytes(4, "little") + (5).to_bytes(4, "little")
+    raw[12:16] = bytes(4)
+    helper.__setstate__(bytes(raw))
+    return state
+
+
+def two_models(detector_path: Path) -> MonitorConfig:
+    model = {"detector": str(detector_path)}
+    return MonitorConfig.model_validate(
+        {"models": [{"id": "digits", **model}, {"id": "other", **model}]}
+    )
+
+
+def as_model(raw: bytes, model_id: str) -> bytes:
+    batch = SignalBatch.model_validate_json(raw)
+    return batch.model_copy(update={"model_id": model_id}).model_dump_json().encode()
+
+
+def test_a_detector_that_panics_on_update_resets_its_model_and_the_others_go_on(
+    detector_path: Path, signals: list[bytes]
+) -> None:
+    good = learned_checkpoint(detector_path, signals, KEY)
+    state = StateUnpickler.loads(good[len(SIGNED) + 32 :])
+    damaged = with_impossible_adwin(state).dumps()
+
+    # What the stage meets: River's Rust core panics, and a panic is no Exception.
+    probe = first_adwin(StateUnpickler.loads(damaged))
+    with pytest.raises(BaseException, match="index out of bounds") as caught:
+        probe.update_many(np.full(64, 0.5))
+    assert type(caught.value).__name__ == "PanicException"
+    assert not isinstance(caught.value, Exception)
+
+    table = {
+        "digits": seal_checkpoint(damaged, "digits", KEY),
+        "other": seal_checkpoint(good[len(SIGNED) + 32 :], "other", KEY),
+    }
+    run = Run(two_models(detector_path), table, KEY)
+    take = [as_model(raw, model) for raw in signals[10:17] for model in ("digits", "other")]
+    run.feed(take, per_take=len(take))
+    assert run.resets("update_failed") == 1 == run.all_resets()
+    assert run.stage.load("digits").monitor.n_seen == 7 * 64  # fresh, learned the take
+    assert run.stage.load("other").monitor.n_seen == 640 + 7 * 64  # went on from its state
+    run.feed([as_model(raw, "digits") for raw in signals[17:20]])
+    assert run.stage.load("digits").monitor.n_seen == 10 * 64
+    assert run.all_resets() == 1  # the fresh state's checkpoint restores
+
+
+def test_a_checkpoint_that_panics_while_restoring_resets_its_model(
+    detector_path: Path, signals: list[bytes]
+) -> None:
+    good = learned_checkpoint(detector_path, signals, KEY)
+    state = StateUnpickler.loads(good[len(SIGNED) + 32 :])
+    helper_type = type(adwin_helper(state))
+
+    class CutShort(pickle.Pickler):
+        """Writes every ADWIN core with its serialised state cut short."""
+
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is not helper_type:
+                return NotImplemented
+            make, args, raw = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)[:3]
+            return make, args, raw[:100]
+
+    out = io.BytesIO()
+    CutShort(out, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+    with pytest.raises(BaseException, match="UnexpectedEof") as caught:
+        StateUnpickler.loads(out.getvalue())
+    assert type(caught.value).__name__ == "PanicException"
+
+    run = Run(
+        config_for(detector_path), {"digits": seal_checkpoint(out.getvalue(), "digits", KEY)}, KEY
+    )
+    run.feed(signals[10:12])
+    assert run.resets("unreadable") == 1 == run.all_resets()
+    assert run.stage.load("digits").monitor.n_seen == 2 * 64
+
+
+def test_a_take_that_fresh_detectors_fail_on_too_is_skipped(
+    detector_path: Path, signals: list[bytes]
+) -> None:
+    def without_input_mean(raw: bytes) -> bytes:
+        batch = SignalBatch.model_validate_json(raw)
+        columns = {k: v for k, v in batch.columns.items() if k != "input_mean"}
+        return batch.model_copy(update={"columns": columns}).model_dump_json().encode()
+
+    table: dict[str, bytes] = {}
+    run = Run(config_for(detector_path), table, KEY)
+    run.feed(signals[:10])
+    run.feed([without_input_mean(raw) for raw in signals[10:12]])
+    assert run.resets("update_failed") == 2  # the learned detectors, then fresh ones
+    skipped = run.stage.load("digits")
+    assert skipped.monitor.n_seen == 0
+    assert skipped.applied == {"inference-events/0": (12 * 64 - 1, 0)}
+    run.feed(signals[10:14])  # the skipped events are not offered again
+    assert run.stage.load("digits").monitor.n_seen == 2 * 64
+    assert run.all_resets() == 2
