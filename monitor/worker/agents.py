@@ -19,9 +19,10 @@
 
 Each agent returns to Faust only after its outputs are acknowledged by the broker, and
 Faust commits an offset only after the agent has returned for that message: processing
-is at-least-once. An unexpected error ends the process without a commit; a stop (the
-agent cancelled mid-batch) withholds the unfinished messages from the commit
-(:meth:`~monitor.worker.app.AdvmonApp.withhold`), so the next worker reads them again.
+is at-least-once. An unexpected error ends the process without a commit, and the
+messages an agent is working on are kept out of any commit until it has finished them
+(:meth:`~monitor.worker.app.AdvmonApp.finishing`): a stop mid-batch commits none of
+them, and the next worker reads them again.
 """
 
 from __future__ import annotations
@@ -76,13 +77,11 @@ def register(wiring: AdvmonApp) -> None:
     async def score_batches(stream: Any) -> None:
         await wiring.scoring.wait_ready()
         async for events in stream.take_events(batching.max_events, batching.max_wait_ms / 1000):
-            try:
-                await wiring.scoring.process([_input_message(event) for event in events])
-            except Exception:
-                _exit_without_commit("scoring a batch")
-            except BaseException:
-                wiring.withhold(events)  # stopped mid-batch: read it again after the restart
-                raise
+            with wiring.finishing(events):
+                try:
+                    await wiring.scoring.process([_input_message(event) for event in events])
+                except Exception:
+                    _exit_without_commit("scoring a batch")
 
     app.agent(wiring.inference, name="advmon.score")(score_batches)
     join = wiring.join
@@ -92,14 +91,12 @@ def register(wiring: AdvmonApp) -> None:
         @app.agent(wiring.halves, name="advmon.join")
         async def join_halves(stream: Any) -> None:
             async for value in stream:
-                try:
-                    await wiring.know_changelogs()
-                    await join.observe(value)
-                except Exception:
-                    _exit_without_commit("joining an OIP v2 request and response")
-                except BaseException:
-                    wiring.withhold([stream.current_event])
-                    raise
+                with wiring.finishing([stream.current_event]):
+                    try:
+                        await wiring.know_changelogs()
+                        await join.observe(value)
+                    except Exception:
+                        _exit_without_commit("joining an OIP v2 request and response")
 
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def expire_joins() -> None:
@@ -112,27 +109,23 @@ def register(wiring: AdvmonApp) -> None:
     @app.agent(wiring.source_flags, name="advmon.quarantine")
     async def quarantine(stream: Any) -> None:
         async for value in stream:
-            try:
-                await wiring.quarantine.observe(value)
-            except Exception:
-                _exit_without_commit("counting a source flag")
-            except BaseException:
-                wiring.withhold([stream.current_event])
-                raise
+            with wiring.finishing([stream.current_event]):
+                try:
+                    await wiring.quarantine.observe(value)
+                except Exception:
+                    _exit_without_commit("counting a source flag")
 
     if wiring.drift.plans:
 
         @app.agent(wiring.signals, name="advmon.drift")
         async def drift(stream: Any) -> None:
             async for events in stream.take_events(256, 1.0):
-                try:
-                    await wiring.know_changelogs()
-                    await wiring.drift.process([event.message.value or b"" for event in events])
-                except Exception:
-                    _exit_without_commit("updating drift detectors")
-                except BaseException:
-                    wiring.withhold(events)
-                    raise
+                with wiring.finishing(events):
+                    try:
+                        await wiring.know_changelogs()
+                        await wiring.drift.process([e.message.value or b"" for e in events])
+                    except Exception:
+                        _exit_without_commit("updating drift detectors")
 
     incident_stage, alerting = wiring.incidents, wiring.alerting
     if incident_stage is not None and alerting is not None:
@@ -140,13 +133,11 @@ def register(wiring: AdvmonApp) -> None:
         @app.agent(wiring.outputs[wiring.config.topics.detections], name="advmon.incidents")
         async def incidents(stream: Any) -> None:
             async for events in stream.take_events(256, 1.0):
-                try:
-                    await incident_stage.process([_input_message(event) for event in events])
-                except Exception:
-                    _exit_without_commit("storing detections")
-                except BaseException:
-                    wiring.withhold(events)
-                    raise
+                with wiring.finishing(events):
+                    try:
+                        await incident_stage.process([_input_message(e) for e in events])
+                    except Exception:
+                        _exit_without_commit("storing detections")
 
         @app.task  # type: ignore[untyped-decorator]
         async def sync_alerts() -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,12 +160,23 @@ class AdvmonApp:
             await client.partitions_for(topic.get_topic_name())
         self._changelogs_known = True
 
-    def withhold(self, events: Iterable[faust.EventT[Any] | None]) -> None:
-        """Leave ``events`` uncommitted: their agent was stopped before it finished them
-        (see :meth:`monitor.worker.consumer.GaplessConsumer.withhold`)."""
+    @contextmanager
+    def finishing(self, events: Iterable[faust.EventT[Any] | None]) -> Iterator[None]:
+        """Keep ``events`` out of any commit until the block has finished them.
+
+        When the worker stops mid-batch, Faust acknowledges the agent's batch before it
+        cancels the agent; held back, the unfinished events stay uncommitted and the next
+        worker reads them again (see :meth:`GaplessConsumer.withhold`). The block's
+        normal end lets them be acknowledged as usual.
+        """
         consumer = self.app.consumer
-        if isinstance(consumer, GaplessConsumer):
-            consumer.withhold(event.message for event in events if event is not None)
+        if not isinstance(consumer, GaplessConsumer):
+            yield
+            return
+        messages = [event.message for event in events if event is not None]
+        consumer.withhold(messages)
+        yield  # an exception here leaves them withheld
+        consumer.release(messages)
 
     async def publish(self, records: Sequence[OutputRecord]) -> None:
         """Send records and return once the broker acknowledged all of them.

@@ -23,11 +23,12 @@ has been fetched past its committed offset while, for :data:`HOLE_GRACE_S`, none
 messages is acknowledged, held by an agent or waiting in an agent's queue: every message
 read since the commit went missing.
 
-An agent stopped in the middle of a batch (the worker is shutting down) hands the
-batch's messages to :meth:`GaplessConsumer.withhold`: Faust acknowledges a batch taken
-with ``take_events`` on its way out, whether or not the agent finished it, and the
-consumer would commit it on stop. A withheld message is never acknowledged, so the
-commit stops before it and the next worker reads it again.
+An agent holds the messages it is working on back with :meth:`GaplessConsumer.withhold`
+and lets them go with :meth:`GaplessConsumer.release` once it has finished them: when
+the worker stops, Faust closes a ``take_events`` batch and acknowledges its messages
+whether or not the agent finished them, and the consumer would commit them on its way
+down. A withheld message is never acknowledged, so the commit stops before it and the
+next worker reads it again.
 """
 
 from __future__ import annotations
@@ -86,8 +87,13 @@ class GaplessConsumer(AIOKafkaConsumer):
         self._withheld: weakref.WeakSet[Message] = weakref.WeakSet()
 
     def withhold(self, messages: Iterable[Message]) -> None:
-        """Never acknowledge ``messages``: an agent stopped before it finished them."""
+        """Refuse to acknowledge ``messages`` until :meth:`release`: an agent is on them."""
         self._withheld.update(messages)
+
+    def release(self, messages: Iterable[Message]) -> None:
+        """Let ``messages`` be acknowledged again: their agent has finished them."""
+        for message in messages:
+            self._withheld.discard(message)
 
     def ack(self, message: Message) -> bool:
         if message in self._withheld:

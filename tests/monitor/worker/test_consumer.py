@@ -195,7 +195,9 @@ def test_messages_withheld_by_a_stopped_agent_are_never_acknowledged_or_committe
     monkeypatch.setattr(consumer.app.topics, "acks_enabled_for", lambda _topic: True)
     consumer._committed_offset[PARTITION] = 10
     done, stopped = [_message(10), _message(11)], [_message(12), _message(13)]
-    consumer.withhold(stopped)
+    consumer.withhold(done)
+    consumer.release(done)  # its agent finished the first batch
+    consumer.withhold(stopped)  # and was stopped in the middle of the second
     # Faust acknowledges the whole batch on the way out of take_events.
     for message in [*done, *stopped]:
         consumer.ack(message)
