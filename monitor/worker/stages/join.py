@@ -8,10 +8,15 @@ table ``oip-pending`` (keyed by id, so it moves with its partition and survives
 restarts) until the other arrives; the pair becomes native events on the internal
 joined topic, which the scoring agent reads like any inference topic.
 
-A request still alone after the model's ``join_timeout_seconds`` is scored without its
-output (the model is run again anyway); a response alone that long is dropped and
-counted. The timeout runs from when the first half was read. A joined id is remembered
-for another timeout, so a half read again after a restart is not joined twice.
+Clients choose CloudEvent ids (KServe copies the client's ``Ce-Id``), so one id may
+carry many requests: an entry keeps every half still waiting under its id, oldest first,
+and pairs a new half with the oldest waiting half of the other kind. A request is never
+dropped: one still alone after the model's ``join_timeout_seconds`` (timed from when it
+was read), or pushed out by :data:`MAX_WAITING_PER_ID` newer requests of the same id, is
+scored without its output (the model is run again anyway); a response alone that long is
+dropped and counted. A half read again after a restart is recognised by the position of
+its original record (topic, partition, offset), remembered for another timeout (at most
+:data:`MAX_HANDLED_PER_ID` per id), and joined nothing twice.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detectors import DetectorConfig
 from monitor.config import MonitorConfig
@@ -32,20 +38,70 @@ from monitor.worker.metrics import Metrics
 from monitor.worker.records import OutputRecord, Publish, dead_letter
 from schemas import OipHalf
 
-__all__ = ["JoinStage", "PendingHalf"]
+__all__ = ["MAX_HANDLED_PER_ID", "MAX_WAITING_PER_ID", "JoinStage", "PendingJoin", "WaitingHalf"]
 
 logger = logging.getLogger(__name__)
 
+MAX_WAITING_PER_ID = 64
+"""Halves of one kind that may wait under one CloudEvent id; the oldest beyond it goes on
+alone (a request is scored without its output, a response dropped)."""
+MAX_HANDLED_PER_ID = 1024
+"""Positions of joined halves remembered per id to recognise replays."""
 
-class PendingHalf(BaseModel):
-    """A table entry: the half waiting for its other half, or the mark of a finished join."""
+Position = tuple[str, int, int]
+"""Where a half's original record is: topic, partition, offset."""
+
+
+class WaitingHalf(BaseModel):
+    """A half waiting for its other half, and since when (epoch seconds)."""
 
     model_config = ConfigDict(frozen=True)
 
     half: OipHalf
-    waiting_since: float
-    """Wall-clock time (epoch seconds) the entry was written."""
-    done: bool = False
+    since: float
+
+
+class PendingJoin(BaseModel):
+    """A table entry: the halves waiting under one CloudEvent id, oldest first, and the
+    positions of the halves already joined under it, with when they were joined."""
+
+    waiting: list[WaitingHalf] = Field(default_factory=list)
+    handled: list[tuple[str, int, int, float]] = Field(default_factory=list)
+
+    def seen(self, position: Position) -> bool:
+        """Whether the half at ``position`` is waiting or was joined already."""
+        return any(p[:3] == position for p in self.handled) or any(
+            _position(w.half) == position for w in self.waiting
+        )
+
+    def take(self, kind: str, model_id: str) -> OipHalf | None:
+        """The oldest waiting half of ``kind`` and model, removed from the entry."""
+        for index, waiting in enumerate(self.waiting):
+            if waiting.half.kind == kind and waiting.half.model_id == model_id:
+                del self.waiting[index]
+                return waiting.half
+        return None
+
+    def deadline(self, timeout: float) -> float:
+        """When the next waiting half is due, or the oldest joined position forgotten."""
+        times = [w.since for w in self.waiting] + [p[3] for p in self.handled]
+        return min(times) + timeout if times else 0.0
+
+
+def _position(half: OipHalf) -> Position:
+    return (half.topic, half.partition, half.offset)
+
+
+def _load(stored: bytes) -> PendingJoin:
+    """An entry of the table, also as written before several halves could share an id."""
+    data = orjson.loads(stored)
+    if isinstance(data, dict) and "half" in data:
+        half = OipHalf.model_validate(data["half"])
+        since = float(data.get("waiting_since", 0.0))
+        if data.get("done"):
+            return PendingJoin(handled=[(*_position(half), since)])
+        return PendingJoin(waiting=[WaitingHalf(half=half, since=since)])
+    return PendingJoin.model_validate(data)
 
 
 class JoinStage:
@@ -84,16 +140,24 @@ class JoinStage:
         self.publish = publish
         self.owns = owns
         self.models = {m.id: m for m in config.models if m.format == "oip-v2"}
-        self._deadlines: dict[str, tuple[float, bool]] = {}
-        """When each pending id is due, and whether it is a finished join: the timer reads
-        this index instead of every entry of the table each second."""
+        self._deadlines: dict[str, tuple[float, int]] = {}
+        """When each pending id is next due, and how many halves wait under it: the timer
+        reads this index instead of every entry of the table each second."""
 
-    def _remember(self, key: str, entry: PendingHalf) -> None:
-        model = self.models.get(entry.half.model_id)
-        timeout = model.oip_v2.join_timeout_seconds if model is not None else 0.0
-        self._deadlines[key] = (entry.waiting_since + timeout, entry.done)
+    def _timeout(self, model_id: str) -> float:
+        model = self.models.get(model_id)
+        return model.oip_v2.join_timeout_seconds if model is not None else 0.0
 
-    def _write(self, key: str, entry: PendingHalf) -> None:
+    def _remember(self, key: str, entry: PendingJoin) -> None:
+        model_ids = {w.half.model_id for w in entry.waiting} or set(self.models)
+        timeout = min((self._timeout(m) for m in model_ids), default=0.0)
+        self._deadlines[key] = (entry.deadline(timeout), len(entry.waiting))
+
+    def _write(self, key: str, entry: PendingJoin) -> None:
+        if not entry.waiting and not entry.handled:
+            self.pending.pop(key, None)
+            self._deadlines.pop(key, None)
+            return
         self.pending[key] = _dump(entry)
         self._remember(key, entry)
 
@@ -109,63 +173,96 @@ class JoinStage:
             logger.warning("skipping an OIP v2 half of model %s: not oip-v2", half.model_id)
             return
         stored = self.pending.get(half.id)
-        if stored is None:
-            self._write(half.id, PendingHalf(half=half, waiting_since=now))
-            return
-        waiting = PendingHalf.model_validate_json(stored)
-        if waiting.done or waiting.half.kind == half.kind:
+        entry = _load(stored) if stored is not None else PendingJoin()
+        position = _position(half)
+        if entry.seen(position):
             # Read again after a restart (at-least-once): joined or waiting already.
             self.metrics.oip_joins.labels(half.model_id, "duplicate").inc()
             return
-        request, response = (
-            (waiting.half, half) if waiting.half.kind == "request" else (half, waiting.half)
+        other = entry.take("response" if half.kind == "request" else "request", half.model_id)
+        records: list[OutputRecord] = []
+        outcomes: list[str] = []
+        if other is not None:
+            request, response = (half, other) if half.kind == "request" else (other, half)
+            records.extend(self._events(request, response))
+            outcomes.append("joined")
+            entry.handled.extend([(*_position(request), now), (*_position(response), now)])
+            del entry.handled[:-MAX_HANDLED_PER_ID]
+        else:
+            entry.waiting.append(WaitingHalf(half=half, since=now))
+            same_kind = [
+                w
+                for w in entry.waiting
+                if w.half.kind == half.kind and w.half.model_id == half.model_id
+            ]
+            if len(same_kind) > MAX_WAITING_PER_ID:
+                oldest = same_kind[0]
+                entry.waiting.remove(oldest)
+                records.extend(self._alone(oldest.half, outcomes))
+                entry.handled.append((*_position(oldest.half), now))
+                del entry.handled[:-MAX_HANDLED_PER_ID]
+        if records:
+            await self.publish(records)
+        self._write(half.id, entry)
+        for outcome in outcomes:
+            self.metrics.oip_joins.labels(half.model_id, outcome).inc()
+
+    def _alone(self, half: OipHalf, outcomes: list[str]) -> list[OutputRecord]:
+        """A half whose other half did not come: a request is scored without its output,
+        a response dropped."""
+        if half.kind == "request":
+            outcomes.append("request_alone")
+            return self._events(half, None)
+        logger.info(
+            "model %s: dropping the response %s: no request within %gs",
+            half.model_id,
+            half.id,
+            self._timeout(half.model_id),
         )
-        await self.publish(self._events(request, response))
-        self.metrics.oip_joins.labels(half.model_id, "joined").inc()
-        self._write(half.id, PendingHalf(half=request, waiting_since=now, done=True))
+        outcomes.append("response_dropped")
+        return []
 
     async def expire(self, now: float | None = None) -> None:
         """Score requests whose response did not come in time; drop such responses; forget
-        finished joins."""
+        joined positions older than the timeout."""
         now = time.time() if now is None else now
         if len(self._deadlines) != len(self.pending):
             # Recovered from the changelog at start, or partitions came with a rebalance.
             self._deadlines.clear()
             for key, stored in list(self.pending.items()):
-                self._remember(key, PendingHalf.model_validate_json(stored))
+                self._remember(key, _load(stored))
         due_keys: list[str] = []
         waiting = 0
-        for key, (deadline, done) in self._deadlines.items():
+        for key, (deadline, count) in self._deadlines.items():
+            if not self.owns(key):
+                continue
             if deadline <= now:
-                if self.owns(key):
-                    due_keys.append(key)
-            elif not done and self.owns(key):
-                waiting += 1
-        self.metrics.oip_pending.set(waiting)
-        due = [(key, PendingHalf.model_validate_json(self.pending[key])) for key in due_keys]
-        if not due:
-            return
+                due_keys.append(key)
+            else:
+                waiting += count
         records: list[OutputRecord] = []
         outcomes: list[tuple[str, str]] = []
-        for _, entry in due:
-            if entry.done:
-                continue
-            if entry.half.kind == "request":
-                records.extend(self._events(entry.half, None))
-                outcomes.append((entry.half.model_id, "request_alone"))
-            else:
-                logger.info(
-                    "model %s: dropping the response %s: no request within %gs",
-                    entry.half.model_id,
-                    entry.half.id,
-                    self.models[entry.half.model_id].oip_v2.join_timeout_seconds,
-                )
-                outcomes.append((entry.half.model_id, "response_dropped"))
+        updated: dict[str, PendingJoin] = {}
+        for key in due_keys:
+            entry = _load(self.pending[key])
+            still: list[WaitingHalf] = []
+            for item in entry.waiting:
+                if item.since + self._timeout(item.half.model_id) <= now:
+                    alone: list[str] = []
+                    records.extend(self._alone(item.half, alone))
+                    outcomes.extend((item.half.model_id, outcome) for outcome in alone)
+                else:
+                    still.append(item)
+            timeout = min((self._timeout(m) for m in self.models), default=0.0)
+            entry.waiting = still
+            entry.handled = [p for p in entry.handled if p[3] + timeout > now]
+            updated[key] = entry
+            waiting += len(still)
+        self.metrics.oip_pending.set(waiting)
         if records:
             await self.publish(records)
-        for key, _ in due:
-            del self.pending[key]
-            del self._deadlines[key]
+        for key, entry in updated.items():
+            self._write(key, entry)
         for model_id, outcome in outcomes:
             self.metrics.oip_joins.labels(model_id, outcome).inc()
 
@@ -214,6 +311,6 @@ def _decode(half: OipHalf) -> OipMessage:
     return decode_oip_v2(base64.b64decode(half.value_b64), headers)
 
 
-def _dump(entry: PendingHalf) -> bytes:
+def _dump(entry: PendingJoin) -> bytes:
     # A table value, not a record to publish: OutputRecord does not apply.
     return entry.model_dump_json().encode()

@@ -22,7 +22,7 @@ from monitor.config import MonitorConfig
 from monitor.decoding import RecordFormat, record_events
 from monitor.worker.metrics import Metrics
 from monitor.worker.records import InputMessage, OutputRecord
-from monitor.worker.stages.join import JoinStage, PendingHalf
+from monitor.worker.stages.join import MAX_WAITING_PER_ID, JoinStage, PendingJoin
 from monitor.worker.stages.scoring import ScoringPipeline
 from schemas import DeadLetter, InferenceEvent, OipHalf, TensorPayload
 from tests.monitor.formats.kafka_records import (
@@ -44,9 +44,13 @@ def config(**model: Any) -> MonitorConfig:
 
 
 def message(
-    value: bytes, headers: Sequence[tuple[str, bytes]] = (), *, topic: str = "kserve-logs"
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]] = (),
+    *,
+    topic: str = "kserve-logs",
+    offset: int = 42,
 ) -> InputMessage:
-    return InputMessage(topic, 1, 42, None, value, 1_714_564_800.0, tuple(headers))
+    return InputMessage(topic, 1, offset, None, value, 1_714_564_800.0, tuple(headers))
 
 
 class Published:
@@ -60,9 +64,17 @@ class Published:
         return [r for r in self.records if r.topic == topic]
 
 
-def halves_of(*records: tuple[bytes, list[tuple[str, bytes]]]) -> list[bytes]:
+def halves_of(
+    *records: tuple[bytes, list[tuple[str, bytes]]], first_offset: int = 42
+) -> list[bytes]:
+    """The halves forwarded for ``records``, read at consecutive offsets of one partition."""
     pipeline = ScoringPipeline(config(format="oip-v2"), {})
-    decoded = pipeline.decode([message(value, headers) for value, headers in records])
+    decoded = pipeline.decode(
+        [
+            message(value, headers, offset=first_offset + i)
+            for i, (value, headers) in enumerate(records)
+        ]
+    )
     assert decoded.dead_letters == []
     return [r.value for r in decoded.halves]
 
@@ -129,8 +141,9 @@ def test_request_and_response_join_in_either_order(response_first: bool) -> None
         np.frombuffer(first.to_bytes(), "<f4"), np.array([6.8, 2.8, 4.8, 1.4], np.float32)
     )
     assert [r.key for r in published.on("advmon-joined-events")] == [CE_ID.encode()] * 2
-    # The id stays marked as joined until the timeout passes, then is forgotten.
-    assert PendingHalf.model_validate_json(stage.pending[CE_ID]).done
+    # The joined records' positions are remembered until the timeout passes, then forgotten.
+    entry = PendingJoin.model_validate_json(stage.pending[CE_ID])
+    assert (entry.waiting, len(entry.handled)) == ([], 2)
     asyncio.run(stage.expire(now=129.0))
     assert CE_ID in stage.pending
     asyncio.run(stage.expire(now=130.0))
@@ -283,12 +296,13 @@ def test_halves_recovered_from_the_table_expire_only_where_this_worker_owns_them
             binary_headers("elsewhere"),
         )
     )[0]
-    # As after a restart: the table holds entries this stage never saw arrive.
-    recovered = {
-        CE_ID: PendingHalf(half=OipHalf.model_validate_json(request), waiting_since=0.0),
-        "elsewhere": PendingHalf(half=OipHalf.model_validate_json(other), waiting_since=0.0),
+    # As after a restart: the table holds entries this stage never saw arrive, written
+    # before several halves could wait under one id.
+    recovered = {CE_ID: request, "elsewhere": other}
+    table = {
+        key: orjson.dumps({"half": orjson.loads(half), "waiting_since": 0.0, "done": False})
+        for key, half in recovered.items()
     }
-    table = {key: entry.model_dump_json().encode() for key, entry in recovered.items()}
     published = Published()
     stage = JoinStage(
         config(format="oip-v2"),
@@ -343,3 +357,56 @@ def test_a_joined_row_its_detector_refuses_is_dead_lettered_with_the_original_re
     assert (letter.reason, letter.event_id) == ("range", "r-5#1")
     assert (letter.topic, letter.partition, letter.offset) == ("kserve-logs", 1, 42)
     assert base64.b64decode(letter.value_b64) == request[0]
+
+
+def test_requests_that_share_a_cloudevent_id_each_get_their_response() -> None:
+    """KServe copies the client's Ce-Id: 20 requests under one id are 20 inferences."""
+    records = [kafka_record("kserve_binary_request"), kafka_record("kserve_binary_response")]
+    published = Published()
+    registry = CollectorRegistry()
+    stage = JoinStage(config(format="oip-v2"), {}, Metrics.create(registry), published)
+    pairs = [halves_of(*records, first_offset=100 + 2 * i) for i in range(20)]
+    for request, _response in pairs:  # every request first, then every response
+        asyncio.run(stage.observe(request, now=1.0))
+    for _request, response in pairs:
+        asyncio.run(stage.observe(response, now=2.0))
+    assert len(joined_events(published)) == 40  # two rows per request
+    assert (
+        registry.get_sample_value("advmon_oip_joins_total", {"model": "iris", "outcome": "joined"})
+        == 20
+    )
+    assert (
+        registry.get_sample_value(
+            "advmon_oip_joins_total", {"model": "iris", "outcome": "duplicate"}
+        )
+        is None
+    )
+    # Replays of those records, read again after a restart, join nothing.
+    for request, response in pairs[:3]:
+        asyncio.run(stage.observe(request, now=3.0))
+        asyncio.run(stage.observe(response, now=3.0))
+    assert len(joined_events(published)) == 40
+    assert (
+        registry.get_sample_value(
+            "advmon_oip_joins_total", {"model": "iris", "outcome": "duplicate"}
+        )
+        == 6
+    )
+
+
+def test_requests_beyond_the_limit_of_one_id_are_scored_alone_never_dropped() -> None:
+    record = kafka_record("kserve_binary_request")
+    published = Published()
+    registry = CollectorRegistry()
+    stage = JoinStage(config(format="oip-v2"), {}, Metrics.create(registry), published)
+    requests = [halves_of(record, first_offset=i)[0] for i in range(MAX_WAITING_PER_ID + 5)]
+    for request in requests:
+        asyncio.run(stage.observe(request, now=1.0))
+    assert len(joined_events(published)) == 2 * 5  # the 5 oldest, without output
+    entry = PendingJoin.model_validate_json(stage.pending[CE_ID])
+    assert len(entry.waiting) == MAX_WAITING_PER_ID
+    asyncio.run(stage.expire(now=1.0 + 30.0))
+    assert len(joined_events(published)) == 2 * len(requests)
+    assert registry.get_sample_value(
+        "advmon_oip_joins_total", {"model": "iris", "outcome": "request_alone"}
+    ) == len(requests)
