@@ -3,7 +3,8 @@
 ::
 
     AdvmonError
-    ├── ConfigError              the worker config file cannot be read or is invalid
+    ├── ConfigError              the worker config cannot be read, is invalid, or does not
+    │                            fit the broker
     ├── UnknownSettingError      ADVMON_* variables that are no setting (also ValueError)
     ├── BrokerUnreachableError   no Kafka broker answered when the worker started
     ├── BrokerError              a local broker process (demo, tests) did not start
@@ -62,7 +63,8 @@ class AdvmonError(Exception):
 
 
 class ConfigError(AdvmonError):
-    """The worker config cannot be read or is invalid; the message says where and why."""
+    """The worker config cannot be read, is invalid, or does not fit the broker; the message
+    says where and why."""
 
 
 class UnknownSettingError(AdvmonError, ValueError):

@@ -68,6 +68,12 @@ class KafkaSettings(_Group):
     session_timeout_ms: int = Field(
         default=10_000, ge=6_000, description="Consumer group session timeout."
     )
+    max_request_bytes: int = Field(
+        default=1_048_576,
+        ge=131_072,
+        description="Largest produce request the worker sends (the producer's "
+        "max_request_size); at most the broker's message.max.bytes, checked at start.",
+    )
 
     def ssl_context(self) -> SSLContext | None:
         """The TLS context for ``SSL``/``SASL_SSL`` from the configured files, else None."""

@@ -17,9 +17,10 @@ import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from monitor.errors import BrokerUnreachableError
+from monitor.errors import BrokerUnreachableError, ConfigError
 from monitor.settings import KafkaSettings
 
 __all__ = ["check_broker", "topic_partitions"]
@@ -49,15 +50,21 @@ async def topic_partitions(topic: str, **client_options: Any) -> frozenset[int] 
     )
 
 
-def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
-    """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request."""
+def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0, *, sizes: bool = False) -> None:
+    """Raise :class:`BrokerUnreachableError` unless a broker answers a metadata request.
 
-    async def probe() -> None:
+    With ``sizes``, also raise :class:`ConfigError` when ``kafka.max_request_bytes`` is
+    more than a broker accepts in one message (its ``message.max.bytes``): the producer
+    would send what the broker refuses.
+    """
+
+    async def probe() -> int | None:
         admin = AIOKafkaAdminClient(
             **kafka.client_options(), request_timeout_ms=int(timeout_s * 1000)
         )
         try:
             await asyncio.wait_for(admin.start(), timeout_s)
+            return await _message_max_bytes(admin) if sizes else None
         finally:
             await admin.close()
 
@@ -66,7 +73,7 @@ def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
     level = client_log.level
     client_log.setLevel(logging.CRITICAL)
     try:
-        asyncio.run(probe())
+        accepted = asyncio.run(probe())
     except (KafkaError, OSError, TimeoutError) as exc:
         raise BrokerUnreachableError(
             f"no Kafka broker answered at {kafka.bootstrap} "
@@ -75,3 +82,28 @@ def check_broker(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
         ) from None
     finally:
         client_log.setLevel(level)
+    if accepted is not None and kafka.max_request_bytes > accepted:
+        raise ConfigError(
+            f"ADVMON_KAFKA__MAX_REQUEST_BYTES={kafka.max_request_bytes} is more than the "
+            f"broker accepts in one message (message.max.bytes={accepted}); lower it"
+        )
+
+
+async def _message_max_bytes(admin: AIOKafkaAdminClient) -> int | None:
+    """The smallest ``message.max.bytes`` of the cluster's brokers (``None``: unknown)."""
+    cluster = await admin.describe_cluster()
+    resources = [
+        ConfigResource(
+            ConfigResourceType.BROKER, str(broker["node_id"]), {"message.max.bytes": None}
+        )
+        for broker in cluster.get("brokers", [])
+    ]
+    if not resources:
+        return None
+    values: list[int] = []
+    for response in await admin.describe_configs(resources):
+        for resource in response.to_object().get("resources", []):
+            for entry in resource.get("config_entries", []):
+                if entry.get("config_names") == "message.max.bytes" and entry.get("config_value"):
+                    values.append(int(entry["config_value"]))
+    return min(values, default=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from faust.exceptions import AlreadyConfiguredWarning
+from faust.exceptions import AlreadyConfiguredWarning, ProducerSendError
 from faust.types import TP, ConsumerT
 from faust.web import Web
 from faust.web.base import BlueprintManager
@@ -196,6 +196,13 @@ class AdvmonApp:
         )
 
     async def _send(self, records: Sequence[OutputRecord]) -> None:
+        """Send ``records``; a record the broker refuses for good is set aside.
+
+        A retriable error (broker away, leader moving, timeout) raises, so that the whole
+        batch is sent again; a record refused for what it is (too large, an invalid topic)
+        would be refused forever, so it is logged and counted as set aside, and the batch
+        goes on without it.
+        """
         # Straight to the producer: Topic.send costs several event-loop round trips per
         # record, which splits a batch into many small produce requests.
         if not self._declared:
@@ -203,11 +210,36 @@ class AdvmonApp:
             await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
             self._declared = True
         producer = await self.app.maybe_start_producer()
-        pending = [
-            await producer.send(record.topic, record.key, record.value, None, None, None)
-            for record in records
-        ]
-        await asyncio.gather(*pending)
+        pending: list[tuple[OutputRecord, Awaitable[Any]]] = []
+        refused: list[tuple[OutputRecord, BaseException]] = []
+        for record in records:
+            try:
+                sent = await producer.send(record.topic, record.key, record.value, None, None, None)
+            except ProducerSendError as exc:
+                refused.append((record, _permanent(exc.__cause__ or exc)))
+                continue
+            pending.append((record, sent))
+        results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
+        for (record, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                refused.append((record, _permanent(result)))
+        for record, error in refused:
+            reason = type(error).__name__
+            logger.error(
+                "the broker refused a record for %s (%d bytes) for good, left out: %r",
+                record.topic,
+                len(record.value),
+                error,
+            )
+            self.metrics.records_set_aside.labels(record.topic, reason).inc()
+
+
+def _permanent(error: BaseException) -> BaseException:
+    """``error`` when retrying cannot help; raises it when it can (retried by publish)."""
+    if isinstance(error, KafkaError) and not error.retriable:
+        permanent: BaseException = error
+        return permanent
+    raise error
 
 
 def create_app(
@@ -244,6 +276,7 @@ def create_app(
         # before the cluster's metadata lists one of them, the consumer joins the group
         # again only at its next metadata refresh (five minutes by default).
         consumer_metadata_max_age_ms=10_000,
+        producer_max_request_size=kafka.max_request_bytes,
         autodiscover=False,
         # Faust binds to every interface unless told; --web-bind still overrides this.
         web_bind=settings.worker.web_bind,

@@ -41,6 +41,7 @@ class Metrics:
     messages_reread: Counter
     oip_pending: Gauge
     detections_refused: Counter
+    records_set_aside: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -155,6 +156,13 @@ class Metrics:
             oip_pending=Gauge(
                 "advmon_oip_pending",
                 "OIP v2 halves waiting for their other half, on this worker's partitions.",
+                registry=registry,
+            ),
+            records_set_aside=Counter(
+                "advmon_records_set_aside",
+                "Output records the broker refused for good (too large, invalid) and that "
+                "were left out of the batch, by topic and reason (the Kafka error's name).",
+                ["topic", "reason"],
                 registry=registry,
             ),
             detections_refused=Counter(

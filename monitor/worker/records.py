@@ -9,6 +9,7 @@ acknowledged every record (see :meth:`monitor.worker.app.AdvmonApp.publish`).
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,18 @@ from pydantic import BaseModel
 from monitor.errors import InvalidRecordError
 from schemas import DeadLetter, OipHalf
 
-__all__ = ["InputMessage", "OutputRecord", "Publish", "b64", "dead_letter"]
+__all__ = [
+    "DEAD_LETTER_COPY_BYTES",
+    "InputMessage",
+    "OutputRecord",
+    "Publish",
+    "b64",
+    "dead_letter",
+]
+
+DEAD_LETTER_COPY_BYTES = 65_536
+"""How much of a refused value a dead letter keeps by default (the worker config's
+``dead_letters.copy_bytes``); its size and SHA-256 describe the whole of it."""
 
 
 @dataclass(frozen=True)
@@ -75,31 +87,49 @@ def dead_letter(
     key: bytes | None = None,
     event_id: str | None = None,
     model_id: str | None = None,
+    copy_bytes: int = DEAD_LETTER_COPY_BYTES,
 ) -> OutputRecord:
     """The dead letter of a refused record: its bytes, its coordinates and the reason.
 
     ``original`` is the message as read, or the OIP v2 half that carries it; the letter
-    is keyed by ``key``, else the message's key, else ``topic/partition``. ``event_id``
-    and ``model_id`` default to the error's.
+    keeps at most ``copy_bytes`` of its value and, whatever its length, its size and
+    SHA-256. It is keyed by ``key``, else the message's key, else ``topic/partition``.
+    ``event_id`` and ``model_id`` default to the error's.
+
+    >>> message = InputMessage("t", 0, 7, None, b"x" * 100)
+    >>> letter = DeadLetter.model_validate_json(
+    ...     dead_letter("dead", message, InvalidRecordError("r", "e"), copy_bytes=10).value)
+    >>> letter.value_truncated, letter.value_size, base64.b64decode(letter.value_b64)
+    (True, 100, b'xxxxxxxxxx')
     """
     if isinstance(original, OipHalf):
-        key_b64, value_b64 = original.key_b64, original.value_b64
+        key_b64 = original.key_b64
+        value = base64.b64decode(original.value_b64)
     else:
-        key_b64, value_b64 = b64(original.key), base64.b64encode(original.value).decode()
+        key_b64, value = b64(original.key), original.value
+    if key_b64 is not None and len(key_b64) > copy_bytes:
+        key_b64 = None  # keys are short; a huge one is part of the attack, not of the letter
     letter = DeadLetter(
         reason=error.reason,
-        error=error.message,
+        error=error.message[:4096],
         topic=original.topic,
         partition=original.partition,
         offset=original.offset,
         key_b64=key_b64,
-        value_b64=value_b64,
-        event_id=event_id if event_id is not None else error.event_id,
-        model_id=model_id if model_id is not None else error.model_id,
+        value_b64=base64.b64encode(value[:copy_bytes]).decode(),
+        value_size=len(value),
+        value_sha256=hashlib.sha256(value).hexdigest(),
+        value_truncated=len(value) > copy_bytes,
+        event_id=_bounded(event_id if event_id is not None else error.event_id),
+        model_id=_bounded(model_id if model_id is not None else error.model_id),
         failed_at=datetime.now(UTC),
     )
     if key is None:
         key = original.key if isinstance(original, InputMessage) else None
-    if key is None:
+    if key is None or len(key) > copy_bytes:
         key = f"{original.topic}/{original.partition}".encode()
     return OutputRecord.of(topic, key, letter)
+
+
+def _bounded(text: str | None, most: int = 1024) -> str | None:
+    return text[:most] if text is not None else None

@@ -83,7 +83,7 @@ def run_worker(
                 exc.orig or exc,
             )
     # 5. The broker.
-    check_broker(settings.kafka)
+    check_broker(settings.kafka, sizes=True)
     wiring = create_app(settings, config, models, store)
     register(wiring)
     register_pages(wiring)
