@@ -195,7 +195,7 @@ class ApacheKafkaBroker(BrokerProcess):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         assert _CLUSTER_ID.match(cluster_id)
         command = self._java_command(
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties)
         )
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(command)}\n".encode())
