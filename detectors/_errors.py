@@ -47,7 +47,7 @@ class InvalidInputError(DetectorError, ValueError):
     """One event's input cannot be fed to the model.
 
     ``reason`` is a short machine-friendly label (``shape``, ``dtype``, ``non_finite``,
-    ``ragged``, ``range``); the message says what was wrong.
+    ``ragged``, ``range``, ``too_large``); the message says what was wrong.
     """
 
     def __init__(self, reason: str, message: str) -> None:

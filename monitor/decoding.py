@@ -6,31 +6,51 @@ for the same reason, in the same words, wherever it is met::
 
     record value (+ headers) ──► record_events ──► InferenceEvent(s)
                                  (native, sagemaker, mapped; OIP v2 halves through
-                                  monitor.formats.decode_oip_v2 and joined_events)
+                                  oip_half and joined_events)
     InferenceEvent ──► monitored ──► the detector of its model (unknown_model)
                    ├─► check_topic: its model reads the topic it came from (unknown_model)
                    └─► event_input ──► float32 array of the detector's input shape
                        (input_array, then checked_input)
 
 Every refusal is an :class:`~monitor.errors.InvalidRecordError` whose ``reason`` is the
-dead-letter reason and metric label.
+dead-letter reason and metric label. A message over a hard limit of the wire contract
+(``schemas.MAX_*``) is refused as ``too_large`` before anything its declared sizes ask
+for is allocated.
+
+These functions raise nothing else for any record, however it is made: as a last line of
+defence, an unexpected exception while decoding or checking one record (a bug, or a case
+the decoders did not foresee) is logged with its traceback and becomes a refusal with
+reason ``decode_error`` (:func:`unexpected_refusal`), so one record can never stop a
+command or the worker. ``MemoryError`` is the exception: it says the process is short of
+memory, not that the record is bad (the limits keep any one record small), so dead-lettering
+the record would lose a good event; it propagates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import functools
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
 from detectors import InvalidInputError, input_from_bytes, input_from_nested_list, validate_input
 from monitor.config import EventFormat, ModelConfig
 from monitor.errors import InvalidRecordError
-from monitor.formats import FieldMapping, OipMessage, mapped_event, oip_v2_events, sagemaker_events
-from schemas import InferenceEvent, InvalidEventError, TensorPayload, decode_event
+from monitor.formats import (
+    FieldMapping,
+    OipMessage,
+    decode_oip_v2,
+    mapped_event,
+    oip_v2_events,
+    sagemaker_events,
+)
+from schemas import TOO_LARGE, InferenceEvent, InvalidEventError, TensorPayload, decode_event
 
 __all__ = [
+    "DECODE_ERROR",
     "RecordFormat",
     "check_topic",
     "checked_input",
@@ -38,10 +58,59 @@ __all__ = [
     "input_array",
     "joined_events",
     "monitored",
+    "oip_half",
     "record_events",
+    "unexpected_refusal",
 ]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+P = ParamSpec("P")
+
+DECODE_ERROR = "decode_error"
+"""The reason of a record whose decoding failed in a way no decoder foresaw."""
+
+_MAX_DETAIL = 200
+
+
+def unexpected_refusal(
+    error: Exception, *, event: InferenceEvent | None = None
+) -> InvalidRecordError:
+    """The refusal (reason ``decode_error``) of a record whose decoding raised ``error``,
+    an exception that is no refusal; logs ``error`` with its traceback.
+
+    >>> unexpected_refusal(ValueError("too many dimensions")).message
+    'decoding failed unexpectedly (ValueError: too many dimensions)'
+    """
+    logger.error(
+        "decoding a record failed unexpectedly; it is refused as %s", DECODE_ERROR, exc_info=error
+    )
+    detail = str(error)
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[:_MAX_DETAIL] + "…"
+    return InvalidRecordError(
+        DECODE_ERROR,
+        f"decoding failed unexpectedly ({type(error).__name__}: {detail})",
+        event_id=event.event_id if event is not None else None,
+        model_id=event.model_id if event is not None else None,
+    )
+
+
+def _refusing_unexpected(function: Callable[P, T]) -> Callable[P, T]:
+    """``function``, raising :class:`InvalidRecordError` (or ``MemoryError``) only."""
+
+    @functools.wraps(function)
+    def refusing(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except (InvalidRecordError, MemoryError):
+            raise
+        except Exception as exc:
+            event = next((a for a in args if isinstance(a, InferenceEvent)), None)
+            raise unexpected_refusal(exc, event=event) from exc
+
+    return refusing
 
 
 @dataclass(frozen=True)
@@ -80,6 +149,7 @@ class RecordFormat:
         )
 
 
+@_refusing_unexpected
 def record_events(value: bytes, record_format: RecordFormat) -> list[InferenceEvent]:
     """The events one record holds (formats native, sagemaker and mapped).
 
@@ -111,9 +181,19 @@ def record_events(value: bytes, record_format: RecordFormat) -> list[InferenceEv
             )
         return [decode_event(value)]
     except InvalidEventError as exc:
-        raise InvalidRecordError("invalid_event", str(exc)) from None
+        raise InvalidRecordError(
+            TOO_LARGE if exc.too_large else "invalid_event", str(exc)
+        ) from None
 
 
+@_refusing_unexpected
+def oip_half(value: bytes, headers: Sequence[tuple[str, bytes]]) -> OipMessage:
+    """One OIP v2 record: a request or a response, to be joined by its CloudEvent id
+    (:func:`monitor.formats.decode_oip_v2`)."""
+    return decode_oip_v2(value, headers)
+
+
+@_refusing_unexpected
 def joined_events(
     request: OipMessage, response: OipMessage | None, record_format: RecordFormat
 ) -> list[InferenceEvent]:
@@ -167,6 +247,7 @@ def check_topic(event: InferenceEvent, topic: str, topics: Collection[str]) -> N
         )
 
 
+@_refusing_unexpected
 def input_array(event: InferenceEvent) -> np.ndarray:
     """The event's input as a float32 array, not yet checked against any model."""
     value = event.input
@@ -188,6 +269,7 @@ def event_input(
     return checked_input(event, input_array(event), shape, value_range)
 
 
+@_refusing_unexpected
 def checked_input(
     event: InferenceEvent,
     array: np.ndarray,

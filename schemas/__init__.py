@@ -7,7 +7,11 @@ regenerates them.
 Exceptions::
 
     SchemaError
-     └── InvalidEventError   (also a ValueError) an inference event broke the contract
+     └── InvalidEventError   (also a ValueError) an inference event broke the contract;
+                             ``too_large`` when it broke a hard limit
+
+Hard limits (``MAX_*``, :mod:`schemas._limits`) bound how large one event may be; every
+decoder checks them before it allocates anything a message's declared sizes ask for.
 
 Examples
 --------
@@ -34,10 +38,28 @@ from schemas._events import (
     validate_event,
 )
 from schemas._joins import OipHalf
+from schemas._limits import (
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OUTPUT_VALUES,
+    MAX_RECORD_ROWS,
+    MAX_TENSOR_BYTES,
+    MAX_TENSOR_DIMS,
+    MAX_TENSOR_ELEMENTS,
+    TOO_LARGE,
+)
 from schemas._scores import ScoreRecord
 from schemas._signals import SignalBatch
 
 __all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_OUTPUT_VALUES",
+    "MAX_RECORD_ROWS",
+    "MAX_TENSOR_BYTES",
+    "MAX_TENSOR_DIMS",
+    "MAX_TENSOR_ELEMENTS",
+    "TOO_LARGE",
     "Action",
     "DeadLetter",
     "Decision",
@@ -61,5 +83,6 @@ __all__ = [
 # Public names report the package as their home (as httpx does), so reprs and tracebacks
 # say ``schemas.InvalidEventError`` rather than a private module.
 for _name in __all__:
-    globals()[_name].__module__ = __name__
+    if not _name.isupper():
+        globals()[_name].__module__ = __name__
 del _name

@@ -29,6 +29,9 @@ class InvalidEventError(SchemaError, ValueError):
         What was wrong, in words.
     errors
         Every ``(field, reason)`` found, first one first; defaults to ``[(field, reason)]``.
+    too_large
+        Whether the first problem is a hard limit exceeded (too many dimensions, elements,
+        bytes or characters; see :mod:`schemas._limits`) rather than a malformed field.
 
     Examples
     --------
@@ -42,16 +45,24 @@ class InvalidEventError(SchemaError, ValueError):
     field: str
     reason: str
     errors: list[tuple[str, str]]
+    too_large: bool
 
     def __init__(
-        self, field: str, reason: str, errors: Iterable[tuple[str, str]] | None = None
+        self,
+        field: str,
+        reason: str,
+        errors: Iterable[tuple[str, str]] | None = None,
+        too_large: bool = False,
     ) -> None:
         self.field = field
         self.reason = reason
         self.errors = list(errors) if errors is not None else [(field, reason)]
+        self.too_large = too_large
         super().__init__(f"invalid event: field {field!r}: {reason}")
 
-    def __reduce__(self) -> tuple[type[InvalidEventError], tuple[str, str, list[tuple[str, str]]]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[InvalidEventError], tuple[str, str, list[tuple[str, str]], bool]]:
         # Exceptions pickle through ``args``, which here holds only the message; pickle the
         # constructor arguments instead so the error survives a process boundary.
-        return (type(self), (self.field, self.reason, self.errors))
+        return (type(self), (self.field, self.reason, self.errors, self.too_large))

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import orjson
 from pydantic import (
+    AfterValidator,
     Discriminator,
     Field,
     StrictInt,
@@ -22,7 +23,15 @@ from pydantic import field_validator as _field_validator
 from pydantic_core import PydanticCustomError
 
 from schemas._errors import InvalidEventError
-from schemas._types import AwareTimestamp, NonEmptyStr, WireModel
+from schemas._limits import (
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OUTPUT_VALUES,
+    MAX_TENSOR_BYTES,
+    MAX_TENSOR_DIMS,
+    MAX_TENSOR_ELEMENTS,
+)
+from schemas._types import AwareTimestamp, WireModel
 
 __all__ = [
     "InferenceEvent",
@@ -71,44 +80,89 @@ _ITEMSIZE: dict[TensorDType, int] = {
 }
 
 
+_LIMIT_ERROR_TYPES = frozenset({"too_long", "string_too_long", "less_than_equal", "limit_exceeded"})
+"""pydantic error types that mean a hard limit was exceeded (reason ``too_large``)."""
+
+_MAX_BASE64_LENGTH = 4 * math.ceil(MAX_TENSOR_BYTES / 3)
+
+
+def _limit_exceeded(message: str, **context: Any) -> PydanticCustomError:
+    return PydanticCustomError("limit_exceeded", message, context)
+
+
+def _base64_size(text: str) -> int | None:
+    """Bytes that base64 ``text`` decodes to, from its length; ``None`` if it cannot be
+    valid (its length is not a multiple of 4)."""
+    if len(text) % 4:
+        return None
+    return len(text) // 4 * 3 - text[-2:].count("=")
+
+
 class TensorPayload(WireModel):
-    """A model input as raw little-endian bytes, C order, standard base64 encoded."""
+    """A model input as raw little-endian bytes, C order, standard base64 encoded.
+
+    Limits (reason ``too_large``): at most ``MAX_TENSOR_DIMS`` dimensions, each and their
+    product at most ``MAX_TENSOR_ELEMENTS``, at most ``MAX_TENSOR_BYTES`` of data. The
+    size the base64 text decodes to is checked against the shape from its length, before
+    anything is decoded.
+    """
 
     dtype: TensorDType = Field(description="Element type, named as in numpy.")
-    shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(
-        description="Dimensions without the batch axis; [] for a scalar."
+    shape: list[Annotated[StrictInt, Field(ge=0, le=MAX_TENSOR_ELEMENTS)]] = Field(
+        max_length=MAX_TENSOR_DIMS,
+        description="Dimensions without the batch axis; [] for a scalar. At most "
+        f"{MAX_TENSOR_DIMS} dimensions and {MAX_TENSOR_ELEMENTS} elements.",
     )
     data_b64: str = Field(
+        max_length=_MAX_BASE64_LENGTH,
         description="Standard base64 (RFC 4648, with padding) of prod(shape) * itemsize "
-        "raw little-endian bytes in C order."
+        f"raw little-endian bytes in C order; at most {MAX_TENSOR_BYTES} bytes.",
     )
+
+    @_field_validator("shape")
+    @classmethod
+    def _check_elements(cls, shape: list[int]) -> list[int]:
+        elements = math.prod(shape)
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise _limit_exceeded(
+                "shape {shape} holds {elements} elements; at most {limit} are accepted",
+                shape=shape,
+                elements=elements,
+                limit=MAX_TENSOR_ELEMENTS,
+            )
+        return shape
 
     @_field_validator("data_b64")
     @classmethod
     def _check_data(cls, value: str, info: ValidationInfo) -> str:
+        # dtype and shape are validated first (field order); skip the size check when either
+        # failed, since its own error already says what is wrong. The size is checked from
+        # the text's length, so a payload of the wrong size is never decoded.
+        dtype = info.data.get("dtype")
+        shape = info.data.get("shape")
+        size = _base64_size(value)
+        if dtype is not None and shape is not None and size is not None:
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > MAX_TENSOR_BYTES:
+                raise _limit_exceeded(
+                    "shape {shape} of {dtype} needs {expected} bytes; at most {limit} are accepted",
+                    shape=shape,
+                    dtype=str(dtype),
+                    expected=expected,
+                    limit=MAX_TENSOR_BYTES,
+                )
+            if size != expected:
+                raise PydanticCustomError(
+                    "tensor_size_mismatch",
+                    "decoded {actual} bytes, but shape {shape} of {dtype} needs {expected}",
+                    {"actual": size, "shape": shape, "dtype": str(dtype), "expected": expected},
+                )
         try:
-            data = base64.b64decode(value, validate=True)
+            base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise PydanticCustomError(
                 "base64_invalid", "not valid standard base64: {error}", {"error": str(exc)}
             ) from exc
-        # dtype and shape are validated first (field order); skip the size check when either
-        # failed, since its own error already says what is wrong.
-        dtype = info.data.get("dtype")
-        shape = info.data.get("shape")
-        if dtype is not None and shape is not None:
-            expected = math.prod(shape) * dtype.itemsize
-            if len(data) != expected:
-                raise PydanticCustomError(
-                    "tensor_size_mismatch",
-                    "decoded {actual} bytes, but shape {shape} of {dtype} needs {expected}",
-                    {
-                        "actual": len(data),
-                        "shape": shape,
-                        "dtype": str(dtype),
-                        "expected": expected,
-                    },
-                )
         return value
 
     def to_bytes(self) -> bytes:
@@ -128,19 +182,47 @@ def _input_kind(value: Any) -> str | None:
     return None
 
 
+def _check_nesting(value: list[Any]) -> list[Any]:
+    """Refuse a nested list deeper than ``MAX_TENSOR_DIMS`` or holding more than
+    ``MAX_TENSOR_ELEMENTS`` numbers, judged along its first elements (a rectangular list's
+    shape; a ragged one is refused downstream)."""
+    depth, elements, level = 0, 1, value
+    while isinstance(level, list):
+        depth += 1
+        elements *= len(level)
+        if depth > MAX_TENSOR_DIMS:
+            raise _limit_exceeded(
+                "nested list is more than {limit} levels deep", limit=MAX_TENSOR_DIMS
+            )
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise _limit_exceeded(
+                "nested list holds more than {limit} numbers", limit=MAX_TENSOR_ELEMENTS
+            )
+        if not level:
+            break
+        level = level[0]
+    return value
+
+
 # The nested list stays list[Any]: checking a 224x224x3 image element by element here would
-# cost more than scoring it; the numeric and rectangular checks happen in numpy downstream.
+# cost more than scoring it; the numeric and rectangular checks happen in numpy downstream,
+# and only its depth and size are checked here, in time proportional to its depth.
 # Its JSON Schema says a little more, for producers.
 NestedNumbers = Annotated[
     list[Any],
+    AfterValidator(_check_nesting),
     WithJsonSchema(
         {
-            "description": "A rectangular nested list of numbers.",
+            "description": "A rectangular nested list of numbers, at most "
+            f"{MAX_TENSOR_DIMS} levels deep and {MAX_TENSOR_ELEMENTS} numbers.",
             "items": {"type": ["number", "array"]},
             "type": "array",
         }
     ),
 ]
+
+EventId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 ModelInput = Annotated[
     Annotated[NestedNumbers, Tag(_NESTED_LIST_TAG)] | Annotated[TensorPayload, Tag(_TENSOR_TAG)],
@@ -156,20 +238,26 @@ ModelInput = Annotated[
 class InferenceEvent(WireModel):
     """One inference as serving reports it: the native event, one JSON object per message.
 
-    Unknown fields are ignored.
+    Unknown fields are ignored. Ids, names and ``output`` have hard limits (``MAX_*`` of
+    :mod:`schemas`), as has ``input`` (see :class:`TensorPayload`, ``NestedNumbers``).
     """
 
-    event_id: NonEmptyStr = Field(description="Unique id of this inference.")
-    model_id: NonEmptyStr = Field(description="Which model served it; selects the detector.")
-    model_version: str | None = Field(default=None, description="Version of the model.")
+    event_id: EventId = Field(description="Unique id of this inference.")
+    model_id: ModelName = Field(description="Which model served it; selects the detector.")
+    model_version: str | None = Field(
+        default=None, max_length=MAX_NAME_LENGTH, description="Version of the model."
+    )
     ts: AwareTimestamp | None = Field(
         default=None, description="When serving answered (RFC 3339, with offset)."
     )
     request_id: str | None = Field(
-        default=None, description="Serving's request id; key of the per-request decision."
+        default=None,
+        max_length=MAX_ID_LENGTH,
+        description="Serving's request id; key of the per-request decision.",
     )
     source: str | None = Field(
         default=None,
+        max_length=MAX_ID_LENGTH,
         description="Caller identity (API key id, user, IP hash); unit of quarantine.",
     )
     input: ModelInput = Field(
@@ -177,7 +265,9 @@ class InferenceEvent(WireModel):
         "or a tensor payload."
     )
     output: list[float] | None = Field(
-        default=None, description="What the model returned (scores or logits)."
+        default=None,
+        max_length=MAX_OUTPUT_VALUES,
+        description="What the model returned (scores or logits).",
     )
 
 
@@ -214,7 +304,8 @@ def validate_event(data: Any) -> InferenceEvent:
     Raises
     ------
     InvalidEventError
-        When ``data`` is not an object or breaks the contract; ``errors`` lists every problem.
+        When ``data`` is not an object or breaks the contract; ``errors`` lists every
+        problem, ``too_large`` says whether the first is a hard limit exceeded.
 
     Examples
     --------
@@ -231,9 +322,11 @@ def validate_event(data: Any) -> InferenceEvent:
     try:
         return InferenceEvent.model_validate(data)
     except ValidationError as exc:
-        errors = [(_field_path(error["loc"]), _reason(error["msg"])) for error in exc.errors()]
+        details = exc.errors()
+        errors = [(_field_path(error["loc"]), _reason(error["msg"])) for error in details]
         field, reason = errors[0]
-        raise InvalidEventError(field, reason, errors) from None
+        too_large = details[0]["type"] in _LIMIT_ERROR_TYPES
+        raise InvalidEventError(field, reason, errors, too_large) from None
 
 
 def decode_event(raw: bytes | str) -> InferenceEvent:

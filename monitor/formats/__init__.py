@@ -24,7 +24,14 @@ Exceptions::
                   (invalid_json, invalid_cloudevent, invalid_oip_v2, unsupported_datatype,
                   shape_mismatch, ambiguous_tensor, unknown_tensor, join_mismatch,
                   invalid_sagemaker, unsupported_content_type, mapping_no_match,
-                  mapping_many_matches, invalid_event) for metrics and dead letters
+                  mapping_many_matches, invalid_event, too_large) for metrics and
+                  dead letters
+
+Limits: every decoder checks a message against the hard limits of the wire contract
+(``schemas.MAX_TENSOR_DIMS``, ``MAX_TENSOR_ELEMENTS``, ``MAX_TENSOR_BYTES``,
+``MAX_RECORD_ROWS``, ``MAX_ID_LENGTH``) before it allocates anything the message's
+declared shapes or headers ask for, and refuses it as ``too_large``; each decoder raises
+nothing but :class:`FormatError`.
 
 Examples
 --------

@@ -147,7 +147,7 @@ def _structured(value: bytes, content_type: str | None) -> KafkaCloudEvent:
     for name, member in envelope.items():
         if name in ("data", "data_base64"):
             continue
-        attributes[name.lower()] = member if isinstance(member, str) else _json_text(member)
+        attributes[name.lower()] = member if isinstance(member, str) else _json_text(name, member)
     for required in _REQUIRED:
         if not isinstance(envelope.get(required), str) or not envelope[required]:
             raise FormatError(
@@ -212,7 +212,14 @@ def _parse_time(text: str | None, where: str) -> datetime | None:
     return time
 
 
-def _json_text(value: Any) -> str:
+def _json_text(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:
+        # A CloudEvent attribute is a string, number or boolean; a nested value deeper
+        # than orjson writes (255 levels) is no attribute at all.
+        raise FormatError(
+            _INVALID, f"structured CloudEvent member {name!r} cannot be an attribute: {exc}"
+        ) from None

@@ -14,6 +14,7 @@ from schemas import InferenceEvent, InvalidEventError, validate_event
 __all__ = ["build_event", "load_json", "row_event_id", "validate_wire"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_LIMIT_ERROR_TYPES = frozenset({"too_long", "string_too_long"})
 
 
 def load_json(raw: bytes | str, what: str) -> Any:
@@ -27,10 +28,15 @@ def load_json(raw: bytes | str, what: str) -> Any:
 
 
 def validate_wire(model: type[_Model], data: Any, reason: FormatErrorReason, what: str) -> _Model:
-    """Validate parsed JSON against a wire model; the first problem names its field."""
+    """Validate parsed JSON against a wire model; the first problem names its field.
+
+    A value longer than its field's ``max_length`` (a limit) is refused as ``too_large``,
+    anything else with ``reason``."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        if exc.errors()[0]["type"] in _LIMIT_ERROR_TYPES:
+            reason = FormatErrorReason.TOO_LARGE
         raise FormatError(reason, f"{what}: {validation_problem(exc)}") from None
 
 
@@ -45,6 +51,6 @@ def build_event(fields: dict[str, Any], what: str) -> InferenceEvent:
         return validate_event(fields)
     except InvalidEventError as exc:
         raise FormatError(
-            FormatErrorReason.INVALID_EVENT,
+            FormatErrorReason.TOO_LARGE if exc.too_large else FormatErrorReason.INVALID_EVENT,
             f"{what} does not make a valid inference event: field {exc.field!r}: {exc.reason}",
         ) from None

@@ -42,6 +42,9 @@ class FormatErrorReason(StrEnum):
     """A field path of the model's mapping matched several values where one is expected."""
     INVALID_EVENT = "invalid_event"
     """The decoded values do not make a valid native inference event."""
+    TOO_LARGE = "too_large"
+    """The message exceeds a hard limit (``schemas.MAX_*``: dimensions, elements, bytes,
+    rows, characters); checked before anything it declares is allocated."""
 
 
 class FormatError(InvalidRecordError):

@@ -18,6 +18,12 @@ Values are used as they are, with two conveniences: an integer id (``event_id``,
 ``request_id``, ``source``, ``model_version``) becomes its decimal string, and a single
 number for ``output`` becomes a one-element list. ``ts`` is an RFC 3339 string (or epoch
 seconds, as pydantic reads them).
+
+Limit (reason ``too_large``): a path that searches the message (recursive descent ``..``,
+a wildcard ``*``, a filter ``?(...)`` or a slice) walks every value it passes, at some
+tens of microseconds each in ``jsonpath-ng``; a message is searched only if it holds at
+most :data:`MAX_SEARCHED_VALUES` JSON values, so that padding a message cannot stall the
+worker. Plain paths (``$.payload.features``) read any message the other limits allow.
 """
 
 from __future__ import annotations
@@ -35,9 +41,14 @@ from monitor.formats._decoding import build_event, load_json
 from monitor.formats._errors import FormatError, FormatErrorReason
 from schemas import InferenceEvent
 
-__all__ = ["FieldMapping", "mapped_event"]
+__all__ = ["MAX_SEARCHED_VALUES", "FieldMapping", "mapped_event"]
 
 _ID_FIELDS = frozenset({"event_id", "request_id", "source", "model_version"})
+_SEARCHING = ("..", "*", "?", ":")
+
+MAX_SEARCHED_VALUES = 2**12
+"""JSON values (4,096) a message may hold when a path of its mapping searches it: at about
+5 µs per value and path, some 20 ms per searching path at most."""
 
 
 class FieldMapping(BaseModel):
@@ -97,7 +108,8 @@ def mapped_event(value: bytes, mapping: FieldMapping, *, model_id: str) -> Infer
     FormatError
         ``invalid_json``; ``mapping_no_match`` when a required path matches nothing;
         ``mapping_many_matches`` when any path matches several values;
-        ``invalid_event`` when the values found break the native contract.
+        ``invalid_event`` when the values found break the native contract; ``too_large``
+        when a searching path meets a message of more than ``MAX_SEARCHED_VALUES`` values.
 
     Examples
     --------
@@ -111,8 +123,17 @@ def mapped_event(value: bytes, mapping: FieldMapping, *, model_id: str) -> Infer
     ('7', 'u-1', [0.5, 1.5])
     """
     document = load_json(value, "message value")
+    paths = mapping.paths()
+    searching = [path for path in paths.values() if any(s in path for s in _SEARCHING)]
+    if searching and _values_beyond(document, MAX_SEARCHED_VALUES):
+        raise FormatError(
+            FormatErrorReason.TOO_LARGE,
+            f"the message holds more than {MAX_SEARCHED_VALUES} JSON values, too many for "
+            f"path {searching[0]!r}, which searches it; select large members with a plain "
+            "path ($.a.b)",
+        )
     fields: dict[str, Any] = {"model_id": model_id}
-    for name, path in mapping.paths().items():
+    for name, path in paths.items():
         matches = _find(path, document, name)
         if not matches or matches[0] is None:
             if name in FieldMapping.REQUIRED:
@@ -131,6 +152,21 @@ def mapped_event(value: bytes, mapping: FieldMapping, *, model_id: str) -> Infer
             )
         fields[name] = _coerce(name, matches[0])
     return build_event(fields, f"message {fields.get('event_id')!r}")
+
+
+def _values_beyond(document: Any, limit: int) -> bool:
+    """Whether ``document`` holds more than ``limit`` JSON values (stops counting there)."""
+    count, stack = 0, [document]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 @lru_cache(maxsize=1024)

@@ -39,6 +39,12 @@ Choices
 - ``source``: the request body's ``parameters["source"]``, else
   ``parameters["user"]`` (a string or integer); otherwise ``None``.
 - ``request_id``: the CloudEvent id.
+
+Limits (reason ``too_large``): a CloudEvent id of at most ``MAX_ID_LENGTH`` characters
+(it keys the join's table), at most :data:`MAX_TENSORS` tensors, tensor names and
+datatypes of at most ``MAX_NAME_LENGTH`` characters, and each tensor's declared shape
+within the limits of :func:`~monitor.formats._tensors.check_tensor_shape`, checked before
+its data is read.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from monitor.formats._cloudevents import read_kafka_cloudevent
 from monitor.formats._decoding import build_event, row_event_id, validate_wire
 from monitor.formats._errors import FormatError, FormatErrorReason
 from monitor.formats._tensors import decode_tensor, tensor_payload
-from schemas import InferenceEvent
+from schemas import MAX_ID_LENGTH, MAX_NAME_LENGTH, InferenceEvent
 
 __all__ = [
     "CE_TYPE_REQUEST",
@@ -76,6 +82,10 @@ OipKind = Literal["request", "response"]
 _KINDS: dict[str, OipKind] = {CE_TYPE_REQUEST: "request", CE_TYPE_RESPONSE: "response"}
 _INVALID = FormatErrorReason.INVALID_OIP_V2
 _SOURCE_PARAMETERS = ("source", "user")
+
+MAX_TENSORS = 64
+"""Tensors of one request (``inputs``) or response (``outputs``); pydantic stops reading
+a longer list at the limit instead of validating (and reporting) every member."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,9 +119,10 @@ class _Wire(BaseModel):
 
 
 class _Tensor(_Wire):
-    name: str
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    # The limit of the shape's length is checked by check_tensor_shape, with its reason.
     shape: list[Annotated[StrictInt, Field(ge=0)]]
-    datatype: str
+    datatype: str = Field(max_length=MAX_NAME_LENGTH)
     parameters: dict[str, Any] | None = None
     data: Any = None
 
@@ -119,7 +130,7 @@ class _Tensor(_Wire):
 class _Request(_Wire):
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[_Tensor]
+    inputs: list[_Tensor] = Field(max_length=MAX_TENSORS)
 
 
 class _Response(_Wire):
@@ -127,7 +138,7 @@ class _Response(_Wire):
     model_version: str | None = None
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    outputs: list[_Tensor]
+    outputs: list[_Tensor] = Field(max_length=MAX_TENSORS)
 
 
 def decode_oip_v2(value: bytes, headers: Sequence[tuple[str, bytes]]) -> OipMessage:
@@ -145,8 +156,8 @@ def decode_oip_v2(value: bytes, headers: Sequence[tuple[str, bytes]]) -> OipMess
     ------
     FormatError
         ``invalid_cloudevent``, ``invalid_json``, ``invalid_oip_v2``,
-        ``unsupported_datatype`` or ``shape_mismatch``; the message names the header or
-        field.
+        ``unsupported_datatype``, ``shape_mismatch`` or ``too_large``; the message names
+        the header or field.
 
     Examples
     --------
@@ -168,6 +179,11 @@ def decode_oip_v2(value: bytes, headers: Sequence[tuple[str, bytes]]) -> OipMess
             f"({CE_TYPE_REQUEST!r} or {CE_TYPE_RESPONSE!r})",
         )
     ce_id = event.attributes["id"]
+    if len(ce_id) > MAX_ID_LENGTH:
+        raise FormatError(
+            FormatErrorReason.TOO_LARGE,
+            f"CloudEvent id of {len(ce_id)} characters; at most {MAX_ID_LENGTH} are accepted",
+        )
     what = f"v2 inference {kind} (CloudEvent id {ce_id!r})"
     body = event.data
     member = "inputs" if kind == "request" else "outputs"

@@ -56,6 +56,13 @@ does not parse is an error, since it means the record is corrupt.
 Fields: ``event_id`` = ``eventId`` (``#row`` appended for a batch), ``request_id`` =
 ``inferenceId`` if present else ``eventId``, ``ts`` = ``inferenceTime``; ``source`` and
 ``model_version`` are not captured.
+
+Limits (reason ``too_large``): at most ``MAX_RECORD_ROWS`` rows (CSV and JSON lines,
+instances) and ``MAX_TENSOR_ELEMENTS`` values (CSV cells) in one capture. An npy body's
+header is read first and its dtype, shape (as an OIP v2 tensor's:
+:func:`~monitor.formats._tensors.check_tensor_shape`) and byte size checked against the
+bytes that follow before any array is built, since ``numpy.load`` allocates what the
+header claims before it reads the data.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ import base64
 import binascii
 import csv
 import io
+import tokenize
 from typing import Any, Literal
 
 import numpy as np
@@ -71,13 +79,21 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from monitor.formats._decoding import build_event, load_json, row_event_id, validate_wire
 from monitor.formats._errors import FormatError, FormatErrorReason
-from monitor.formats._tensors import tensor_payload
-from schemas import InferenceEvent, TensorDType, TensorPayload
+from monitor.formats._tensors import check_tensor_shape, tensor_payload
+from schemas import (
+    MAX_RECORD_ROWS,
+    MAX_TENSOR_ELEMENTS,
+    InferenceEvent,
+    TensorDType,
+    TensorPayload,
+)
 
 __all__ = ["sagemaker_events"]
 
 _INVALID = FormatErrorReason.INVALID_SAGEMAKER
 _SHAPE = FormatErrorReason.SHAPE_MISMATCH
+_TOO_LARGE = FormatErrorReason.TOO_LARGE
+_NPZ_MAGIC = b"PK\x03\x04"
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 _JSONLINES_TYPES = frozenset({"application/jsonlines", "application/x-jsonlines"})
 _SCORE_MEMBERS = ("scores", "score", "probabilities", "probability")
@@ -124,7 +140,8 @@ def sagemaker_events(value: bytes, *, model_id: str) -> list[InferenceEvent]:
         ``invalid_json``; ``invalid_sagemaker`` when the record or a captured body is
         malformed; ``unsupported_content_type`` for an input advmon cannot read as
         numbers; ``unsupported_datatype`` for an npy input of another dtype;
-        ``shape_mismatch`` when outputs do not pair with input rows; ``invalid_event``.
+        ``shape_mismatch`` when outputs do not pair with input rows; ``too_large`` over
+        a limit; ``invalid_event``.
 
     Examples
     --------
@@ -218,7 +235,9 @@ def _output_rows(captured: _Capture | None, rows: int, what: str) -> list[list[f
             for n, line in lines
         ]
     if kind == "npy":
-        return _split_predictions(_load_npy(raw, where).astype(np.float64).tolist(), rows, where)
+        return _split_predictions(
+            _load_npy(raw, where, output=True).astype(np.float64).tolist(), rows, where
+        )
     document = load_json(raw, where)
     if isinstance(document, dict):
         member = next((key for key in ("predictions", "outputs") if key in document), None)
@@ -270,19 +289,36 @@ def _text(raw: bytes, where: str) -> str:
 
 
 def _lines(raw: bytes, where: str) -> list[tuple[int, str]]:
-    return [
+    lines = [
         (number, line)
         for number, line in enumerate(_text(raw, where).splitlines(), start=1)
         if line.strip()
     ]
+    _check_rows(len(lines), where)
+    return lines
+
+
+def _check_rows(rows: int, where: str) -> None:
+    if rows > MAX_RECORD_ROWS:
+        raise FormatError(
+            _TOO_LARGE, f"{where} holds {rows} rows; at most {MAX_RECORD_ROWS} are accepted"
+        )
 
 
 def _csv_rows(raw: bytes, where: str) -> list[list[float]]:
     rows: list[list[float]] = []
+    values = 0
     try:
         for cells in csv.reader(io.StringIO(_text(raw, where)), strict=True):
             if not any(cell.strip() for cell in cells):
                 continue
+            values += len(cells)
+            if values > MAX_TENSOR_ELEMENTS:
+                raise FormatError(
+                    _TOO_LARGE,
+                    f"{where} holds more than {MAX_TENSOR_ELEMENTS} CSV values",
+                )
+            _check_rows(len(rows) + 1, where)
             rows.append(
                 [
                     _csv_number(cell, where, len(rows) + 1, column)
@@ -309,6 +345,7 @@ def _json_rows(document: Any, where: str) -> list[np.ndarray]:
             instances = document["instances"]
             if not isinstance(instances, list):
                 raise FormatError(_INVALID, f"{where}: 'instances' must be a list")
+            _check_rows(len(instances), where)
             return [_instance(x, f"{where} instance {i}") for i, x in enumerate(instances)]
         if "inputs" in document:
             inputs = document["inputs"]
@@ -323,6 +360,7 @@ def _json_rows(document: Any, where: str) -> list[np.ndarray]:
             batch = _numbers(inputs, f"{where}: 'inputs'")
             if batch.ndim == 0:
                 raise FormatError(_INVALID, f"{where}: 'inputs' must be a batch (a list)")
+            _check_rows(len(batch), where)
             return list(batch)
         raise FormatError(
             _INVALID,
@@ -332,6 +370,7 @@ def _json_rows(document: Any, where: str) -> list[np.ndarray]:
     if isinstance(document, list) and document and all(_is_number(x) for x in document):
         return [_numbers(document, where)]
     if isinstance(document, list):
+        _check_rows(len(document), where)
         return [_instance(x, f"{where} row {i}") for i, x in enumerate(document)]
     if _is_number(document):
         return [_numbers([document], where)]
@@ -364,24 +403,57 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
-def _load_npy(raw: bytes, where: str) -> np.ndarray:
-    try:
-        array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise FormatError(_INVALID, f"{where} is not a .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
+def _load_npy(raw: bytes, where: str, *, output: bool = False) -> np.ndarray:
+    """The array of an npy body, its header checked against the limits and the bytes that
+    follow it before anything is allocated (``numpy.load`` would allocate what the header
+    claims first). Inputs keep their dtype (one of :class:`~schemas.TensorDType`); outputs
+    may be of any numeric dtype."""
+    if raw.startswith(_NPZ_MAGIC):
         raise FormatError(_INVALID, f"{where} is an .npz archive, not a single .npy array")
-    return array
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy format version {version} is not read")
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError, tokenize.TokenError) as exc:
+        # numpy reads the header's Python literal with tokenize and ast, whose errors
+        # for a hostile header are these.
+        raise FormatError(_INVALID, f"{where} is not a .npy array: {exc}") from None
+    if dtype.hasobject:
+        raise FormatError(
+            _INVALID,
+            f"{where} is a .npy array of Python objects, which only loading with "
+            "allow_pickle could read (never done for captured input)",
+        )
+    if output:
+        if dtype.kind not in "biuf":
+            raise FormatError(
+                _INVALID, f"{where}: npy array of dtype {dtype.name!r} is not numeric"
+            )
+    elif dtype.name not in _DTYPES:
+        raise FormatError(
+            FormatErrorReason.UNSUPPORTED_DATATYPE,
+            f"{where}: npy array of dtype {dtype.name!r}; supported: {', '.join(sorted(_DTYPES))}",
+        )
+    # A 1-D array is one row; otherwise the first axis is the batch axis.
+    elements = check_tensor_shape(where, (1, *shape) if len(shape) == 1 else shape)
+    expected = elements * dtype.itemsize
+    offset = stream.tell()
+    if len(raw) - offset != expected:
+        raise FormatError(
+            _INVALID,
+            f"{where} is not a .npy array: its header declares shape {list(shape)} of "
+            f"{dtype.name} ({expected} bytes), but {len(raw) - offset} bytes follow",
+        )
+    array = np.frombuffer(raw, dtype=dtype, count=elements, offset=offset)
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _npy_rows(array: np.ndarray, where: str) -> list[_InputRow]:
-    if array.dtype.name not in _DTYPES:
-        raise FormatError(
-            FormatErrorReason.UNSUPPORTED_DATATYPE,
-            f"{where}: npy array of dtype {array.dtype.name!r}; supported: "
-            f"{', '.join(sorted(_DTYPES))}",
-        )
     if array.ndim == 0:
         raise FormatError(_INVALID, f"{where}: npy array is a scalar, not a row or a batch")
     batch = [array] if array.ndim == 1 else list(array)

@@ -7,6 +7,10 @@ no information is lost: JSON integers into float tensors, integral floats (``1.0
 integer tensors, ``0``/``1`` into BOOL. Fractions into integers, values out of the
 type's range, booleans into numbers and strings anywhere are errors, since silently
 truncating or re-reading them would score a different input from the one served.
+
+Limits (reason ``too_large``), checked on the declared ``shape`` before ``data`` is read:
+at most ``MAX_TENSOR_DIMS`` + 1 dimensions (the batch axis and a row), each dimension and
+the whole tensor at most ``MAX_TENSOR_ELEMENTS``, at most ``MAX_RECORD_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -19,9 +23,15 @@ from typing import Any
 import numpy as np
 
 from monitor.formats._errors import FormatError, FormatErrorReason
-from schemas import TensorDType, TensorPayload
+from schemas import (
+    MAX_RECORD_ROWS,
+    MAX_TENSOR_DIMS,
+    MAX_TENSOR_ELEMENTS,
+    TensorDType,
+    TensorPayload,
+)
 
-__all__ = ["OIP_DATATYPES", "decode_tensor", "tensor_payload"]
+__all__ = ["OIP_DATATYPES", "check_tensor_shape", "decode_tensor", "tensor_payload"]
 
 OIP_DATATYPES: dict[str, TensorDType] = {
     "BOOL": TensorDType.BOOL,
@@ -41,6 +51,45 @@ OIP_DATATYPES: dict[str, TensorDType] = {
 
 _INVALID = FormatErrorReason.INVALID_OIP_V2
 _SHAPE = FormatErrorReason.SHAPE_MISMATCH
+_TOO_LARGE = FormatErrorReason.TOO_LARGE
+
+
+def check_tensor_shape(where: str, shape: Sequence[int]) -> int:
+    """Check a batch tensor's declared shape (batch axis first) against the limits; return
+    its number of elements.
+
+    >>> check_tensor_shape("input 'x'", [2, 3])
+    6
+    >>> check_tensor_shape("input 'x'", [1] * 70)
+    Traceback (most recent call last):
+    ...
+    monitor.formats.FormatError: input 'x' has 70 dimensions; at most 33 are accepted
+    """
+    if len(shape) > MAX_TENSOR_DIMS + 1:
+        raise FormatError(
+            _TOO_LARGE,
+            f"{where} has {len(shape)} dimensions; at most {MAX_TENSOR_DIMS + 1} are accepted",
+        )
+    for size in shape:
+        if size < 0:
+            raise FormatError(_SHAPE, f"{where}: shape {list(shape)} has a negative dimension")
+        if size > MAX_TENSOR_ELEMENTS:
+            raise FormatError(
+                _TOO_LARGE, f"{where}: dimension {size} is larger than {MAX_TENSOR_ELEMENTS}"
+            )
+    elements = math.prod(shape)
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise FormatError(
+            _TOO_LARGE,
+            f"{where}: shape {list(shape)} holds {elements} elements; at most "
+            f"{MAX_TENSOR_ELEMENTS} are accepted",
+        )
+    if shape and shape[0] > MAX_RECORD_ROWS:
+        raise FormatError(
+            _TOO_LARGE,
+            f"{where}: a batch of {shape[0]} rows; at most {MAX_RECORD_ROWS} are accepted",
+        )
+    return elements
 
 
 def decode_tensor(where: str, shape: Sequence[int], datatype: str, data: Any) -> np.ndarray:
@@ -53,7 +102,8 @@ def decode_tensor(where: str, shape: Sequence[int], datatype: str, data: Any) ->
     FormatError
         ``unsupported_datatype`` for BYTES, BF16 or an unknown datatype;
         ``shape_mismatch`` when the element count or the nesting disagrees with ``shape``;
-        ``invalid_oip_v2`` when ``data`` is not an array of values of that datatype.
+        ``invalid_oip_v2`` when ``data`` is not an array of values of that datatype;
+        ``too_large`` when ``shape`` exceeds a limit (checked before ``data`` is read).
 
     Examples
     --------
@@ -63,15 +113,23 @@ def decode_tensor(where: str, shape: Sequence[int], datatype: str, data: Any) ->
     dtype('bool')
     """
     dtype = _numpy_dtype(where, datatype)
+    expected = check_tensor_shape(where, shape)
     if not isinstance(data, list):
         raise FormatError(_INVALID, f"{where}: 'data' must be a JSON array")
+    depth, level = 0, data
+    while isinstance(level, list) and level:
+        depth += 1
+        level = level[0]
+    if depth > max(len(shape), 1):
+        raise FormatError(
+            _SHAPE, f"{where}: 'data' is nested {depth} deep but 'shape' is {list(shape)}"
+        )
     try:
         raw = np.array(data)
     except (ValueError, TypeError):
         raise FormatError(
             _SHAPE, f"{where}: nested 'data' is ragged (sub-arrays of different lengths)"
         ) from None
-    expected = math.prod(shape)
     if raw.ndim > 1 and raw.shape != tuple(shape):
         raise FormatError(
             _SHAPE,

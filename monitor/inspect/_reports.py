@@ -17,10 +17,11 @@ from monitor.decoding import (
     input_array,
     joined_events,
     monitored,
+    oip_half,
     record_events,
 )
 from monitor.errors import InvalidRecordError
-from monitor.formats import OipMessage, decode_oip_v2
+from monitor.formats import OipMessage
 from monitor.inspect._options import Decoding, ExpectedInput
 from schemas import InferenceEvent, TensorPayload
 
@@ -287,7 +288,7 @@ def _decode(record: KafkaRecord, decoding: Decoding) -> tuple[MessageReport, Oip
         events_of = partial(record_events, record.value, decoding)
         return _with_events(report, events_of, decoding), None
     try:
-        half = decode_oip_v2(record.value, record.headers)
+        half = oip_half(record.value, record.headers)
     except InvalidRecordError as error:
         return replace(report, error=Problem.of(error)), None
     tensors = [

@@ -4,6 +4,7 @@ score`` and ``calibrate`` read refuse a record for the same reason, in the same 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,6 +80,33 @@ def _native(model_id: str, value: object) -> bytes:
     return orjson.dumps({"event_id": "e1", "model_id": model_id, "input": value})
 
 
+def _tensor(payload: dict[str, object]) -> bytes:
+    return json.dumps({"event_id": "e1", "model_id": "digits", "input": payload}).encode()
+
+
+def nested_list(depth: int) -> object:
+    value: object = 0.5
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """A capture whose npy header claims ``shape`` of float32, followed by 16 bytes."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * ((-(10 + len(header) + 1)) % 64) + b"\n"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(16)
+    captured = {
+        "observedContentType": "application/x-npy",
+        "mode": "INPUT",
+        "data": base64.b64encode(body).decode(),
+        "encoding": "BASE64",
+    }
+    return orjson.dumps(
+        {"captureData": {"endpointInput": captured}, "eventMetadata": {"eventId": "n"}}
+    )
+
+
 def _with_nan() -> np.ndarray:
     image = _image(1)
     image[0, 3, 3] = np.nan
@@ -98,6 +126,17 @@ NATIVE_REFUSALS = {
     "ragged": (_native("digits", [[1, 2], [3]]), "ragged"),
     "non-finite": (demo_event("nan", _with_nan(), as_tensor=True, source="s"), "non_finite"),
     "out of range": (demo_event("bright", _image(3) + 3.0, as_tensor=True, source="s"), "range"),
+    # Hostile inputs (issue 12): each crashed the worker before the limits.
+    "70 dimensions": (
+        _tensor({"dtype": "uint8", "shape": [1] * 70, "data_b64": "AA=="}),
+        "too_large",
+    ),
+    "0 by 2**63": (_tensor({"dtype": "uint8", "shape": [0, 2**63], "data_b64": ""}), "too_large"),
+    "too deep a list": (_native("digits", nested_list(40)), "too_large"),
+    "too long an id": (
+        orjson.dumps({"event_id": "e" * 501, "model_id": "digits", "input": [1.0]}),
+        "too_large",
+    ),
 }
 
 #: Records of the other formats' topics that the worker refuses: (topic, value, headers,
@@ -113,6 +152,15 @@ FORMAT_REFUSALS = {
     ),
     "OIP v2 bad JSON": (LOGS, b"{", binary_headers(), "invalid_json"),
     "OIP v2 without CloudEvent": (LOGS, b'{"inputs": []}', [], "invalid_cloudevent"),
+    "npy header of 100000 x 100000": (CAPTURES, _npy_claiming((100_000, 100_000)), [], "too_large"),
+    "OIP v2 tensor of 70 dimensions": (
+        LOGS,
+        orjson.dumps(
+            {"inputs": [{"name": "x", "shape": [1] * 70, "datatype": "FP32", "data": [1]}]}
+        ),
+        binary_headers(),
+        "too_large",
+    ),
 }
 
 REFUSALS = {

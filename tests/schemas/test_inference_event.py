@@ -13,6 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import (
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OUTPUT_VALUES,
+    MAX_TENSOR_DIMS,
     InferenceEvent,
     InvalidEventError,
     SchemaError,
@@ -298,3 +302,90 @@ def test_validate_event_takes_parsed_json() -> None:
 def test_model_keeps_offset_of_aware_python_datetime() -> None:
     ts = datetime(2024, 5, 1, 12, 0, tzinfo=timezone(timedelta(hours=-5)))
     assert InferenceEvent(event_id="e", model_id="m", input=[1], ts=ts).ts == ts
+
+
+# --- hard limits (issue 12): refused as too large, before anything is allocated --------
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 0.5
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _with_input(value: Any, **fields: Any) -> dict[str, Any]:
+    return {"event_id": "e", "model_id": "m", "input": value, **fields}
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (_with_input({"dtype": "uint8", "shape": [1] * 33, "data_b64": "AA=="}), "input.shape"),
+        (_with_input({"dtype": "uint8", "shape": [0, 2**63], "data_b64": ""}), "input.shape.1"),
+        (_with_input({"dtype": "uint8", "shape": [4096, 4097], "data_b64": ""}), "input.shape"),
+        (_with_input({"dtype": "float64", "shape": [2**24], "data_b64": ""}), "input.data_b64"),
+        (_with_input(_nested(33)), "input"),
+        (_with_input([[0.5] * 4097] * 4097), "input"),
+        (_with_input([0.5], event_id="e" * (MAX_ID_LENGTH + 1)), "event_id"),
+        (_with_input([0.5], source="s" * (MAX_ID_LENGTH + 1)), "source"),
+        (_with_input([0.5], model_id="m" * (MAX_NAME_LENGTH + 1)), "model_id"),
+        (_with_input([0.5], output=[0.0] * (MAX_OUTPUT_VALUES + 1)), "output"),
+    ],
+    ids=[
+        "33 dims",
+        "dim of 2**63",
+        "too many elements",
+        "too many bytes",
+        "too deep a list",
+        "too long a list",
+        "event_id",
+        "source",
+        "model_id",
+        "output",
+    ],
+)
+def test_events_over_a_limit_are_refused_as_too_large(event: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        validate_event(event)
+    assert caught.value.field == field
+    assert caught.value.too_large
+
+
+def test_events_at_the_limits_are_accepted() -> None:
+    deep = _nested(MAX_TENSOR_DIMS)
+    event = validate_event(_with_input(deep, event_id="e" * MAX_ID_LENGTH))
+    assert event.event_id == "e" * MAX_ID_LENGTH
+    shape = [1] * (MAX_TENSOR_DIMS - 1) + [2]
+    payload = {"dtype": "uint8", "shape": shape, "data_b64": "AAA="}
+    assert validate_event(_with_input(payload)).input.shape == shape  # type: ignore[union-attr]
+
+
+def test_a_tensor_payload_of_the_wrong_size_is_refused_before_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The size is computed from the base64 text's length: a payload that claims a small
+    shape is never decoded when its text is too long for it."""
+    decoded: list[int] = []
+    real = base64.b64decode
+
+    def counted(value: str, **options: Any) -> bytes:
+        decoded.append(len(value))
+        return real(value, **options)
+
+    monkeypatch.setattr(base64, "b64decode", counted)
+    payload = {"dtype": "uint8", "shape": [2], "data_b64": "A" * 4_000_000}
+    with pytest.raises(InvalidEventError, match="decoded 3000000 bytes, but shape"):
+        validate_event(_with_input(payload))
+    assert decoded == []
+
+
+def test_a_malformed_event_is_not_taken_for_a_large_one() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        validate_event(_with_input([0.5], event_id=""))
+    assert not caught.value.too_large
+
+
+def test_too_large_survives_pickling() -> None:
+    error = InvalidEventError("input", "too big", too_large=True)
+    assert pickle.loads(pickle.dumps(error)).too_large

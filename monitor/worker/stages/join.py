@@ -31,9 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detectors import DetectorConfig
 from monitor.config import MonitorConfig
-from monitor.decoding import RecordFormat, event_input, joined_events
+from monitor.decoding import RecordFormat, event_input, joined_events, oip_half
 from monitor.errors import InvalidRecordError
-from monitor.formats import OipMessage, decode_oip_v2
+from monitor.formats import OipMessage
 from monitor.worker.metrics import Metrics
 from monitor.worker.records import OutputRecord, Publish, dead_letter
 from schemas import OipHalf
@@ -308,7 +308,7 @@ class JoinStage:
 
 def _decode(half: OipHalf) -> OipMessage:
     headers = [(name, base64.b64decode(value)) for name, value in half.headers]
-    return decode_oip_v2(base64.b64decode(half.value_b64), headers)
+    return oip_half(base64.b64decode(half.value_b64), headers)
 
 
 def _dump(entry: PendingJoin) -> bytes:

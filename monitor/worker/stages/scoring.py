@@ -35,9 +35,16 @@ import numpy as np
 
 from detectors import Detector, DetectorScores, Device, load_model
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.decoding import RecordFormat, check_topic, event_input, monitored, record_events
+from monitor.decoding import (
+    RecordFormat,
+    check_topic,
+    event_input,
+    monitored,
+    oip_half,
+    record_events,
+    unexpected_refusal,
+)
 from monitor.errors import InvalidRecordError
-from monitor.formats import decode_oip_v2
 from monitor.worker.decisions import (
     adversarial_detection,
     request_action,
@@ -139,7 +146,14 @@ class ScoringPipeline:
         }
 
     def decode(self, messages: Sequence[InputMessage]) -> DecodedMessages:
-        """Split messages into per-model scoring batches, dead letters and OIP v2 halves."""
+        """Split messages into per-model scoring batches, dead letters and OIP v2 halves.
+
+        Never raises for a message, whatever it holds: each refusal becomes one dead letter,
+        and an exception that is no refusal (which :mod:`monitor.decoding` already turns
+        into ``decode_error``, and this method too as a last line of defence) does as well,
+        so the good messages of the batch are still decoded. Only ``MemoryError``
+        propagates (see :mod:`monitor.decoding`).
+        """
         batches: dict[tuple[str, tuple[int, ...]], ScoringBatch] = {}
         decoded = DecodedMessages([], [], [])
         for message in messages:
@@ -161,11 +175,21 @@ class ScoringPipeline:
             except InvalidRecordError as error:
                 reject(error)
                 continue
+            except MemoryError:
+                raise
+            except Exception as exc:
+                reject(unexpected_refusal(exc))
+                continue
             for row, event in enumerate(events):
                 try:
                     array = self._accept(message, event)
                 except InvalidRecordError as error:
                     reject(error)
+                    continue
+                except MemoryError:
+                    raise
+                except Exception as exc:
+                    reject(unexpected_refusal(exc, event=event))
                     continue
                 key = (event.model_id, array.shape)
                 batch = batches.get(key)
@@ -180,7 +204,7 @@ class ScoringPipeline:
 
     def _half(self, message: InputMessage, model: ModelConfig) -> tuple[OutputRecord, str]:
         """An OIP v2 record, checked, as a record for the join topic keyed by its id."""
-        half = decode_oip_v2(message.value, message.headers)
+        half = oip_half(message.value, message.headers)
         record = OipHalf(
             id=half.id,
             kind=half.kind,
