@@ -225,6 +225,22 @@ class OipV2Config(_Strict):
             "response for its request before it is dropped and counted)."
         ),
     )
+    source_attribute: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "CloudEvent attribute or extension (lower-case name) that holds the caller: "
+            "the trusted source, written by the logger or the gateway after authentication."
+        ),
+    )
+    source_parameters: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Request-body parameters to read the source from when source_attribute gives "
+            "none, in order (e.g. [source, user]). The client writes these: opt in only "
+            "when a client cannot choose them, or it can get another client quarantined."
+        ),
+    )
 
 
 class ModelConfig(_Strict):

@@ -127,6 +127,9 @@ class RecordFormat:
         The field mapping of format ``mapped``.
     input_name, output_name
         Which OIP v2 tensors to use when a request (a response) has several.
+    source_attribute, source_parameters
+        Where an OIP v2 event's source comes from (see :class:`monitor.config.OipV2Config`);
+        by default it has none.
     """
 
     format: EventFormat = "native"
@@ -134,6 +137,8 @@ class RecordFormat:
     mapping: FieldMapping | None = None
     input_name: str | None = None
     output_name: str | None = None
+    source_attribute: str | None = None
+    source_parameters: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: ModelConfig | None) -> RecordFormat:
@@ -146,6 +151,8 @@ class RecordFormat:
             model.mapping,
             model.oip_v2.input_name,
             model.oip_v2.output_name,
+            model.oip_v2.source_attribute,
+            tuple(model.oip_v2.source_parameters),
         )
 
 
@@ -204,6 +211,8 @@ def joined_events(
         model_id=record_format.model_id,
         input_name=record_format.input_name,
         output_name=record_format.output_name,
+        source_attribute=record_format.source_attribute,
+        source_parameters=record_format.source_parameters,
     )
 
 

@@ -36,8 +36,11 @@ Choices
   means it), else the request's.
 - ``model_version``: the response body's ``model_version``; a v2 request body has none
   (the version is in the URL path, which the logger does not record).
-- ``source``: the request body's ``parameters["source"]``, else
-  ``parameters["user"]`` (a string or integer); otherwise ``None``.
+- ``source``: the request's CloudEvent attribute named by ``source_attribute`` (set by
+  the logger or the gateway after authentication), else the first of the request body's
+  ``parameters`` named in ``source_parameters`` (a string or integer), else ``None``.
+  Both are off by default: the client writes the body, and a client that may name a
+  source can get another one quarantined, so reading it is an explicit opt-in.
 - ``request_id``: the CloudEvent id.
 
 Limits (reason ``too_large``): a CloudEvent id of at most ``MAX_ID_LENGTH`` characters
@@ -81,7 +84,6 @@ OipKind = Literal["request", "response"]
 
 _KINDS: dict[str, OipKind] = {CE_TYPE_REQUEST: "request", CE_TYPE_RESPONSE: "response"}
 _INVALID = FormatErrorReason.INVALID_OIP_V2
-_SOURCE_PARAMETERS = ("source", "user")
 
 MAX_TENSORS = 64
 """Tensors of one request (``inputs``) or response (``outputs``); pydantic stops reading
@@ -228,6 +230,8 @@ def oip_v2_events(
     model_id: str,
     input_name: str | None = None,
     output_name: str | None = None,
+    source_attribute: str | None = None,
+    source_parameters: Sequence[str] = (),
 ) -> list[InferenceEvent]:
     """The native events of a logged request, joined with its response when there is one.
 
@@ -245,6 +249,9 @@ def oip_v2_events(
     input_name, output_name
         Which tensor to use when the request has several inputs (the response several
         outputs); ``None`` when it has exactly one.
+    source_attribute, source_parameters
+        Where the caller is read from: a CloudEvent attribute (trusted), else request-body
+        parameters (written by the client; opt-in). Neither: no source.
 
     Raises
     ------
@@ -295,7 +302,7 @@ def oip_v2_events(
         "model_version": response.model_version if response is not None else None,
         "ts": ts,
         "request_id": request.id,
-        "source": _caller(request.parameters),
+        "source": _caller(request, source_attribute, source_parameters),
     }
     return [
         build_event(
@@ -356,9 +363,13 @@ def _select(
     )
 
 
-def _caller(parameters: Mapping[str, Any]) -> str | None:
-    for key in _SOURCE_PARAMETERS:
-        value = parameters.get(key)
+def _caller(request: OipMessage, attribute: str | None, parameters: Sequence[str]) -> str | None:
+    if attribute is not None:
+        trusted = request.attributes.get(attribute.lower())
+        if trusted:
+            return trusted
+    for key in parameters:
+        value = request.parameters.get(key)
         if isinstance(value, str) and value:
             return value
         if isinstance(value, int) and not isinstance(value, bool):

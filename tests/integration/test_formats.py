@@ -192,7 +192,7 @@ async def test_kserve_request_and_response_logs_are_joined_and_scored(
         tmp_path,
         topic,
         format="oip-v2",
-        oip_v2={"join_timeout_seconds": 3},
+        oip_v2={"join_timeout_seconds": 3, "source_parameters": ["source", "user"]},
     )
     cases = list(rows_and_expected(tabular))
     expected: dict[str, bool] = {}

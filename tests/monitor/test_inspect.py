@@ -266,7 +266,7 @@ def test_a_mapped_record_without_a_required_field_says_which() -> None:
 def test_a_request_and_its_response_are_joined() -> None:
     reports = inspect_records(
         [oip("kserve_binary_request", 0), oip("kserve_binary_response", 0, partition=1)],
-        Decoding("oip-v2", model_id="iris"),
+        Decoding("oip-v2", model_id="iris", source_parameters=("source", "user")),
     )
     request, response = reports
     assert request.oip is not None

@@ -17,6 +17,7 @@ Sources of the fixture shapes:
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -118,7 +119,7 @@ def test_binary_response_gives_model_name_version_and_outputs() -> None:
 def test_binary_pair_gives_one_event_per_batch_row() -> None:
     """Joined on the CloudEvent id, the iris batch of two gives two events."""
     request, response = _decode("kserve_binary_request"), _decode("kserve_binary_response")
-    events = oip_v2_events(request, response, model_id="iris")
+    events = oip_v2_events(request, response, model_id="iris", source_parameters=("source", "user"))
     assert [e.event_id for e in events] == [f"{IRIS_ID}#0", f"{IRIS_ID}#1"]
     for row, event in enumerate(events):
         assert event.model_id == "iris"
@@ -300,15 +301,24 @@ def test_every_numeric_datatype_decodes_exactly(
     )
 
 
-def test_caller_comes_from_the_request_parameters() -> None:
+def test_the_caller_is_read_only_where_the_operator_trusts_it() -> None:
     x = tensor("x", [1, 1], "FP32", [1])
-    assert oip_v2_events(_request(x, parameters={"user": 17}), None, model_id="m")[0].source == "17"
-    both = _request(x, parameters={"source": "key-1", "user": "u"})
-    assert oip_v2_events(both, None, model_id="m")[0].source == "key-1"
-    assert oip_v2_events(_request(x), None, model_id="m")[0].source is None
-    assert (
-        oip_v2_events(_request(x, parameters={"user": True}), None, model_id="m")[0].source is None
-    )
+    claims = {"source": "victim-1", "user": "u"}
+    # By default the body's parameters are not read: the client writes them.
+    assert oip_v2_events(_request(x, parameters=claims), None, model_id="m")[0].source is None
+    opted_in = ("source", "user")
+
+    def source(request: OipMessage, **where: Any) -> str | None:
+        return oip_v2_events(request, None, model_id="m", **where)[0].source
+
+    assert source(_request(x, parameters={"user": 17}), source_parameters=opted_in) == "17"
+    assert source(_request(x, parameters=claims), source_parameters=opted_in) == "victim-1"
+    assert source(_request(x), source_parameters=opted_in) is None
+    assert source(_request(x, parameters={"user": True}), source_parameters=opted_in) is None
+    # A trusted CloudEvent attribute wins over whatever the body claims.
+    trusted = replace(_request(x, parameters=claims), attributes={"authuser": "alice"})
+    where = {"source_attribute": "AuthUser", "source_parameters": opted_in}
+    assert source(trusted, **where) == "alice"
 
 
 def test_an_empty_batch_gives_no_events() -> None:

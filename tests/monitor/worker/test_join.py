@@ -124,7 +124,12 @@ def test_request_and_response_join_in_either_order(response_first: bool) -> None
         kafka_record("kserve_binary_request"), kafka_record("kserve_binary_response")
     )
     published = Published()
-    stage = JoinStage(config(format="oip-v2"), {}, Metrics.create(CollectorRegistry()), published)
+    stage = JoinStage(
+        config(format="oip-v2", oip_v2={"source_parameters": ["source", "user"]}),
+        {},
+        Metrics.create(CollectorRegistry()),
+        published,
+    )
     for raw in [response, request] if response_first else [request, response]:
         asyncio.run(stage.observe(raw, now=100.0))
     events = joined_events(published)
