@@ -48,6 +48,7 @@ from monitor.formats import FieldMapping
 
 __all__ = [
     "BatchingConfig",
+    "DeadLetterConfig",
     "DriftConfig",
     "DriftSignalConfig",
     "EventFormat",
@@ -120,6 +121,18 @@ _INTERNAL_SUFFIXES = {
     "oip_halves": "oip-halves",
     "joined": "joined-events",
 }
+
+
+class DeadLetterConfig(_Strict):
+    """What a dead letter keeps of the value it refused."""
+
+    copy_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        le=524_288,
+        description="Bytes of a refused value kept in its dead letter (its size and SHA-256 "
+        "are always kept); at most 512 KiB, so a dead letter fits any producer request.",
+    )
 
 
 class BatchingConfig(_Strict):
@@ -278,6 +291,7 @@ class MonitorConfig(_Strict):
 
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    dead_letters: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     models: list[ModelConfig] = Field(min_length=1)
 

@@ -355,6 +355,7 @@ def create_app(
         device=settings.scoring.device,
         intra_op_threads=settings.scoring.intra_op_threads,
         drift=plans,
+        max_request_bytes=kafka.max_request_bytes,
     )
     partitioner = DefaultPartitioner()
     every_partition = list(range(settings.worker.internal_partitions))
@@ -413,6 +414,7 @@ def create_app(
                 metrics,
                 publish,
                 dead_letter_topic=topics.dead_letter,
+                dead_letter_copy_bytes=config.dead_letters.copy_bytes,
                 retry_max_seconds=settings.database.retry_max_seconds,
                 on_new_incident=new_incident,
             )

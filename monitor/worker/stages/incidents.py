@@ -27,7 +27,13 @@ from monitor.incidents.storage.faults import database_unreachable
 from monitor.incidents.storage.incidents import IncidentStore, RecordResult, RefusedDetection
 from monitor.retry import retrying
 from monitor.worker.metrics import Metrics
-from monitor.worker.records import InputMessage, OutputRecord, Publish, dead_letter
+from monitor.worker.records import (
+    DEAD_LETTER_COPY_BYTES,
+    InputMessage,
+    OutputRecord,
+    Publish,
+    dead_letter,
+)
 from schemas import Detection
 
 __all__ = ["IncidentStage"]
@@ -79,6 +85,7 @@ class IncidentStage:
         publish: Publish,
         *,
         dead_letter_topic: str,
+        dead_letter_copy_bytes: int = DEAD_LETTER_COPY_BYTES,
         retry_max_seconds: float,
         on_new_incident: asyncio.Event,
     ) -> None:
@@ -86,6 +93,7 @@ class IncidentStage:
         self.metrics = metrics
         self.publish = publish
         self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_copy_bytes = dead_letter_copy_bytes
         self.retry_max_seconds = retry_max_seconds
         self.on_new_incident = on_new_incident
         self.database_up = True
@@ -217,7 +225,9 @@ class IncidentStage:
             event_id=detection.event_id if detection else None,
             model_id=detection.model_id if detection else None,
         )
-        return dead_letter(self.dead_letter_topic, message, error)
+        return dead_letter(
+            self.dead_letter_topic, message, error, copy_bytes=self.dead_letter_copy_bytes
+        )
 
 
 def _in_messages(result: RecordResult, reads: Sequence[_Read]) -> RecordResult:

@@ -303,6 +303,7 @@ class JoinStage:
             key=request.id.encode(),
             event_id=event_id,
             model_id=request.model_id,
+            copy_bytes=self.config.dead_letters.copy_bytes,
         )
 
 

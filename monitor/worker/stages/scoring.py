@@ -79,6 +79,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_HALF_OVERHEAD_BYTES = 16_384
+"""Room in a halves record for what surrounds the base64 copy (ids, names, JSON)."""
+
 
 @dataclass
 class ScoringBatch:
@@ -135,9 +138,17 @@ class ScoringPipeline:
         Each monitored model's detector, by model id.
     """
 
-    def __init__(self, config: MonitorConfig, models: Mapping[str, ModelDetector]) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        models: Mapping[str, ModelDetector],
+        *,
+        max_half_bytes: int = 1_048_576,
+    ) -> None:
         self.config = config
         self.models = dict(models)
+        self.max_half_bytes = max_half_bytes
+        """The largest internal halves record sent to the join (the producer's limit)."""
         self.topic_models = {
             topic: model
             for model in config.models
@@ -161,7 +172,12 @@ class ScoringPipeline:
             def reject(error: InvalidRecordError, message: InputMessage = message) -> None:
                 decoded.invalid_reasons.append(error.reason)
                 decoded.dead_letters.append(
-                    dead_letter(self.config.topics.dead_letter, message, error)
+                    dead_letter(
+                        self.config.topics.dead_letter,
+                        message,
+                        error,
+                        copy_bytes=self.config.dead_letters.copy_bytes,
+                    )
                 )
 
             model = self.topic_models.get(message.topic)
@@ -203,7 +219,21 @@ class ScoringPipeline:
         return decoded
 
     def _half(self, message: InputMessage, model: ModelConfig) -> tuple[OutputRecord, str]:
-        """An OIP v2 record, checked, as a record for the join topic keyed by its id."""
+        """An OIP v2 record, checked, as a record for the join topic keyed by its id.
+
+        The half carries the whole record (base64, a third larger): a record whose half
+        would outgrow what the producer may send is refused (``too_large``) here, rather
+        than refused by the broker on the way to the join.
+        """
+        carried = len(message.value) + len(message.key or b"")
+        carried += sum(len(name) + len(value) for name, value in message.headers)
+        if 4 * carried // 3 + _HALF_OVERHEAD_BYTES > self.max_half_bytes:
+            raise InvalidRecordError(
+                "too_large",
+                f"an OIP v2 record of {carried} bytes cannot be forwarded to the join: its "
+                f"half would exceed the producer's {self.max_half_bytes} bytes "
+                "(ADVMON_KAFKA__MAX_REQUEST_BYTES)",
+            )
         half = oip_half(message.value, message.headers)
         record = OipHalf(
             id=half.id,
@@ -295,10 +325,11 @@ class ScoringStage(mode.Service):
         device: Device = "auto",
         intra_op_threads: int | None = None,
         drift: Mapping[str, DriftPlan] | None = None,
+        max_request_bytes: int = 1_048_576,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.pipeline = ScoringPipeline(config, models)
+        self.pipeline = ScoringPipeline(config, models, max_half_bytes=max_request_bytes)
         self.drift = dict(drift or {})
         self.metrics = metrics
         self.publish = publish
@@ -395,7 +426,10 @@ class ScoringStage(mode.Service):
                     )
                     outputs.append(
                         dead_letter(
-                            self.pipeline.config.topics.dead_letter, batch.messages[0], error
+                            self.pipeline.config.topics.dead_letter,
+                            batch.messages[0],
+                            error,
+                            copy_bytes=self.pipeline.config.dead_letters.copy_bytes,
                         )
                     )
                 continue

@@ -415,3 +415,26 @@ def test_requests_beyond_the_limit_of_one_id_are_scored_alone_never_dropped() ->
     assert registry.get_sample_value(
         "advmon_oip_joins_total", {"model": "iris", "outcome": "request_alone"}
     ) == len(requests)
+
+
+def test_a_record_whose_half_would_outgrow_the_producer_limit_is_dead_lettered() -> None:
+    value, headers = kafka_record("kserve_binary_request")
+    pipeline = ScoringPipeline(config(format="oip-v2"), {}, max_half_bytes=len(value) + 16_384)
+    decoded = pipeline.decode([message(value, headers)])
+    assert (len(decoded.halves), decoded.invalid_reasons) == (0, ["too_large"])
+    roomy = ScoringPipeline(config(format="oip-v2"), {}, max_half_bytes=4 * len(value) + 32_768)
+    assert len(roomy.decode([message(value, headers)]).halves) == 1
+
+
+def test_dead_letters_keep_as_much_of_the_value_as_the_config_says() -> None:
+    settings = MonitorConfig.model_validate(
+        {
+            "models": [{"id": "iris", "detector": "iris.json", "topics": ["kserve-logs"]}],
+            "dead_letters": {"copy_bytes": 8},
+        }
+    )
+    decoded = ScoringPipeline(settings, {}).decode([message(b"\x00" * 100)])
+    (record,) = decoded.dead_letters
+    letter = DeadLetter.model_validate_json(record.value)
+    assert (len(base64.b64decode(letter.value_b64)), letter.value_size) == (8, 100)
+    assert letter.value_truncated
