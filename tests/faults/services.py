@@ -11,12 +11,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 from monitor.errors import BrokerError
 from monitor.kafka.local_broker import free_loopback_port
-from tests.integration.alertmanager import WebhookReceiver
+from tests.integration.alertmanager import WebhookReceiver, start_alertmanager, write_config
 from tests.kafka import ApacheKafkaBroker
 
 __all__ = ["RestartableAlertmanager", "RestartableKafkaBroker"]
@@ -60,20 +59,6 @@ class RestartableKafkaBroker(ApacheKafkaBroker):
         return time.monotonic() - stopped
 
 
-_CONFIG = """\
-route:
-  receiver: webhook
-  group_by: [incident_id]
-  group_wait: 1s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: webhook
-    webhook_configs:
-      - url: {url}
-"""
-
-
 class RestartableAlertmanager:
     """Alertmanager on a fixed loopback port; :meth:`stop` and :meth:`start` at will.
 
@@ -106,35 +91,8 @@ class RestartableAlertmanager:
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start it and wait until ``/-/ready`` answers."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        config = self.folder / "alertmanager.yml"
-        config.write_text(_CONFIG.format(url=self.receiver.url), encoding="utf-8")
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={config}",
-                    f"--storage.path={self.folder / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--cluster.listen-address=",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "Alertmanager did not start:\n" + self.log_path.read_text(errors="replace")
-                )
-            time.sleep(0.2)
+        write_config(self.folder, self.receiver)
+        self._process = start_alertmanager(self.binary, self.folder, self.port, timeout_s=timeout_s)
 
     def stop(self) -> None:
         """Stop it (SIGTERM)."""

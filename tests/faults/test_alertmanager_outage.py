@@ -17,19 +17,16 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 
 from monitor.incidents.storage.models import Incident
-from tests.faults.figures import FigureLog
+from tests.faults.scenario import Rig
 from tests.faults.services import RestartableAlertmanager
-from tests.integration.alertmanager import WebhookReceiver, alertmanager_binary
+from tests.integration.alertmanager import WebhookReceiver, installed_alertmanager
 from tests.integration.kafka_io import produce, unique_name
 from tests.integration.test_incidents import detection, start_incident_worker, wait_until
-from tests.integration.traffic import DemoDetector
-from tests.integration.workers import WorkerLauncher
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -48,50 +45,38 @@ def _incident(engine: Engine, model: str) -> tuple[int, datetime | None] | None:
 
 
 async def test_an_incident_opened_while_alertmanager_is_down_is_alerted_once_it_is_back(
-    kafka_bootstrap: str,
-    demo_detector: DemoDetector,
-    worker_launcher: WorkerLauncher,
-    database: Engine,
-    pg_url: str,
-    figures: FigureLog,
-    tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    binary = alertmanager_binary()
-    if binary is None:
-        pytest.fail(
-            "Alertmanager is not installed: apt-get install -y prometheus-alertmanager "
-            "(.ci/run does this)",
-            pytrace=False,
-        )
+    binary = installed_alertmanager()
     receiver = WebhookReceiver()
     with receiver.serving():
-        alertmanager = RestartableAlertmanager(binary, tmp_path / "alertmanager", receiver)
+        alertmanager = RestartableAlertmanager(binary, rig.folder / "alertmanager", receiver)
         alertmanager.start()
         try:
             topics, _ = await start_incident_worker(
-                worker_launcher,
-                kafka_bootstrap,
-                demo_detector,
-                tmp_path,
-                pg_url,
+                rig.launcher,
+                rig.bootstrap,
+                rig.detector,
+                rig.folder,
+                rig.database_url,
                 alertmanager_url=alertmanager.url,
             )
-            worker = worker_launcher.workers[-1]
+            worker = rig.launcher.workers[-1]
             alertmanager.stop()
             stopped = time.monotonic()
 
             model = unique_name("am-outage")
             now = datetime.now(UTC)
             await produce(
-                kafka_bootstrap,
+                rig.bootstrap,
                 topics.detections,
                 [detection(f"{model}-{i}", model, now + timedelta(seconds=i)) for i in range(3)],
             )
-            await wait_until(lambda: _incident(database, model) is not None, "the incident")
+            await wait_until(lambda: _incident(rig.database, model) is not None, "the incident")
             opened = time.monotonic()
             await asyncio.sleep(DOWN_S)
             worker.assert_running()
-            found = _incident(database, model)
+            found = _incident(rig.database, model)
             assert found is not None
             incident_id, sent_while_down = found
             notified_while_down = [
@@ -116,7 +101,7 @@ async def test_an_incident_opened_while_alertmanager_is_down_is_alerted_once_it_
             worker.assert_running()
         finally:
             alertmanager.stop()
-    figures.record(
+    rig.figures.record(
         "alertmanager-outage",
         delivered_s is not None and not notified_while_down and sent_while_down is None,
         alertmanager_down_s=down_s,

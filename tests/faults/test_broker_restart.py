@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from tests.faults.figures import FigureLog, Stopwatch
+from tests.faults.scenario import configure_scenario
 from tests.faults.services import RestartableKafkaBroker
 from tests.faults.stream import DecisionTally, EventStream, Missing, demo_traffic
-from tests.integration.kafka_io import OutputTopics, create_topics, unique_name
 from tests.integration.traffic import DemoDetector
-from tests.integration.workers import ModelEntry, WorkerLauncher, write_worker_config
+from tests.integration.workers import WorkerLauncher
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -62,18 +62,11 @@ async def test_a_broker_restart_mid_stream_loses_no_decision(
 ) -> None:
     bootstrap = own_broker.bootstrap
     launcher = WorkerLauncher(bootstrap, tmp_path / "workers")
-    model = unique_name("broker-restart")
-    inference = unique_name("broker-restart-inference")
-    await create_topics(bootstrap, {inference: PARTITIONS})
-    topics = await OutputTopics.create(bootstrap, "broker-restart")
-    config = write_worker_config(
-        tmp_path / "worker.yaml",
-        detector=demo_detector.path,
-        models=[ModelEntry(model, [inference])],
-        topics=topics,
-        quarantine={"limit": 10_000_000},
+    scenario = await configure_scenario(
+        bootstrap, demo_detector, tmp_path, "broker-restart", PARTITIONS
     )
-    app_id = unique_name("broker-restart")
+    model, inference, topics = scenario.model, scenario.inference, scenario.topics
+    config, app_id = scenario.config, scenario.app_id
     traffic = demo_traffic(demo_detector, model, EVENTS)
     stream = EventStream(bootstrap, inference, PARTITIONS, RATE)
     tally = DecisionTally(bootstrap, topics.decisions)

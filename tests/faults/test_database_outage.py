@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from tests.faults.figures import FigureLog, Stopwatch
+from tests.faults.figures import Stopwatch
 from tests.faults.group import emitted_detections, stored_detections, wait_stored
+from tests.faults.scenario import Rig, configure_scenario
 from tests.faults.stream import DecisionTally, EventStream, Missing, demo_traffic
-from tests.integration.kafka_io import OutputTopics, create_topics, unique_name
 from tests.integration.test_incidents import TcpGate
-from tests.integration.traffic import DemoDetector
-from tests.integration.workers import ModelEntry, WorkerLauncher, write_worker_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -51,78 +48,63 @@ async def _first_new_row(
 
 
 async def test_no_detection_is_lost_while_postgresql_is_unreachable_for_60_s(
-    kafka_bootstrap: str,
-    demo_detector: DemoDetector,
-    worker_launcher: WorkerLauncher,
-    database: Engine,
-    pg_url: str,
-    figures: FigureLog,
-    tmp_path: Path,
+    rig: Rig,
 ) -> None:
     gate = TcpGate()
     await gate.open()
-    gated_url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{gate.port}")
-    model = unique_name("db-outage")
-    inference = unique_name("db-outage-inference")
-    await create_topics(kafka_bootstrap, {inference: PARTITIONS})
-    topics = await OutputTopics.create(kafka_bootstrap, "db-outage")
-    config = write_worker_config(
-        tmp_path / "worker.yaml",
-        detector=demo_detector.path,
-        models=[ModelEntry(model, [inference])],
-        topics=topics,
-        quarantine={"limit": 10_000_000},
+    scenario = await configure_scenario(
+        rig.bootstrap, rig.detector, rig.folder, "db-outage", PARTITIONS
     )
-    app_id = unique_name("db-outage")
-    worker = worker_launcher.start(
+    model, inference, topics = scenario.model, scenario.inference, scenario.topics
+    worker = rig.launcher.start(
         "db-outage",
-        config,
-        app_id=app_id,
-        database__url=gated_url,
+        scenario.config,
+        app_id=scenario.app_id,
+        database__url=gate.url_for(rig.database_url),
         incidents__gap_seconds="3600",
         incidents__quiet_period_seconds="86400",
     )
     await worker.wait_consuming(inference, set(range(PARTITIONS)), timeout_s=WAIT_S)
 
-    traffic = demo_traffic(demo_detector, model, EVENTS)
-    stream = EventStream(kafka_bootstrap, inference, PARTITIONS, RATE)
-    tally = DecisionTally(kafka_bootstrap, topics.decisions)
+    traffic = demo_traffic(rig.detector, model, EVENTS)
+    stream = EventStream(rig.bootstrap, inference, PARTITIONS, RATE)
+    tally = DecisionTally(rig.bootstrap, topics.decisions)
     tally.start()
     clock = Stopwatch()
     streaming = asyncio.create_task(stream.send(traffic.values))
     try:
         # A quarter of the stream's length with the database up, then the outage.
         await asyncio.sleep(EVENTS / RATE / 6)
-        before = await asyncio.to_thread(stored_detections, database, model)
+        before = await asyncio.to_thread(stored_detections, rig.database, model)
         await gate.close()
         closed = time.monotonic()
         decided_at_close = tally.decided
         await asyncio.sleep(OUTAGE_S)
-        during = await asyncio.to_thread(stored_detections, database, model)
+        during = await asyncio.to_thread(stored_detections, rig.database, model)
         decided_during = tally.decided - decided_at_close
         worker.assert_running()
         await gate.open(gate.port)
         reopened = time.monotonic()
         outage_s = round(reopened - closed, 1)
-        first_row_s = await _first_new_row(database, model, during.rows, timeout_s=WAIT_S)
+        first_row_s = await _first_new_row(rig.database, model, during.rows, timeout_s=WAIT_S)
         await streaming
         stream_ended_s = round(time.monotonic() - reopened, 1)
         all_decided = await tally.wait_for(EVENTS, timeout_s=WAIT_S)
         await tally.caught_up()
-        records, emitted = await emitted_detections(kafka_bootstrap, topics.detections)
-        stored = await wait_stored(database, model, emitted, timeout_s=WAIT_S)
+        records, emitted = await emitted_detections(rig.bootstrap, topics.detections)
+        stored = await wait_stored(rig.database, model, emitted, timeout_s=WAIT_S)
         caught_up_s = round(time.monotonic() - reopened, 1)
     finally:
         streaming.cancel()
         await tally.stop()
         await gate.close()
     missing = await Missing.find(
-        kafka_bootstrap, app_id, inference, traffic.event_ids, stream.placed, tally.counts
+        rig.bootstrap, scenario.app_id, inference, traffic.event_ids, stream.placed, tally.counts
     )
     worker.assert_running()
     lost = sorted(emitted - stored.event_ids)
     passed = all_decided and not lost and stored.duplicate_rows == 0
-    figures.record(
+    rig.figures.record(
         "database-outage",
         passed,
         events=EVENTS,

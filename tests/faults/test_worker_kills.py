@@ -23,22 +23,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
 
-from tests.faults.figures import EVENTS_VARIABLE, FigureLog, Stopwatch
+from tests.faults.figures import EVENTS_VARIABLE, Stopwatch
 from tests.faults.group import emitted_detections, group_holds, wait_stored
+from tests.faults.scenario import Rig, configure_scenario
 from tests.faults.stream import DecisionTally, EventStream, Missing, demo_traffic
-from tests.integration.kafka_io import OutputTopics, create_topics, unique_name
-from tests.integration.traffic import DemoDetector
-from tests.integration.workers import (
-    ModelEntry,
-    WorkerLauncher,
-    WorkerProcess,
-    write_worker_config,
-)
+from tests.integration.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -55,35 +47,21 @@ def _event_count() -> int:
 
 
 async def test_three_sigkills_mid_stream_lose_no_decision(
-    kafka_bootstrap: str,
-    demo_detector: DemoDetector,
-    worker_launcher: WorkerLauncher,
-    database: Engine,
-    pg_url: str,
-    figures: FigureLog,
-    tmp_path: Path,
+    rig: Rig,
 ) -> None:
     count = _event_count()
-    model = unique_name("kills")
-    inference = unique_name("kills-inference")
-    await create_topics(kafka_bootstrap, {inference: PARTITIONS})
-    topics = await OutputTopics.create(kafka_bootstrap, "kills")
-    config = write_worker_config(
-        tmp_path / "worker.yaml",
-        detector=demo_detector.path,
-        models=[ModelEntry(model, [inference])],
-        topics=topics,
-        quarantine={"limit": 10_000_000},
+    scenario = await configure_scenario(
+        rig.bootstrap, rig.detector, rig.folder, "kills", PARTITIONS
     )
-    app_id = unique_name("kills")
+    model, inference, topics = scenario.model, scenario.inference, scenario.topics
 
     def start(name: str, member: str) -> WorkerProcess:
-        return worker_launcher.start(
+        return rig.launcher.start(
             name,
-            config,
-            app_id=app_id,
-            worker__instance_id=f"{app_id}-{member}",
-            database__url=pg_url,
+            scenario.config,
+            app_id=scenario.app_id,
+            worker__instance_id=f"{scenario.app_id}-{member}",
+            database__url=rig.database_url,
             incidents__gap_seconds="3600",
             incidents__quiet_period_seconds="86400",
         )
@@ -91,9 +69,9 @@ async def test_three_sigkills_mid_stream_lose_no_decision(
     alive = {name: start(name, name) for name in ("worker-a", "worker-b")}
     assert await group_holds(list(alive.values()), inference, PARTITIONS, timeout_s=RECOVER_S)
 
-    traffic = demo_traffic(demo_detector, model, count)
-    stream = EventStream(kafka_bootstrap, inference, PARTITIONS, RATE)
-    tally = DecisionTally(kafka_bootstrap, topics.decisions)
+    traffic = demo_traffic(rig.detector, model, count)
+    stream = EventStream(rig.bootstrap, inference, PARTITIONS, RATE)
+    tally = DecisionTally(rig.bootstrap, topics.decisions)
     tally.start()
     clock = Stopwatch()
     streaming = asyncio.create_task(stream.send(traffic.values))
@@ -134,13 +112,13 @@ async def test_three_sigkills_mid_stream_lose_no_decision(
         await tally.stop()
     decided_s = clock.seconds()
     missing = await Missing.find(
-        kafka_bootstrap, app_id, inference, traffic.event_ids, stream.placed, tally.counts
+        rig.bootstrap, scenario.app_id, inference, traffic.event_ids, stream.placed, tally.counts
     )
     for worker in alive.values():
         worker.assert_running()
 
-    records, emitted = await emitted_detections(kafka_bootstrap, topics.detections)
-    stored = await wait_stored(database, model, emitted, timeout_s=120.0)
+    records, emitted = await emitted_detections(rig.bootstrap, topics.detections)
+    stored = await wait_stored(rig.database, model, emitted, timeout_s=120.0)
     stored_s = clock.seconds()
     lost_detections = sorted(emitted - stored.event_ids)
     rereads = 0.0
@@ -156,7 +134,7 @@ async def test_three_sigkills_mid_stream_lose_no_decision(
         and stored.duplicate_rows == 0
         and stored.incidents == stored.incident_groups
     )
-    figures.record(
+    rig.figures.record(
         "worker-kills",
         passed,
         events=count,

@@ -20,11 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from monitor.kafka.local_broker import free_loopback_port
 
-__all__ = ["Alertmanager", "WebhookReceiver", "alertmanager_binary", "running_alertmanager"]
+__all__ = [
+    "Alertmanager",
+    "WebhookReceiver",
+    "alertmanager_binary",
+    "installed_alertmanager",
+    "running_alertmanager",
+    "start_alertmanager",
+    "write_config",
+]
 
 _CONFIG = """\
 route:
@@ -44,6 +53,18 @@ receivers:
 def alertmanager_binary() -> str | None:
     """The Alertmanager executable, if installed (Debian names it prometheus-alertmanager)."""
     return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def installed_alertmanager() -> str:
+    """The Alertmanager executable; fails the test, saying how to install it, if absent."""
+    binary = alertmanager_binary()
+    if binary is None:
+        pytest.fail(
+            "Alertmanager is not installed: apt-get install -y prometheus-alertmanager "
+            "(.ci/run does this)",
+            pytrace=False,
+        )
+    return binary
 
 
 @dataclass
@@ -112,20 +133,29 @@ class Alertmanager:
             return alerts
 
 
-@contextmanager
-def running_alertmanager(binary: str, folder: Path) -> Iterator[Alertmanager]:
-    """Start Alertmanager on a free loopback port, routing to a fresh webhook receiver."""
-    receiver = WebhookReceiver()
-    with receiver.serving():
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "alertmanager.yml"
-        config.write_text(_CONFIG.format(url=receiver.url), encoding="utf-8")
-        port = free_loopback_port()
-        log = (folder / "alertmanager.log").open("wb")
+def write_config(folder: Path, receiver: WebhookReceiver) -> Path:
+    """Write ``folder/alertmanager.yml``, routing every alert to ``receiver`` grouped by
+    incident, and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "alertmanager.yml"
+    config.write_text(_CONFIG.format(url=receiver.url), encoding="utf-8")
+    return config
+
+
+def start_alertmanager(
+    binary: str, folder: Path, port: int, *, timeout_s: float = 30.0
+) -> subprocess.Popen[bytes]:
+    """Start Alertmanager on loopback ``port`` with ``folder``'s config (see
+    :func:`write_config`), data and log (appended to), and wait until ``/-/ready`` answers.
+
+    Raises :class:`RuntimeError` with its log, having stopped it, if it does not start.
+    """
+    log_path = folder / "alertmanager.log"
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
                 binary,
-                f"--config.file={config}",
+                f"--config.file={folder / 'alertmanager.yml'}",
                 f"--storage.path={folder / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--cluster.listen-address=",
@@ -134,24 +164,33 @@ def running_alertmanager(binary: str, folder: Path) -> Iterator[Alertmanager]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "Alertmanager did not start:\n"
-                        + (folder / "alertmanager.log").read_text(errors="replace")
-                    )
-                time.sleep(0.2)
-            yield Alertmanager(url, receiver)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.terminate()
+            process.wait(10)
+            raise RuntimeError(
+                "Alertmanager did not start:\n" + log_path.read_text(errors="replace")
+            )
+        time.sleep(0.2)
+
+
+@contextmanager
+def running_alertmanager(binary: str, folder: Path) -> Iterator[Alertmanager]:
+    """Start Alertmanager on a free loopback port, routing to a fresh webhook receiver."""
+    receiver = WebhookReceiver()
+    with receiver.serving():
+        write_config(folder, receiver)
+        port = free_loopback_port()
+        process = start_alertmanager(binary, folder, port)
+        try:
+            yield Alertmanager(f"http://127.0.0.1:{port}", receiver)
         finally:
             process.terminate()
             process.wait(10)
-            log.close()

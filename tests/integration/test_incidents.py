@@ -19,7 +19,11 @@ from sqlalchemy import Engine, create_engine, func, select
 from monitor.incidents.storage.models import DetectionRow, Incident, IncidentKind
 from monitor.incidents.storage.schema import upgrade
 from schemas import Detection, DetectionKind
-from tests.integration.alertmanager import Alertmanager, alertmanager_binary, running_alertmanager
+from tests.integration.alertmanager import (
+    Alertmanager,
+    installed_alertmanager,
+    running_alertmanager,
+)
 from tests.integration.kafka_io import (
     OutputTopics,
     committed_offsets,
@@ -38,13 +42,7 @@ SHA = "ab" * 32
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
-    binary = alertmanager_binary()
-    if binary is None:
-        pytest.fail(
-            "Alertmanager is not installed: apt-get install -y prometheus-alertmanager "
-            "(.ci/run does this)",
-            pytrace=False,
-        )
+    binary = installed_alertmanager()
     with running_alertmanager(binary, tmp_path_factory.mktemp("alertmanager")) as running:
         yield running
 
@@ -257,6 +255,10 @@ class TcpGate:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
+    def url_for(self, database_url: str) -> str:
+        """``database_url``, which names PostgreSQL on loopback, through this gate."""
+        return database_url.replace(f"127.0.0.1:{self.target_port}", f"127.0.0.1:{self.port}")
+
     async def open(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", port or self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -293,6 +295,15 @@ class TcpGate:
         self._pipes -= tasks
 
 
+async def closed_gate() -> TcpGate:
+    """A gate to PostgreSQL, given a port and closed: the database is "down" until
+    :meth:`TcpGate.open` opens it again on that port."""
+    gate = TcpGate()
+    await gate.open()
+    await gate.close()
+    return gate
+
+
 async def test_no_detection_is_lost_while_the_database_is_unreachable(
     kafka_bootstrap: str,
     worker_launcher: WorkerLauncher,
@@ -301,18 +312,14 @@ async def test_no_detection_is_lost_while_the_database_is_unreachable(
     pg_url: str,
     tmp_path: Path,
 ) -> None:
-    gate = TcpGate()
-    await gate.open()
-    port = gate.port
-    await gate.close()  # the database is "down" when the worker starts
-    gated_url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    gate = await closed_gate()  # the database is "down" when the worker starts
     model = unique_name("model-outage")
     topics, group = await start_incident_worker(
         worker_launcher,
         kafka_bootstrap,
         demo_detector,
         tmp_path,
-        gated_url,
+        gate.url_for(pg_url),
     )
     now = datetime.now(UTC)
     first = [detection(f"{model}-{i}", model, now + timedelta(seconds=i)) for i in range(30)]
@@ -322,7 +329,7 @@ async def test_no_detection_is_lost_while_the_database_is_unreachable(
     committed = await committed_offsets(kafka_bootstrap, group, topics.detections)
     assert sum(committed.values()) == 0, "offsets were committed before the rows existed"
 
-    await gate.open(port)  # the database is back
+    await gate.open(gate.port)  # the database is back
     try:
         second = [
             detection(f"{model}-b{i}", model, now + timedelta(seconds=40 + i)) for i in range(20)

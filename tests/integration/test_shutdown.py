@@ -12,7 +12,7 @@ from sqlalchemy import Engine, create_engine
 from monitor.incidents.storage.schema import upgrade
 from tests.integration.kafka_io import committed_offsets, produce, unique_name
 from tests.integration.test_incidents import (
-    TcpGate,
+    closed_gate,
     detection,
     detection_rows,
     start_incident_worker,
@@ -39,11 +39,8 @@ async def test_a_stop_while_the_database_is_down_loses_no_detection(
     pg_url: str,
     tmp_path: Path,
 ) -> None:
-    gate = TcpGate()
-    await gate.open()
-    port = gate.port
-    await gate.close()  # the database is "down"
-    gated_url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    gate = await closed_gate()  # the database is "down"
+    gated_url = gate.url_for(pg_url)
     model = unique_name("model-sigterm")
     topics, group = await start_incident_worker(
         worker_launcher, kafka_bootstrap, demo_detector, tmp_path, gated_url
@@ -59,7 +56,7 @@ async def test_a_stop_while_the_database_is_down_loses_no_detection(
     committed = await committed_offsets(kafka_bootstrap, group, topics.detections)
     assert sum(committed.values()) == 0, f"the stop committed unstored detections: {committed}"
 
-    await gate.open(port)  # the database is back; a new worker of the group takes over
+    await gate.open(gate.port)  # the database is back; a new worker of the group takes over
     try:
         await start_incident_worker(
             worker_launcher,
