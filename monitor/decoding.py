@@ -52,6 +52,7 @@ from schemas import TOO_LARGE, InferenceEvent, InvalidEventError, TensorPayload,
 __all__ = [
     "DECODE_ERROR",
     "RecordFormat",
+    "as_refusal",
     "check_topic",
     "checked_input",
     "event_input",
@@ -97,6 +98,21 @@ def unexpected_refusal(
     )
 
 
+def as_refusal(error: Exception, *, event: InferenceEvent | None = None) -> InvalidRecordError:
+    """``error``, raised while decoding or checking one record, as that record's refusal:
+    a refusal as it is, any other exception as :func:`unexpected_refusal`; a
+    ``MemoryError`` is raised again.
+
+    >>> as_refusal(KeyError("x")).reason
+    'decode_error'
+    """
+    if isinstance(error, InvalidRecordError):
+        return error
+    if isinstance(error, MemoryError):
+        raise error
+    return unexpected_refusal(error, event=event)
+
+
 def _refusing_unexpected(function: Callable[P, T]) -> Callable[P, T]:
     """``function``, raising :class:`InvalidRecordError` (or ``MemoryError``) only."""
 
@@ -104,11 +120,11 @@ def _refusing_unexpected(function: Callable[P, T]) -> Callable[P, T]:
     def refusing(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return function(*args, **kwargs)
-        except (InvalidRecordError, MemoryError):
+        except InvalidRecordError:
             raise
         except Exception as exc:
             event = next((a for a in args if isinstance(a, InferenceEvent)), None)
-            raise unexpected_refusal(exc, event=event) from exc
+            raise as_refusal(exc, event=event) from exc
 
     return refusing
 

@@ -37,12 +37,12 @@ from detectors import Detector, DetectorScores, Device, load_model
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.decoding import (
     RecordFormat,
+    as_refusal,
     check_topic,
     event_input,
     monitored,
     oip_half,
     record_events,
-    unexpected_refusal,
 )
 from monitor.errors import InvalidRecordError
 from monitor.worker.decisions import (
@@ -78,6 +78,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_NATIVE = RecordFormat()
+"""How a topic that no model of another format reads holds its records."""
 
 _HALF_OVERHEAD_BYTES = 16_384
 """Room in a halves record for what surrounds the base64 copy (ids, names, JSON)."""
@@ -155,6 +158,10 @@ class ScoringPipeline:
             if model.format != "native"
             for topic in model.topics
         }
+        # How each topic's records read, built once: decoding asks for it per message.
+        self.topic_formats = {
+            topic: RecordFormat.of(model) for topic, model in self.topic_models.items()
+        }
 
     def decode(self, messages: Sequence[InputMessage]) -> DecodedMessages:
         """Split messages into per-model scoring batches, dead letters and OIP v2 halves.
@@ -187,25 +194,17 @@ class ScoringPipeline:
                     decoded.halves.append(record)
                     decoded.half_kinds.append((model.id, kind))
                     continue
-                events = record_events(message.value, RecordFormat.of(model))
-            except InvalidRecordError as error:
-                reject(error)
-                continue
-            except MemoryError:
-                raise
+                events = record_events(
+                    message.value, self.topic_formats.get(message.topic, _NATIVE)
+                )
             except Exception as exc:
-                reject(unexpected_refusal(exc))
+                reject(as_refusal(exc))
                 continue
             for row, event in enumerate(events):
                 try:
                     array = self._accept(message, event)
-                except InvalidRecordError as error:
-                    reject(error)
-                    continue
-                except MemoryError:
-                    raise
                 except Exception as exc:
-                    reject(unexpected_refusal(exc, event=event))
+                    reject(as_refusal(exc, event=event))
                     continue
                 key = (event.model_id, array.shape)
                 batch = batches.get(key)
