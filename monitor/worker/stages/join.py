@@ -93,15 +93,25 @@ def _position(half: OipHalf) -> Position:
 
 
 def _load(stored: bytes) -> PendingJoin:
-    """An entry of the table, also as written before several halves could share an id."""
-    data = orjson.loads(stored)
-    if isinstance(data, dict) and "half" in data:
-        half = OipHalf.model_validate(data["half"])
-        since = float(data.get("waiting_since", 0.0))
-        if data.get("done"):
-            return PendingJoin(handled=[(*_position(half), since)])
-        return PendingJoin(waiting=[WaitingHalf(half=half, since=since)])
-    return PendingJoin.model_validate(data)
+    """An entry of the table, also as written before several halves could share an id.
+
+    The table's changelog is a topic like any other: an entry that does not read is
+    logged and dropped (its halves are lost, the worker goes on), never raised.
+    """
+    try:
+        data = orjson.loads(stored)
+        if isinstance(data, dict) and "half" in data:
+            half = OipHalf.model_validate(data["half"])
+            since = float(data.get("waiting_since", 0.0))
+            if data.get("done"):
+                return PendingJoin(handled=[(*_position(half), since)])
+            return PendingJoin(waiting=[WaitingHalf(half=half, since=since)])
+        entry = PendingJoin.model_validate(data)
+    except (ValueError, TypeError) as exc:  # orjson's and pydantic's errors are ValueErrors
+        logger.error("dropping an unreadable entry of the OIP v2 join table: %s", exc)
+        return PendingJoin()
+    del entry.handled[:-MAX_HANDLED_PER_ID]
+    return entry
 
 
 class JoinStage:

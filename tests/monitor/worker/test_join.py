@@ -438,3 +438,23 @@ def test_dead_letters_keep_as_much_of_the_value_as_the_config_says() -> None:
     letter = DeadLetter.model_validate_json(record.value)
     assert (len(base64.b64decode(letter.value_b64)), letter.value_size) == (8, 100)
     assert letter.value_truncated
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b"\xff not json", b'{"half": {"id": 1}}', b'{"waiting": "no"}', b"[]"],
+    ids=["bytes", "old-format-broken", "wrong-type", "not-an-object"],
+)
+def test_an_unreadable_table_entry_is_dropped_and_the_join_goes_on(stored: bytes) -> None:
+    request, response = halves_of(
+        kafka_record("kserve_binary_request"), kafka_record("kserve_binary_response")
+    )
+    published = Published()
+    table = {CE_ID: stored}
+    stage = JoinStage(
+        config(format="oip-v2"), table, Metrics.create(CollectorRegistry()), published
+    )
+    asyncio.run(stage.expire(now=1.0))
+    for raw in (request, response):
+        asyncio.run(stage.observe(raw, now=2.0))
+    assert len(joined_events(published)) == 2
