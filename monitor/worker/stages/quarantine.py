@@ -13,7 +13,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from monitor.config import MonitorConfig
+from monitor.errors import validation_problem
 from monitor.worker.decisions import quarantine_detection, quarantine_due, source_decision
 from monitor.worker.metrics import Metrics
 from monitor.worker.records import OutputRecord, Publish
@@ -48,7 +51,12 @@ class QuarantineStage:
 
     async def observe(self, raw: bytes) -> None:
         """Count one flagged event; publish a source decision when the limit is crossed."""
-        flag = SourceFlag.model_validate_json(raw)
+        try:
+            flag = SourceFlag.model_validate_json(raw)
+        except ValidationError as exc:
+            # The internal flags topic is a topic like any other: skip, never stop.
+            logger.error("skipping a malformed source flag: %s", validation_problem(exc))
+            return
         policy = self.config.quarantine
         self.counts[flag.source] += 1
         count = int(self.counts[flag.source].current())
