@@ -37,6 +37,7 @@ from schemas._events import (
     decode_event,
     validate_event,
 )
+from schemas._fast import fast_event
 from schemas._joins import OipHalf
 from schemas._limits import (
     MAX_ID_LENGTH,
@@ -77,6 +78,7 @@ __all__ = [
     "TensorDType",
     "TensorPayload",
     "decode_event",
+    "fast_event",
     "validate_event",
 ]
 

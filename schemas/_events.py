@@ -122,52 +122,64 @@ class TensorPayload(WireModel):
     @_field_validator("shape")
     @classmethod
     def _check_elements(cls, shape: list[int]) -> list[int]:
-        elements = math.prod(shape)
-        if elements > MAX_TENSOR_ELEMENTS:
-            raise _limit_exceeded(
-                "shape {shape} holds {elements} elements; at most {limit} are accepted",
-                shape=shape,
-                elements=elements,
-                limit=MAX_TENSOR_ELEMENTS,
-            )
+        tensor_elements(shape)
         return shape
 
     @_field_validator("data_b64")
     @classmethod
     def _check_data(cls, value: str, info: ValidationInfo) -> str:
         # dtype and shape are validated first (field order); skip the size check when either
-        # failed, since its own error already says what is wrong. The size is checked from
-        # the text's length, so a payload of the wrong size is never decoded.
-        dtype = info.data.get("dtype")
-        shape = info.data.get("shape")
-        size = _base64_size(value)
-        if dtype is not None and shape is not None and size is not None:
-            expected = math.prod(shape) * dtype.itemsize
-            if expected > MAX_TENSOR_BYTES:
-                raise _limit_exceeded(
-                    "shape {shape} of {dtype} needs {expected} bytes; at most {limit} are accepted",
-                    shape=shape,
-                    dtype=str(dtype),
-                    expected=expected,
-                    limit=MAX_TENSOR_BYTES,
-                )
-            if size != expected:
-                raise PydanticCustomError(
-                    "tensor_size_mismatch",
-                    "decoded {actual} bytes, but shape {shape} of {dtype} needs {expected}",
-                    {"actual": size, "shape": shape, "dtype": str(dtype), "expected": expected},
-                )
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise PydanticCustomError(
-                "base64_invalid", "not valid standard base64: {error}", {"error": str(exc)}
-            ) from exc
+        # failed, since its own error already says what is wrong.
+        tensor_data(value, info.data.get("dtype"), info.data.get("shape"))
         return value
 
     def to_bytes(self) -> bytes:
         """Decode ``data_b64`` into the raw little-endian bytes, C order."""
         return base64.b64decode(self.data_b64, validate=True)
+
+
+def tensor_elements(shape: list[int]) -> int:
+    """The elements of ``shape``; raises pydantic's error when they are over the limit."""
+    elements = math.prod(shape)
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise _limit_exceeded(
+            "shape {shape} holds {elements} elements; at most {limit} are accepted",
+            shape=shape,
+            elements=elements,
+            limit=MAX_TENSOR_ELEMENTS,
+        )
+    return elements
+
+
+def tensor_data(value: str, dtype: TensorDType | None, shape: list[int] | None) -> bytes:
+    """The bytes a tensor payload's ``data_b64`` holds, checked as its validator checks it.
+
+    The size is checked from the text's length (when ``dtype`` and ``shape`` are known),
+    so a payload of the wrong size is never decoded. Raises pydantic's errors.
+    """
+    size = _base64_size(value)
+    if dtype is not None and shape is not None and size is not None:
+        expected = math.prod(shape) * dtype.itemsize
+        if expected > MAX_TENSOR_BYTES:
+            raise _limit_exceeded(
+                "shape {shape} of {dtype} needs {expected} bytes; at most {limit} are accepted",
+                shape=shape,
+                dtype=str(dtype),
+                expected=expected,
+                limit=MAX_TENSOR_BYTES,
+            )
+        if size != expected:
+            raise PydanticCustomError(
+                "tensor_size_mismatch",
+                "decoded {actual} bytes, but shape {shape} of {dtype} needs {expected}",
+                {"actual": size, "shape": shape, "dtype": str(dtype), "expected": expected},
+            )
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PydanticCustomError(
+            "base64_invalid", "not valid standard base64: {error}", {"error": str(exc)}
+        ) from exc
 
 
 _NESTED_LIST_TAG = "nested_list"

@@ -8,7 +8,9 @@
    OIP v2 records go, re-keyed by CloudEvent id, to the internal halves topic.
    ``join`` pairs each request with its response there (table ``oip-pending``) and
    publishes native events on the internal joined topic, which ``score-joined`` scores
-   like any inference topic.
+   like any inference topic. The inference topics themselves are the hot path: they are
+   read by :mod:`monitor.worker.intake`, an aiokafka consumer inside the app, in record
+   batches and with commits of its own; ``score-joined`` is a Faust agent.
 2. ``quarantine``: source flags → windowed count per source → one source-scoped
    decision when a source crosses its limit (and a quarantine detection).
 3. ``drift``: signals, keyed by model → each model's River detectors (checkpointed in
@@ -28,13 +30,13 @@ them, and the next worker reads them again.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import faust
 
 from monitor.worker.app import AdvmonApp
+from monitor.worker.intake import exit_without_commit
 from monitor.worker.records import InputMessage
 
 __all__ = ["register"]
@@ -57,18 +59,6 @@ def _input_message(event: faust.EventT[Any]) -> InputMessage:
     )
 
 
-def _exit_without_commit(doing: str) -> NoReturn:
-    """Stop the process at once after an unexpected error.
-
-    Faust acknowledges a batch taken with ``take_events`` even when its handler raises,
-    and would commit that offset on the way down; exiting here instead keeps the batch
-    uncommitted, so a restarted worker processes it again (at-least-once).
-    """
-    logger.critical("unexpected error while %s; exiting without committing", doing, exc_info=True)
-    logging.shutdown()
-    os._exit(70)
-
-
 def register(wiring: AdvmonApp) -> None:
     """Attach the agents, the timer and the web pages to ``wiring.app``."""
     app = wiring.app
@@ -81,9 +71,9 @@ def register(wiring: AdvmonApp) -> None:
                 try:
                     await wiring.scoring.process([_input_message(event) for event in events])
                 except Exception:
-                    _exit_without_commit("scoring a batch")
+                    exit_without_commit("scoring a batch")
 
-    app.agent(wiring.inference, name="advmon.score")(score_batches)
+    # The inference topics are read by wiring.intake (monitor.worker.intake), not Faust.
     join = wiring.join
     if join is not None:
         app.agent(wiring.joined, name="advmon.score-joined")(score_batches)
@@ -96,7 +86,7 @@ def register(wiring: AdvmonApp) -> None:
                         await wiring.know_changelogs()
                         await join.observe(value)
                     except Exception:
-                        _exit_without_commit("joining an OIP v2 request and response")
+                        exit_without_commit("joining an OIP v2 request and response")
 
         @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
         async def expire_joins() -> None:
@@ -104,7 +94,7 @@ def register(wiring: AdvmonApp) -> None:
                 await wiring.know_changelogs()
                 await join.expire()
             except Exception:
-                _exit_without_commit("expiring OIP v2 halves")
+                exit_without_commit("expiring OIP v2 halves")
 
     @app.agent(wiring.source_flags, name="advmon.quarantine")
     async def quarantine(stream: Any) -> None:
@@ -113,7 +103,7 @@ def register(wiring: AdvmonApp) -> None:
                 try:
                     await wiring.quarantine.observe(value)
                 except Exception:
-                    _exit_without_commit("counting a source flag")
+                    exit_without_commit("counting a source flag")
 
     if wiring.drift.plans:
 
@@ -125,7 +115,7 @@ def register(wiring: AdvmonApp) -> None:
                         await wiring.know_changelogs()
                         await wiring.drift.process([e.message.value or b"" for e in events])
                     except Exception:
-                        _exit_without_commit("updating drift detectors")
+                        exit_without_commit("updating drift detectors")
 
     incident_stage, alerting = wiring.incidents, wiring.alerting
     if incident_stage is not None and alerting is not None:
@@ -137,7 +127,7 @@ def register(wiring: AdvmonApp) -> None:
                     try:
                         await incident_stage.process([_input_message(e) for e in events])
                     except Exception:
-                        _exit_without_commit("storing detections")
+                        exit_without_commit("storing detections")
 
         @app.task  # type: ignore[untyped-decorator]
         async def sync_alerts() -> None:

@@ -31,6 +31,7 @@ from monitor.incidents.storage.incidents import IncidentStore
 from monitor.retry import retrying
 from monitor.settings import KafkaSettings, Settings
 from monitor.worker.consumer import GaplessConsumer
+from monitor.worker.intake import InferenceIntake
 from monitor.worker.metrics import Metrics
 from monitor.worker.models import ModelDetector
 from monitor.worker.records import OutputRecord
@@ -43,12 +44,17 @@ from monitor.worker.stages.quarantine import QuarantineStage
 from monitor.worker.stages.scoring import ScoringStage
 
 __all__ = [
+    "BATCHED_RECORD_BYTES",
     "AdvmonApp",
     "broker_credentials",
     "create_app",
 ]
 
 logger = logging.getLogger(__name__)
+
+BATCHED_RECORD_BYTES = 65_536
+"""Records up to this size (key and value) are published in record batches; larger ones
+(dead letters, OIP v2 halves) one by one."""
 
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
@@ -133,6 +139,7 @@ class AdvmonApp:
     joined: faust.TopicT
     outputs: dict[str, faust.TopicT]
     scoring: ScoringStage
+    intake: InferenceIntake
     quarantine: QuarantineStage
     drift: DriftStage
     join: JoinStage | None
@@ -202,27 +209,59 @@ class AdvmonApp:
         batch is sent again; a record refused for what it is (too large, an invalid topic)
         would be refused forever, so it is logged and counted as set aside, and the batch
         goes on without it.
+
+        Records go straight to aiokafka in record batches, one per partition (as many as
+        its ``max_batch_size`` needs): ``Topic.send`` costs several event-loop round trips
+        per record, and even aiokafka's ``send`` a future and a queue slot per record. A
+        record batch the broker refuses for good is sent again record by record, so that
+        only the refused records are set aside; a record larger than
+        :data:`BATCHED_RECORD_BYTES` (dead letters, OIP v2 halves) is sent on its own.
         """
-        # Straight to the producer: Topic.send costs several event-loop round trips per
-        # record, which splits a batch into many small produce requests.
         if not self._declared:
             # Create missing output topics once (Topic.send would do it per call).
             await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
             self._declared = True
-        producer = await self.app.maybe_start_producer()
-        pending: list[tuple[OutputRecord, Awaitable[Any]]] = []
-        refused: list[tuple[OutputRecord, BaseException]] = []
+        faust_producer = await self.app.maybe_start_producer()
+        producer: Any = faust_producer._ensure_producer()  # aiokafka's AIOKafkaProducer
+        by_partition: dict[tuple[str, int], list[OutputRecord]] = {}
+        alone: list[OutputRecord] = []
+        known: set[str] = set()
         for record in records:
-            try:
-                sent = await producer.send(record.topic, record.key, record.value, None, None, None)
-            except ProducerSendError as exc:
-                refused.append((record, _permanent(exc.__cause__ or exc)))
+            if len(record.value) + len(record.key) > BATCHED_RECORD_BYTES:
+                alone.append(record)
                 continue
-            pending.append((record, sent))
-        results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
-        for (record, _), result in zip(pending, results, strict=True):
+            if record.topic not in known:
+                await producer.partitions_for(record.topic)  # waits for its metadata
+                known.add(record.topic)
+            # aiokafka's own choice for a keyed record (murmur2, as Kafka's Java client).
+            partition = producer._partition(
+                record.topic, None, record.key, record.value, record.key, record.value
+            )
+            by_partition.setdefault((record.topic, partition), []).append(record)
+        batches: list[tuple[list[OutputRecord], Awaitable[Any]]] = []
+        for (topic, partition), members in by_partition.items():
+            builder = producer.create_batch()
+            chunk: list[OutputRecord] = []
+            for record in members:
+                if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+                    if chunk:
+                        sent = await producer.send_batch(builder, topic, partition=partition)
+                        batches.append((chunk, sent))
+                    builder, chunk = producer.create_batch(), []
+                    if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+                        alone.append(record)  # larger than a record batch may be
+                        continue
+                chunk.append(record)
+            if chunk:
+                batches.append(
+                    (chunk, await producer.send_batch(builder, topic, partition=partition))
+                )
+        refused = await self._send_alone(faust_producer, alone)
+        results = await asyncio.gather(*(sent for _, sent in batches), return_exceptions=True)
+        for (chunk, _), result in zip(batches, results, strict=True):
             if isinstance(result, BaseException):
-                refused.append((record, _permanent(result)))
+                _permanent(result)  # raises a retriable error: the whole batch is retried
+                refused.extend(await self._send_alone(faust_producer, chunk, one_by_one=True))
         for record, error in refused:
             reason = type(error).__name__
             logger.error(
@@ -232,6 +271,35 @@ class AdvmonApp:
                 error,
             )
             self.metrics.records_set_aside.labels(record.topic, reason).inc()
+
+    async def _send_alone(
+        self, producer: Any, records: Sequence[OutputRecord], *, one_by_one: bool = False
+    ) -> list[tuple[OutputRecord, BaseException]]:
+        """Send each record on its own; return those refused for good, with the error.
+
+        ``one_by_one`` waits for each record's acknowledgement before sending the next, so
+        that each travels in a record batch of its own: the broker judges a batch as a
+        whole (``max.message.bytes``), and one refused record would take the others down.
+        """
+        pending: list[tuple[OutputRecord, Awaitable[Any]]] = []
+        refused: list[tuple[OutputRecord, BaseException]] = []
+        for record in records:
+            try:
+                sent = await producer.send(record.topic, record.key, record.value, None, None, None)
+                if one_by_one:
+                    await asyncio.gather(sent)
+            except ProducerSendError as exc:
+                refused.append((record, _permanent(exc.__cause__ or exc)))
+                continue
+            except KafkaError as exc:
+                refused.append((record, _permanent(exc)))
+                continue
+            pending.append((record, sent))
+        results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
+        for (record, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                refused.append((record, _permanent(result)))
+        return refused
 
 
 def _permanent(error: BaseException) -> BaseException:
@@ -277,6 +345,8 @@ def create_app(
         # again only at its next metadata refresh (five minutes by default).
         consumer_metadata_max_age_ms=10_000,
         producer_max_request_size=kafka.max_request_bytes,
+        # Room for a scoring batch's decisions to one partition in one record batch.
+        producer_max_batch_size=min(kafka.max_request_bytes, 262_144),
         autodiscover=False,
         # Faust binds to every interface unless told; --web-bind still overrides this.
         web_bind=settings.worker.web_bind,
@@ -392,6 +462,15 @@ def create_app(
         else None
     )
     quarantine = QuarantineStage(config, counts, in_force, metrics, publish)
+    intake = InferenceIntake(
+        settings,
+        config.inference_topics,
+        scoring.process,
+        metrics,
+        ready=scoring.wait_ready,
+        max_events=config.batching.max_events,
+        max_wait_ms=config.batching.max_wait_ms,
+    )
     new_incident = asyncio.Event()
     wiring = AdvmonApp(
         app=app,
@@ -405,6 +484,7 @@ def create_app(
         joined=joined,
         outputs=outputs,
         scoring=scoring,
+        intake=intake,
         quarantine=quarantine,
         drift=drift,
         join=join,
@@ -424,4 +504,5 @@ def create_app(
         alerting=AlertingStage(store, settings.alerting, new_incident) if store else None,
     )
     app.add_dependency(scoring)
+    app.add_dependency(intake)
     return wiring

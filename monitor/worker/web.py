@@ -30,14 +30,17 @@ def register_pages(wiring: AdvmonApp) -> None:
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> Any:
         consumer = app.consumer
-        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
-        # actives_ready turns true once the first assignment is recovered, and false again
+        partitions = [*consumer.assignment(), *wiring.intake.assignment()]
+        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
+        # The inference partitions are the intake's (its own consumer group), the rest
+        # Faust's. actives_ready turns true once the first assignment is recovered, and false again
         # at every rebalance: before that the worker holds nothing.
         consuming = (
             app.started
             and not app.rebalancing
             and app.tables.actives_ready
             and wiring.scoring.ready
+            and wiring.intake.joined
         )
         body = {"status": "ok" if consuming else "starting", "assigned": assigned}
         return web.json(body, status=200 if consuming else 503)

@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from monitor.worker.intake import inference_group
 from tests.integration.kafka_io import committed_offsets, end_offsets
 from tests.integration.traffic import DemoDetector, inference_event
 
@@ -215,7 +216,8 @@ class Missing:
         decided: Counter[str],
     ) -> Missing:
         """Classify each of ``event_ids`` that ``decided`` does not count."""
-        committed = await committed_offsets(bootstrap, group, topic)
+        # The worker's inference topics are read by its intake's group.
+        committed = await committed_offsets(bootstrap, inference_group(group), topic)
         lost: list[str] = []
         late: list[str] = []
         for index, event_id in enumerate(event_ids):

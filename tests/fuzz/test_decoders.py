@@ -19,7 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.decoding import RecordFormat, event_input, input_array, oip_half, record_events
+from monitor.decoding import (
+    RecordFormat,
+    event_input,
+    input_array,
+    native_fast,
+    oip_half,
+    record_events,
+)
 from monitor.formats import (
     FieldMapping,
     OipMessage,
@@ -57,6 +64,28 @@ def _checked_inputs(events: list[InferenceEvent] | Any) -> None:
             outcome(partial(event_input, event, INPUT_SHAPE, (0.0, 1.0)), 0)
 
 
+def _fast_path_agrees(value: bytes) -> None:
+    """The worker's fast path takes ``value`` the way the slow path does, or leaves it.
+
+    When :func:`native_fast` returns an event, the slow path (the one every command
+    takes, and that words refusals) must accept the record too, give the same event, and
+    build the same input; when it returns ``None``, the worker takes the slow path.
+    """
+    fast = outcome(lambda: native_fast(value), len(value))
+    slow = outcome(lambda: record_events(value, RecordFormat()), len(value))
+    if fast is None:
+        return
+    assert isinstance(fast, tuple)
+    event, array = fast
+    assert isinstance(slow, list), f"the fast path accepted what the slow one refuses: {slow}"
+    assert slow == [event]
+    expected = outcome(partial(input_array, slow[0]), 0)
+    assert isinstance(expected, np.ndarray), "the fast path built an input the slow one refuses"
+    assert array.dtype == expected.dtype
+    assert array.shape == expected.shape
+    np.testing.assert_array_equal(array, expected)
+
+
 # --- native ---------------------------------------------------------------------------
 
 
@@ -73,6 +102,18 @@ def test_mutated_native_events_decode_or_are_refused(value: bytes) -> None:
 @given(st.sampled_from(NATIVE).map(orjson.dumps).flatmap(mutated_bytes))
 def test_native_events_with_damaged_bytes_decode_or_are_refused(value: bytes) -> None:
     _checked_inputs(outcome(lambda: record_events(value, RecordFormat()), len(value)))
+
+
+@settings(max_examples=examples(1000))
+@given(
+    st.one_of(
+        st.sampled_from(NATIVE).map(orjson.dumps),
+        st.sampled_from(NATIVE).flatmap(mutated_json).map(dumps),
+        st.sampled_from(NATIVE).map(orjson.dumps).flatmap(mutated_bytes),
+    )
+)
+def test_the_fast_path_decides_native_events_as_the_slow_path_does(value: bytes) -> None:
+    _fast_path_agrees(value)
 
 
 @st.composite
@@ -101,6 +142,7 @@ def test_tensor_payloads_of_any_shape_and_size_decode_or_are_refused(
 ) -> None:
     value = dumps({"event_id": "e", "model_id": "m", "input": payload})
     _checked_inputs(outcome(lambda: record_events(value, RecordFormat()), len(value)))
+    _fast_path_agrees(value)
 
 
 @settings(max_examples=examples(500))
@@ -108,6 +150,7 @@ def test_tensor_payloads_of_any_shape_and_size_decode_or_are_refused(
 def test_any_input_value_decodes_or_is_refused(value: Any) -> None:
     raw = dumps({"event_id": "e", "model_id": "m", "input": value})
     _checked_inputs(outcome(lambda: record_events(raw, RecordFormat()), len(raw)))
+    _fast_path_agrees(raw)
 
 
 def test_json_nested_deeper_than_the_parser_allows_is_refused() -> None:

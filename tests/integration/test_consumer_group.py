@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from monitor.worker.intake import inference_group
 from schemas import Decision, Scope
 from tests.integration.kafka_io import (
     OutputTopics,
@@ -167,7 +168,7 @@ async def _every_event_decided(
     decided = _decided(records)
     missing = [p for p in sent if _event_id(p) not in decided]
     if missing:
-        committed = await committed_offsets(bootstrap, app_id, group.inference)
+        committed = await committed_offsets(bootstrap, inference_group(app_id), group.inference)
         lost = [p for p in missing if committed.get(p.partition, -1) > p.offset]
         late = [p for p in missing if p not in lost]
 

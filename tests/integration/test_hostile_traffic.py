@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas import DeadLetter, Decision
 from tests.integration.kafka_io import (
@@ -118,3 +120,59 @@ async def test_a_producer_request_size_the_broker_refuses_stops_the_worker_at_st
     code = worker.process.wait(timeout=WAIT_S)
     assert code == 1
     assert "is more than the broker accepts in one message (message.max.bytes=" in worker.log()
+
+
+async def _limit_record_batches(bootstrap: str, topic: str, max_bytes: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
+        )
+    finally:
+        await admin.close()
+
+
+async def test_a_decision_the_broker_refuses_for_good_is_set_aside_and_the_others_published(
+    kafka_bootstrap: str,
+    worker_launcher: WorkerLauncher,
+    demo_detector: DemoDetector,
+    tmp_path: Path,
+) -> None:
+    """Decisions travel in record batches; the broker judges a batch as a whole, so a
+    batch it refuses is sent again record by record, and only the refused one is lost."""
+    topics = await OutputTopics.create(kafka_bootstrap, "refused")
+    inference = unique_name("refused-inference")
+    await create_topics(kafka_bootstrap, {inference: 1})
+    # A decision with ids of 10 characters fits; one with ids of 500 does not.
+    await _limit_record_batches(kafka_bootstrap, topics.decisions, 1_200)
+    config = write_worker_config(
+        tmp_path / "advmon.yaml",
+        detector=demo_detector.path,
+        models=[ModelEntry("digits", [inference])],
+        topics=topics,
+    )
+    worker = worker_launcher.start("refused", config)
+    await worker.wait_consuming(inference, timeout_s=WAIT_S)
+    good = demo_detector.clean.pick(12, flagged=False)
+    values = [inference_event(f"ok-{i:07d}", image) for i, image in enumerate(good)]
+    huge = "h" * 500
+    values.insert(5, inference_event(huge, good[0], source=huge, request_id=huge))
+    await produce(kafka_bootstrap, inference, values)
+
+    decisions = await read_topic(
+        kafka_bootstrap,
+        topics.decisions,
+        lambda records: len(records) >= len(good),
+        timeout_s=WAIT_S,
+    )
+    decided = [Decision.model_validate_json(r.value).event_id for r in decisions]
+    assert sorted(decided) == [f"ok-{i:07d}" for i in range(len(good))]
+    metrics = await worker.wait_for_metrics(
+        lambda m: bool(m.by_label("advmon_records_set_aside_total", "topic")),
+        timeout_s=WAIT_S,
+    )
+    set_aside = metrics.by_label("advmon_records_set_aside_total", "reason")
+    assert set_aside == {"MessageSizeTooLargeError": 1.0}
+    assert metrics.by_label("advmon_records_set_aside_total", "topic") == {topics.decisions: 1.0}
+    worker.assert_running()

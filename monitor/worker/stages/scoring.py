@@ -24,6 +24,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ from monitor.decoding import (
     RecordFormat,
     as_refusal,
     check_topic,
+    checked_input,
     event_input,
     monitored,
+    native_fast,
     oip_half,
     record_events,
 )
@@ -48,10 +51,10 @@ from monitor.errors import InvalidRecordError
 from monitor.worker.decisions import (
     adversarial_detection,
     request_action,
-    request_decision,
+    request_decisions,
     source_flag,
 )
-from monitor.worker.metrics import Metrics
+from monitor.worker.metrics import Metrics, observe_many
 from monitor.worker.models import ModelDetector
 from monitor.worker.records import (
     InputMessage,
@@ -194,15 +197,20 @@ class ScoringPipeline:
                     decoded.halves.append(record)
                     decoded.half_kinds.append((model.id, kind))
                     continue
-                events = record_events(
-                    message.value, self.topic_formats.get(message.topic, _NATIVE)
-                )
+                record_format = self.topic_formats.get(message.topic, _NATIVE)
+                fast = native_fast(message.value) if record_format is _NATIVE else None
+                arrays: list[np.ndarray | None]
+                if fast is not None:
+                    events, arrays = [fast[0]], [fast[1]]
+                else:
+                    events = record_events(message.value, record_format)
+                    arrays = [None] * len(events)
             except Exception as exc:
                 reject(as_refusal(exc))
                 continue
-            for row, event in enumerate(events):
+            for row, (event, unchecked) in enumerate(zip(events, arrays, strict=True)):
                 try:
-                    array = self._accept(message, event)
+                    array = self._accept(message, event, unchecked)
                 except Exception as exc:
                     reject(as_refusal(exc, event=event))
                     continue
@@ -249,12 +257,17 @@ class ScoringPipeline:
         )
         return OutputRecord.of(self.config.topics.oip_halves, half.id, record), half.kind
 
-    def _accept(self, message: InputMessage, event: InferenceEvent) -> np.ndarray:
-        """The event's model input, checked against its model's detector."""
+    def _accept(
+        self, message: InputMessage, event: InferenceEvent, unchecked: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The event's model input (``unchecked``, when the fast path decoded it already),
+        checked against its model's detector."""
         model = monitored(event, self.models)
         if message.topic != self.config.topics.joined:
             check_topic(event, message.topic, model.config.topics)
         detector = model.detector
+        if unchecked is not None:
+            return checked_input(event, unchecked, detector.input_shape, detector.accepted_range)
         return event_input(event, detector.input_shape, detector.accepted_range)
 
     def decide(
@@ -270,16 +283,16 @@ class ScoringPipeline:
         scores = verdict.scores.score.tolist()
         flagged = verdict.flagged.tolist()
         predictions = verdict.scores.prediction.tolist()
-        distances = verdict.scores.squeezer_distances.tolist()
-        out: list[OutputRecord] = []
-        actions: list[Action] = []
-        for i, event in enumerate(batch.events):
-            score = scores[i]
-            actions.append(request_action(flagged[i], model.config.policy))
-            decision = request_decision(event, actions[-1], score, threshold, now)
-            out.append(OutputRecord.of(topics.decisions, decision.key, decision))
-            if not flagged[i]:
-                continue
+        distances = verdict.scores.squeezer_distances[verdict.flagged].tolist()
+        policy = model.config.policy
+        actions = [request_action(f, policy) for f in flagged]
+        out = [
+            OutputRecord(topics.decisions, key.encode(), value)
+            for key, value in request_decisions(batch.events, actions, scores, threshold, now)
+        ]
+        # Distances are read for the flagged rows only: distances[k] is the k-th flagged.
+        for k, i in enumerate(i for i, f in enumerate(flagged) if f):
+            event, score = batch.events[i], scores[i]
             detection = adversarial_detection(
                 event,
                 batch.messages[i],
@@ -287,14 +300,12 @@ class ScoringPipeline:
                 threshold,
                 predictions[i],
                 model.detector_sha256,
-                dict(zip(squeezers, distances[i], strict=True)),
+                dict(zip(squeezers, distances[k], strict=True)),
                 now,
             )
             out.append(OutputRecord.of(topics.detections, event.model_id, detection))
             if event.source:
-                flag = source_flag(
-                    event, event.source, score, threshold, model.config.policy == "enforce", now
-                )
+                flag = source_flag(event, event.source, score, threshold, policy == "enforce", now)
                 out.append(OutputRecord.of(topics.source_flags, event.source, flag))
         return DecidedBatch(out, actions)
 
@@ -375,64 +386,47 @@ class ScoringStage(mode.Service):
         return self._ready.is_set()
 
     async def process(self, messages: Sequence[InputMessage]) -> None:
-        """Handle one batch; returns once every output is acknowledged by the broker."""
+        """Handle one batch; returns once every output is acknowledged by the broker.
+
+        Metrics are updated once per batch, and the wall time of each step is added to
+        ``advmon_pipeline_seconds`` (decode, score, decide, publish).
+        """
         await self.wait_ready()
         metrics = self.metrics
-        for message in messages:
-            metrics.events_consumed.labels(message.topic).inc()
+        steps = metrics.pipeline_seconds
+        clock = time.perf_counter
+        started = clock()
+        for topic, count in Counter(m.topic for m in messages).items():
+            metrics.events_consumed.labels(topic).inc(count)
         decoded = self.pipeline.decode(messages)
-        for reason in decoded.invalid_reasons:
-            metrics.events_invalid.labels(reason).inc()
+        for reason, count in Counter(decoded.invalid_reasons).items():
+            metrics.events_invalid.labels(reason).inc(count)
         outputs: list[OutputRecord] = [*decoded.dead_letters, *decoded.halves]
-        for model_id, kind in decoded.half_kinds:
-            metrics.oip_halves.labels(model_id, kind).inc()
+        for (model_id, kind), count in Counter(decoded.half_kinds).items():
+            metrics.oip_halves.labels(model_id, kind).inc(count)
+        for batch in decoded.batches:
+            metrics.events_decoded.labels(batch.model_id).inc(len(batch.events))
+        steps.labels("decode").inc(clock() - started)
         loop = asyncio.get_running_loop()
         timed: list[tuple[str, list[float | None]]] = []
         actions: list[Action] = []
         pending = list(decoded.batches)
-        for batch in decoded.batches:
-            metrics.events_decoded.labels(batch.model_id).inc(len(batch.events))
+        scoring = deciding = 0.0
         while pending:
             batch = pending.pop(0)
             detector = self.detectors[batch.model_id]
             metrics.batch_size.observe(len(batch.events))
-            started = time.perf_counter()
+            started = clock()
             inputs = batch.stacked()
             try:
                 verdict = await loop.run_in_executor(self._executor, detector.score, inputs)
             except Exception as exc:  # ONNX Runtime refused an input the checks let through
-                if len(batch.events) > 1:
-                    logger.warning(
-                        "model %s: a batch failed to score (%s); retrying its events one by one",
-                        batch.model_id,
-                        exc,
-                    )
-                    pending[:0] = batch.split()
-                else:
-                    logger.warning(
-                        "model %s: event %s failed to score: %s",
-                        batch.model_id,
-                        batch.events[0].event_id,
-                        exc,
-                    )
-                    metrics.events_invalid.labels("scoring_error").inc()
-                    event = batch.events[0]
-                    error = InvalidRecordError(
-                        "scoring_error",
-                        f"scoring failed: {exc}",
-                        event_id=event.event_id,
-                        model_id=event.model_id,
-                    )
-                    outputs.append(
-                        dead_letter(
-                            self.pipeline.config.topics.dead_letter,
-                            batch.messages[0],
-                            error,
-                            copy_bytes=self.pipeline.config.dead_letters.copy_bytes,
-                        )
-                    )
+                scoring += clock() - started
+                outputs.extend(self._unscored(batch, exc, pending))
                 continue
-            metrics.scoring_seconds.labels(batch.model_id).observe(time.perf_counter() - started)
+            scored = clock()
+            scoring += scored - started
+            metrics.scoring_seconds.labels(batch.model_id).observe(scored - started)
             metrics.events_scored.labels(batch.model_id).inc(len(batch.events))
             metrics.events_flagged.labels(batch.model_id).inc(int(verdict.flagged.sum()))
             decided = self.pipeline.decide(batch, verdict)
@@ -455,12 +449,50 @@ class ScoringStage(mode.Service):
                 outputs.append(
                     OutputRecord.of(self.pipeline.config.topics.signals, plan.model_id, signals)
                 )
+            deciding += clock() - scored
+        steps.labels("score").inc(scoring)
+        steps.labels("decide").inc(deciding)
+        started = clock()
         await self.publish(outputs)
-        for action in actions:
-            metrics.decisions.labels(action.value, Scope.REQUEST.value).inc()
+        steps.labels("publish").inc(clock() - started)
+        for action, count in Counter(actions).items():
+            metrics.decisions.labels(action.value, Scope.REQUEST.value).inc(count)
         now = time.time()
         for model_id, times in timed:
-            histogram = metrics.event_to_decision_seconds.labels(model_id)
-            for when in times:
-                if when is not None:
-                    histogram.observe(max(0.0, now - when))
+            observe_many(
+                metrics.event_to_decision_seconds.labels(model_id),
+                [max(0.0, now - when) for when in times if when is not None],
+            )
+
+    def _unscored(
+        self, batch: ScoringBatch, error: Exception, pending: list[ScoringBatch]
+    ) -> list[OutputRecord]:
+        """After ``batch`` failed to score: its events one by one (put back on
+        ``pending``), or, for a single event, its dead letter."""
+        if len(batch.events) > 1:
+            logger.warning(
+                "model %s: a batch failed to score (%s); retrying its events one by one",
+                batch.model_id,
+                error,
+            )
+            pending[:0] = batch.split()
+            return []
+        event = batch.events[0]
+        logger.warning(
+            "model %s: event %s failed to score: %s", batch.model_id, event.event_id, error
+        )
+        self.metrics.events_invalid.labels("scoring_error").inc()
+        refusal = InvalidRecordError(
+            "scoring_error",
+            f"scoring failed: {error}",
+            event_id=event.event_id,
+            model_id=event.model_id,
+        )
+        return [
+            dead_letter(
+                self.pipeline.config.topics.dead_letter,
+                batch.messages[0],
+                refusal,
+                copy_bytes=self.pipeline.config.dead_letters.copy_bytes,
+            )
+        ]
