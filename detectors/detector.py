@@ -293,12 +293,15 @@ class Detector:
         *,
         device: Device = "auto",
         intra_op_threads: int | None = None,
+        spin_wait: bool = True,
     ) -> None:
         self.config = config
         self.graph = build_squeeze_graph(
             model, config.squeezers, output_kind=config.output_kind, output_name=config.output_name
         )
-        self._scorer = SqueezeScorer(self.graph, device=device, intra_op_threads=intra_op_threads)
+        self._scorer = SqueezeScorer(
+            self.graph, device=device, intra_op_threads=intra_op_threads, spin_wait=spin_wait
+        )
 
     @classmethod
     def from_file(

@@ -13,7 +13,7 @@ Example::
       joined: advmon-joined-events        # joined OIP v2 events (native format)
     batching:
       max_events: 64             # events scored per run of the fused graph, at most
-      max_wait_ms: 50            # how long a partial batch waits for more events
+      max_wait_ms: 5             # how long a partial batch waits for more events
     quarantine:
       limit: 20                  # flagged events from one source within the window ...
       window_seconds: 60
@@ -139,7 +139,7 @@ class BatchingConfig(_Strict):
     """How events are batched for scoring: by count and by time, whichever comes first."""
 
     max_events: int = Field(default=64, ge=1, le=65536)
-    max_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    max_wait_ms: int = Field(default=5, ge=1, le=60_000)
 
 
 class QuarantineConfig(_Strict):

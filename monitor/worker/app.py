@@ -185,7 +185,13 @@ class AdvmonApp:
         yield  # an exception here leaves them withheld
         consumer.release(messages)
 
-    async def publish(self, records: Sequence[OutputRecord]) -> None:
+    async def publish(
+        self,
+        records: Sequence[OutputRecord],
+        *,
+        after: asyncio.Future[None] | None = None,
+        queued: asyncio.Future[None] | None = None,
+    ) -> None:
         """Send records and return once the broker acknowledged all of them.
 
         While the broker refuses them the whole batch is sent again with back-off
@@ -199,10 +205,15 @@ class AdvmonApp:
             )
 
         await retrying((KafkaError, TimeoutError), first_s=0.5, most_s=30.0, on_retry=report)(
-            self._send, records
+            self._send, records, after, queued
         )
 
-    async def _send(self, records: Sequence[OutputRecord]) -> None:
+    async def _send(
+        self,
+        records: Sequence[OutputRecord],
+        after: asyncio.Future[None] | None = None,
+        queued: asyncio.Future[None] | None = None,
+    ) -> None:
         """Send ``records``; a record the broker refuses for good is set aside.
 
         A retriable error (broker away, leader moving, timeout) raises, so that the whole
@@ -221,6 +232,8 @@ class AdvmonApp:
             # Create missing output topics once (Topic.send would do it per call).
             await asyncio.gather(*(t.maybe_declare() for t in self.outputs.values()))
             self._declared = True
+        if after is not None:
+            await asyncio.shield(after)
         faust_producer = await self.app.maybe_start_producer()
         producer: Any = faust_producer._ensure_producer()  # aiokafka's AIOKafkaProducer
         by_partition: dict[tuple[str, int], list[OutputRecord]] = {}
@@ -256,7 +269,10 @@ class AdvmonApp:
                 batches.append(
                     (chunk, await producer.send_batch(builder, topic, partition=partition))
                 )
-        refused = await self._send_alone(faust_producer, alone)
+        pending, refused = await self._queue_alone(faust_producer, alone)
+        if queued is not None and not queued.done():
+            queued.set_result(None)
+        refused.extend(await self._acknowledged(pending))
         results = await asyncio.gather(*(sent for _, sent in batches), return_exceptions=True)
         for (chunk, _), result in zip(batches, results, strict=True):
             if isinstance(result, BaseException):
@@ -281,6 +297,15 @@ class AdvmonApp:
         that each travels in a record batch of its own: the broker judges a batch as a
         whole (``max.message.bytes``), and one refused record would take the others down.
         """
+        pending, refused = await self._queue_alone(producer, records, one_by_one=one_by_one)
+        refused.extend(await self._acknowledged(pending))
+        return refused
+
+    async def _queue_alone(
+        self, producer: Any, records: Sequence[OutputRecord], *, one_by_one: bool = False
+    ) -> tuple[list[tuple[OutputRecord, Awaitable[Any]]], list[tuple[OutputRecord, BaseException]]]:
+        """Hand each record to the producer on its own: the records sent, with their
+        acknowledgements to wait for, and those refused for good."""
         pending: list[tuple[OutputRecord, Awaitable[Any]]] = []
         refused: list[tuple[OutputRecord, BaseException]] = []
         for record in records:
@@ -295,11 +320,19 @@ class AdvmonApp:
                 refused.append((record, _permanent(exc)))
                 continue
             pending.append((record, sent))
+        return pending, refused
+
+    @staticmethod
+    async def _acknowledged(
+        pending: Sequence[tuple[OutputRecord, Awaitable[Any]]],
+    ) -> list[tuple[OutputRecord, BaseException]]:
+        """Wait for the acknowledgements; return the records refused for good."""
         results = await asyncio.gather(*(sent for _, sent in pending), return_exceptions=True)
-        for (record, _), result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                refused.append((record, _permanent(result)))
-        return refused
+        return [
+            (record, _permanent(result))
+            for (record, _), result in zip(pending, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
 
 
 def _permanent(error: BaseException) -> BaseException:
@@ -417,13 +450,22 @@ def create_app(
     async def publish(records: Sequence[OutputRecord]) -> None:
         await wiring.publish(records)
 
+    async def publish_in_order(
+        records: Sequence[OutputRecord],
+        after: asyncio.Future[None] | None,
+        queued: asyncio.Future[None],
+    ) -> None:
+        await wiring.publish(records, after=after, queued=queued)
+
     scoring = ScoringStage(
         config,
         models,
         metrics,
         publish,
+        publish_in_order=publish_in_order,
         device=settings.scoring.device,
         intra_op_threads=settings.scoring.intra_op_threads,
+        spin_wait=settings.scoring.spin_wait,
         drift=plans,
         max_request_bytes=kafka.max_request_bytes,
     )

@@ -10,22 +10,29 @@ the web server) stays Faust's.
 
 The loop, :meth:`InferenceIntake.run`::
 
-    getmany (≤ max_events records, waits ≤ max_wait_ms only while nothing is there)
-      → process (decode, score, decide, publish; returns once the broker acknowledged
-        every output)
-      → commit, per partition, the offset after the batch's last record
+    getmany (max_events records, or what came within max_wait_ms)
+      → process (decode, score, decide, publish; done once the broker acknowledged
+        every output), up to MAX_BATCHES_IN_FLIGHT batches at once, so that one batch's
+        wait for acknowledgements overlaps the next one's decoding and scoring
+      → batches finish in the order they were fetched; every COMMIT_INTERVAL_S the
+        offsets after the finished ones are committed
 
 Delivery is at-least-once, as it is for Faust's agents:
 
-- an offset is committed only after everything its batch produced is acknowledged; a
-  worker that stops or dies before that leaves the batch uncommitted, and the next owner
-  of the partition reads it again (its decisions may be written twice, never lost);
-- a batch is processed and committed under a lock that the rebalance listener also takes
-  before the group takes partitions away: a revoked partition's last batch is committed
-  before its next owner reads it. Records fetched for a partition that was revoked
-  meanwhile are left to that owner;
+- an offset is committed only after everything its batch (and every batch before it)
+  produced is acknowledged; a worker that stops or dies before that leaves the batch
+  uncommitted, and the next owner of the partition reads it again (its decisions may be
+  written twice, never lost);
+- before the group takes partitions away, the rebalance listener waits for every batch
+  in hand and commits them (:meth:`InferenceIntake.drain`), under a lock that keeps new
+  batches from starting meanwhile: a revoked partition's last batch is committed before
+  its next owner reads it. Records fetched for a partition that was revoked meanwhile
+  are left to that owner;
+- a stopping worker drains the same way, for up to STOP_GRACE_S, and abandons what is
+  still unfinished uncommitted;
 - a commit the group refuses (this worker was dropped from the group) is logged and
-  counted: the partitions' next owner starts from the last committed offset.
+  counted: the partitions' next owner starts from the last committed offset;
+- a batch that fails unexpectedly stops the process at once, without a commit.
 
 The consumer group is ``<app_id>-inference`` (:func:`inference_group`): a group's members
 must agree on one assignor, and Faust's own group uses its own. A group that has committed
@@ -36,10 +43,13 @@ the inference topics before) left it, if it committed there, else at the earlies
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import mode
@@ -98,21 +108,46 @@ def exit_without_commit(doing: str) -> NoReturn:
     os._exit(70)
 
 
+MAX_BATCHES_IN_FLIGHT = 4
+"""Batches processed at once: one is scored while others wait for their acknowledgements."""
+
+COMMIT_INTERVAL_S = 0.5
+"""Finished batches are committed together, at most this often (and before partitions
+are revoked or the worker stops): a commit per batch would be a request to the group
+coordinator per batch. After a crash, at most this much more is read again."""
+
+IDLE_POLL_MS = 100
+"""How long one fetch waits while nothing comes (finished batches are committed between)."""
+
+STOP_GRACE_S = 10.0
+"""How long a stopping worker waits for its batches in hand before it abandons them."""
+
+
+@dataclass
+class _InFlight:
+    """A batch being processed: the offsets to commit once it has finished."""
+
+    offsets: dict[TopicPartition, int]
+    task: asyncio.Future[None]
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, intake: InferenceIntake) -> None:
         self.intake = intake
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.intake.joined = False
-        # Wait for the batch in hand: it is committed before the partitions go.
+        # The batches in hand are finished and committed before the partitions go.
         async with self.intake.batch_lock:
+            await self.intake.drain()
             if revoked:
                 logger.info("inference partitions revoked: %s", _named(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
             logger.info("inference partitions assigned: %s", _named(assigned))
-            await self.intake.resume_legacy_positions(set(assigned))
+            async with self.intake.batch_lock:
+                await self.intake.resume_legacy_positions(set(assigned))
         self.intake.joined = True
 
 
@@ -160,9 +195,18 @@ class InferenceIntake(mode.Service):
         self.group_id = inference_group(settings.worker.app_id)
         self.legacy_group_id = settings.worker.app_id
         self.batch_lock = asyncio.Lock()
+        self._fetching: asyncio.Future[None] | None = None
+        self._in_flight: deque[_InFlight] = deque()
+        self._finished: dict[TopicPartition, int] = {}
+        """Next offset of each partition whose batches have finished, not yet committed."""
+        self._committing: asyncio.Task[None] | None = None
+        self._committed_at = 0.0
         self.consumer: AIOKafkaConsumer | None = None
         self.joined = False
         """Whether the consumer holds its group's current assignment (none is one)."""
+        self._floors: dict[TopicPartition, int] = {}
+        """Where the app's group left a partition this group had never committed: the
+        records before it were decided already."""
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         kafka = self.settings.kafka
@@ -192,11 +236,27 @@ class InferenceIntake(mode.Service):
         self.consumer = self._new_consumer()
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=_Listener(self))
-        self.add_future(self._run())
+        self._fetching = self.add_future(self._run())
 
     async def on_stop(self) -> None:
-        # Futures added with add_future are cancelled before this runs: a batch in hand
-        # is abandoned uncommitted, and read again by the partition's next owner.
+        # mode calls this before it cancels the service's futures: stop fetching first.
+        if self._fetching is not None:
+            self._fetching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetching
+        # Commit what is finished; what is not, after a grace, is abandoned uncommitted
+        # and read again by the partition's next owner.
+        async with self.batch_lock:
+            try:
+                await asyncio.wait_for(self.drain(), STOP_GRACE_S)
+            except TimeoutError:
+                logger.warning(
+                    "%d batches unfinished after %.0f s; the next owner processes them again",
+                    len(self._in_flight),
+                    STOP_GRACE_S,
+                )
+            for batch in self._in_flight:
+                batch.task.cancel()
         if self.consumer is not None:
             await self.consumer.stop()
 
@@ -210,50 +270,122 @@ class InferenceIntake(mode.Service):
             exit_without_commit("scoring a batch of inference messages")
 
     async def run(self) -> None:
-        """Fetch, process and commit batches until the service stops."""
+        """Fetch batches and start processing each, until the service stops.
+
+        Up to :data:`MAX_BATCHES_IN_FLIGHT` batches are processed at once, so that one
+        batch's wait for the broker's acknowledgement overlaps the next batch's decoding
+        and scoring. They finish, and are committed, in the order they were fetched.
+        """
         consumer = self.consumer
         assert consumer is not None
-        pipeline = self.metrics.pipeline_seconds
-        fetching = pipeline.labels("fetch")
-        committing = pipeline.labels("commit")
+        fetching = self.metrics.pipeline_seconds.labels("fetch")
         while not self.should_stop:
+            if len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
+                await asyncio.wait([self._in_flight[0].task])
+            self._finish()
             started = time.perf_counter()
-            fetched = await consumer.getmany(
-                timeout_ms=self.max_wait_ms, max_records=self.max_events
-            )
+            fetched = await self._take(consumer)
             fetching.inc(time.perf_counter() - started)
             if not fetched:
                 continue
             async with self.batch_lock:
                 owned = consumer.assignment()
-                batch = {tp: records for tp, records in fetched.items() if tp in owned and records}
+                batch = {
+                    tp: self._above_floor(tp, records)
+                    for tp, records in fetched.items()
+                    if tp in owned
+                }
+                batch = {tp: records for tp, records in batch.items() if records}
                 if not batch:
                     continue
-                await self.process(input_messages(r for records in batch.values() for r in records))
-                started = time.perf_counter()
-                await self.commit(consumer, batch)
-                committing.inc(time.perf_counter() - started)
+                messages = input_messages(r for records in batch.values() for r in records)
+                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                task = asyncio.ensure_future(self.process(messages))
+                self._in_flight.append(_InFlight(offsets, task))
+            self._finish()
 
-    async def commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
-    ) -> None:
-        """Commit the offset after each partition's last processed record."""
-        offsets = {
-            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
-        }
+    def _above_floor(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        floor = self._floors.get(tp)
+        if floor is None or not records or records[0].offset >= floor:
+            return records
+        return [record for record in records if record.offset >= floor]
+
+    async def _take(
+        self, consumer: AIOKafkaConsumer
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """The next batch: ``max_events`` records, or what came within ``max_wait_ms`` of
+        asking (at once when records are waiting); empty after :data:`IDLE_POLL_MS`
+        without any."""
+        deadline = time.monotonic() + self.max_wait_ms / 1000
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
+            timeout_ms=IDLE_POLL_MS, max_records=self.max_events
+        )
+        count = sum(len(records) for records in fetched.values())
+        while 0 < count < self.max_events:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=left_ms, max_records=self.max_events - count)
+            for tp, records in more.items():
+                fetched.setdefault(tp, []).extend(records)
+                count += len(records)
+        return fetched
+
+    def _finish(self) -> None:
+        """Take the finished batches at the head of the line; start committing them."""
+        while self._in_flight and self._in_flight[0].task.done():
+            batch = self._in_flight.popleft()
+            if batch.task.cancelled() or batch.task.exception() is not None:
+                error = batch.task.exception() if not batch.task.cancelled() else None
+                logger.critical("a batch failed", exc_info=error)
+                exit_without_commit("scoring a batch of inference messages")
+            self._finished.update(batch.offsets)
+        now = time.monotonic()
+        if (
+            self._finished
+            and (self._committing is None or self._committing.done())
+            and now - self._committed_at >= COMMIT_INTERVAL_S
+        ):
+            offsets, self._finished = self._finished, {}
+            self._committed_at = now
+            self._committing = asyncio.create_task(self.commit(offsets))
+
+    async def drain(self) -> None:
+        """Wait for every batch in hand and commit them all."""
+        if self._in_flight:
+            await asyncio.wait([batch.task for batch in self._in_flight])
+        self._finish()
+        if self._committing is not None:
+            await self._committing
+        if self._finished:
+            offsets, self._finished = self._finished, {}
+            await self.commit(offsets)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, for each partition still assigned, the offset after its last finished
+        record."""
+        consumer = self.consumer
+        assert consumer is not None
+        owned = consumer.assignment()
+        committed = {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items() if tp in owned}
+        if not committed:
+            return
+        started = time.perf_counter()
         try:
-            await consumer.commit(offsets)
+            await consumer.commit(committed)
         except (CommitFailedError, IllegalStateError) as exc:
             # Dropped from the group (or the partitions moved): the next owner reads the
             # batch again from the last committed offset.
             logger.warning(
                 "could not commit %s (%s); the next owner processes them again",
-                _named(offsets),
+                _named(committed),
                 exc,
             )
             self.metrics.commits_refused.inc()
+        finally:
+            self.metrics.pipeline_seconds.labels("commit").inc(time.perf_counter() - started)
 
     async def resume_legacy_positions(self, assigned: set[TopicPartition]) -> None:
         """Start partitions this group never committed where the app's group left them."""
@@ -277,12 +409,17 @@ class InferenceIntake(mode.Service):
             return
         for tp in fresh:
             offset = legacy.get(tp)
-            if offset is not None and offset.offset >= 0:
-                logger.info(
-                    "%s[%d]: starting at offset %d, where group %s left it",
-                    tp.topic,
-                    tp.partition,
-                    offset.offset,
-                    self.legacy_group_id,
-                )
+            if offset is None or offset.offset < 0:
+                continue
+            logger.info(
+                "%s[%d]: starting at offset %d, where group %s left it",
+                tp.topic,
+                tp.partition,
+                offset.offset,
+                self.legacy_group_id,
+            )
+            # Records before it may have been fetched already: they are skipped (the
+            # floor), and the position is moved forward, never back.
+            self._floors[tp] = offset.offset
+            if await consumer.position(tp) < offset.offset:
                 consumer.seek(tp, offset.offset)

@@ -8,6 +8,7 @@ acknowledged every record (see :meth:`monitor.worker.app.AdvmonApp.publish`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "InputMessage",
     "OutputRecord",
     "Publish",
+    "PublishInOrder",
     "b64",
     "dead_letter",
 ]
@@ -72,6 +74,14 @@ class OutputRecord:
 
 Publish = Callable[[Sequence[OutputRecord]], Awaitable[None]]
 """Publishes records and returns once the broker has acknowledged every one of them."""
+
+PublishInOrder = Callable[
+    [Sequence[OutputRecord], "asyncio.Future[None] | None", "asyncio.Future[None]"],
+    Awaitable[None],
+]
+""":data:`Publish` for concurrent callers that must stay in order: ``(records, after,
+queued)`` hands the records to the producer only once ``after`` is done, and marks
+``queued`` done once it has (see :meth:`monitor.worker.app.AdvmonApp.publish`)."""
 
 
 def b64(value: bytes | None) -> str | None:

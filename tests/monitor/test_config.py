@@ -24,7 +24,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert model.policy == "observe"
     assert config.topics.decisions == "advmon-decisions"
     assert config.topics.dead_letter == "advmon-dead-letter"
-    assert (config.batching.max_events, config.batching.max_wait_ms) == (64, 50)
+    assert (config.batching.max_events, config.batching.max_wait_ms) == (64, 5)
     assert config.inference_topics == ["inference-events"]
 
 

@@ -15,7 +15,8 @@ import pytest
 from monitor.decoding import input_array, native_fast
 from schemas import InvalidEventError, decode_event, fast_event
 
-TENSOR = {"dtype": "uint8", "shape": [2, 2], "data_b64": base64.b64encode(bytes(range(4))).decode()}
+DATA = base64.b64encode(bytes(range(4))).decode()
+TENSOR: dict[str, object] = {"dtype": "uint8", "shape": [2, 2], "data_b64": DATA}
 
 
 def _event(**fields: object) -> bytes:
@@ -59,7 +60,7 @@ def test_an_ordinary_event_takes_the_fast_path_and_reads_as_decode_event_reads_i
         (_event(output=["1.5"]), True),
         (_event(event_id=""), False),
         (_event(event_id="x" * 501), False),
-        (_event(input={**TENSOR, "data_b64": TENSOR["data_b64"] + "\n"}), False),
+        (_event(input={**TENSOR, "data_b64": DATA + "\n"}), False),
         (_event(input={**TENSOR, "shape": [2, 3]}), False),
         (_event(input={**TENSOR, "shape": [True, 2]}), False),
         (_event(input="pixels"), False),

@@ -3,8 +3,9 @@
 ==============  =========================================  ======================================
 module          reads                                      writes
 ==============  =========================================  ======================================
-``scoring``     inference topics, the internal joined      decisions, detections, dead letters;
-                topic                                      source flags, signals, OIP v2 halves
+``scoring``     inference topics (through the intake,      decisions, detections, dead letters;
+                :mod:`monitor.worker.intake`), the         source flags, signals, OIP v2 halves
+                internal joined topic
 ``join``        OIP v2 halves (keyed by CloudEvent id)     native events on the joined topic
 ``quarantine``  source flags (keyed by source)             source decisions, quarantine detections
 ``drift``       signals (keyed by model)                   drift detections
@@ -16,8 +17,9 @@ A stage is a plain class (a :class:`mode.Service` when it has start-up work) bui
 :func:`monitor.worker.app.create_app` from what it needs (the worker config, its state as
 a Faust table or a dict in tests, the metrics, a
 :data:`~monitor.worker.records.Publish` callable, the incident store) and fed by an
-agent of :mod:`monitor.worker.agents` through one coroutine per input. A stage that
+agent of :mod:`monitor.worker.agents` (or, for the inference topics, the intake)
+through one coroutine per input. A stage that
 writes records builds them with :class:`~monitor.worker.records.OutputRecord` and
 returns only once ``publish`` has returned, i.e. once the broker acknowledged them; the
-agent's offsets are committed after that. A stage never touches Faust's streams.
+offsets it was fed from are committed after that. A stage never touches Faust's streams.
 """

@@ -60,6 +60,7 @@ from monitor.worker.records import (
     InputMessage,
     OutputRecord,
     Publish,
+    PublishInOrder,
     b64,
     dead_letter,
 )
@@ -84,6 +85,9 @@ logger = logging.getLogger(__name__)
 
 _NATIVE = RecordFormat()
 """How a topic that no model of another format reads holds its records."""
+
+INLINE_SCORING_S = 0.001
+"""A batch expected to score in less than this is scored on the event loop."""
 
 _HALF_OVERHEAD_BYTES = 16_384
 """Room in a halves record for what surrounds the base64 copy (ids, names, JSON)."""
@@ -310,6 +314,13 @@ class ScoringPipeline:
         return DecidedBatch(out, actions)
 
 
+def _timed_score(detector: Detector, inputs: np.ndarray) -> tuple[DetectorScores, float]:
+    """The detector's verdict on ``inputs``, and how long the graph took (seconds)."""
+    started = time.perf_counter()
+    verdict = detector.score(inputs)
+    return verdict, time.perf_counter() - started
+
+
 def event_time(event: InferenceEvent, message: InputMessage) -> float | None:
     """When the event happened, in epoch seconds: its ``ts``, else the Kafka timestamp."""
     if event.ts is not None:
@@ -322,7 +333,9 @@ class ScoringStage(mode.Service):
 
     Scoring runs in a single worker thread so that the event loop keeps serving Kafka
     fetches, heartbeats and the web server while ONNX Runtime works; ONNX Runtime itself
-    parallelises each run over its intra-op threads.
+    parallelises each run over its intra-op threads. A batch whose model scores it, by
+    its recent cost per event, in less than :data:`INLINE_SCORING_S` is scored on the
+    event loop instead: handing it to the thread and back would cost more than that.
     """
 
     def __init__(
@@ -332,8 +345,10 @@ class ScoringStage(mode.Service):
         metrics: Metrics,
         publish: Publish,
         *,
+        publish_in_order: PublishInOrder | None = None,
         device: Device = "auto",
         intra_op_threads: int | None = None,
+        spin_wait: bool = False,
         drift: Mapping[str, DriftPlan] | None = None,
         max_request_bytes: int = 1_048_576,
         **kwargs: Any,
@@ -343,10 +358,17 @@ class ScoringStage(mode.Service):
         self.drift = dict(drift or {})
         self.metrics = metrics
         self.publish = publish
+        self.publish_in_order = publish_in_order
+        self._last_queued: asyncio.Future[None] | None = None
+        """Done once the latest batch's records are with the producer."""
         self.device: Device = device
         self.intra_op_threads = intra_op_threads
+        self.spin_wait = spin_wait
         self.detectors: dict[str, Detector] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="advmon-score")
+        self._cost: dict[str, float] = {}
+        """Each model's recent graph time per event, in seconds (a moving average of the
+        time the graph itself took, without the hand-off to the scoring thread)."""
         self._ready = asyncio.Event()
 
     async def on_start(self) -> None:
@@ -371,6 +393,7 @@ class ScoringStage(mode.Service):
             load_model(model.detector.model_path),
             device=self.device,
             intra_op_threads=self.intra_op_threads,
+            spin_wait=self.spin_wait,
         )
 
     async def on_stop(self) -> None:
@@ -391,6 +414,23 @@ class ScoringStage(mode.Service):
         Metrics are updated once per batch, and the wall time of each step is added to
         ``advmon_pipeline_seconds`` (decode, score, decide, publish).
         """
+        # Batches are processed concurrently (monitor.worker.intake), but their records
+        # reach the producer in the order the batches came: the drift stage applies a
+        # partition's signals in offset order, and skips what it takes for a replay.
+        after, queued = self._last_queued, asyncio.get_running_loop().create_future()
+        self._last_queued = queued
+        try:
+            await self._process(messages, after, queued)
+        finally:
+            if not queued.done():
+                queued.set_result(None)
+
+    async def _process(
+        self,
+        messages: Sequence[InputMessage],
+        after: asyncio.Future[None] | None,
+        queued: asyncio.Future[None],
+    ) -> None:
         await self.wait_ready()
         metrics = self.metrics
         steps = metrics.pipeline_seconds
@@ -419,13 +459,24 @@ class ScoringStage(mode.Service):
             started = clock()
             inputs = batch.stacked()
             try:
-                verdict = await loop.run_in_executor(self._executor, detector.score, inputs)
+                expected = self._cost.get(batch.model_id, INLINE_SCORING_S) * len(inputs)
+                if expected < INLINE_SCORING_S:
+                    verdict, cost = _timed_score(detector, inputs)
+                else:
+                    verdict, cost = await loop.run_in_executor(
+                        self._executor, _timed_score, detector, inputs
+                    )
             except Exception as exc:  # ONNX Runtime refused an input the checks let through
                 scoring += clock() - started
                 outputs.extend(self._unscored(batch, exc, pending))
                 continue
             scored = clock()
             scoring += scored - started
+            known = self._cost.get(batch.model_id)
+            per_event = cost / len(inputs)
+            self._cost[batch.model_id] = (
+                per_event if known is None else 0.8 * known + 0.2 * per_event
+            )
             metrics.scoring_seconds.labels(batch.model_id).observe(scored - started)
             metrics.events_scored.labels(batch.model_id).inc(len(batch.events))
             metrics.events_flagged.labels(batch.model_id).inc(int(verdict.flagged.sum()))
@@ -453,7 +504,12 @@ class ScoringStage(mode.Service):
         steps.labels("score").inc(scoring)
         steps.labels("decide").inc(deciding)
         started = clock()
-        await self.publish(outputs)
+        if self.publish_in_order is not None:
+            await self.publish_in_order(outputs, after, queued)
+        else:
+            if after is not None:
+                await after
+            await self.publish(outputs)
         steps.labels("publish").inc(clock() - started)
         for action, count in Counter(actions).items():
             metrics.decisions.labels(action.value, Scope.REQUEST.value).inc(count)
