@@ -112,7 +112,8 @@ class WorkerSettings(_Group):
         default="advmon",
         min_length=1,
         description=(
-            "Faust app id: the consumer group, and the prefix of the internal topics the "
+            "Faust app id: the consumer groups (<app_id>-inference reads the inference "
+            "topics, <app_id> the internal ones), and the prefix of the internal topics the "
             "config does not name and of the tables' changelogs."
         ),
     )
