@@ -17,12 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from faust.exceptions import AlreadyConfiguredWarning, ProducerSendError
 from faust.types import TP, ConsumerT
 from faust.web import Web
 from faust.web.base import BlueprintManager
+from mode import ServiceT
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -93,6 +101,16 @@ class _FaustApp(faust.App):
     static_url: URL | None = None
     #: Called with (topic, partition) when the consumer reads a skipped message again.
     on_hole_repaired: Callable[[str, int], None] | None = None
+    #: Services stopped before anything of Faust's: they publish through its producer.
+    stopped_first: tuple[ServiceT, ...] = ()
+
+    async def on_stop(self) -> None:
+        # mode stops children in reverse order of addition, and Faust adds its producer
+        # at start, after the services create_app added: the producer would stop first,
+        # while the intake still drains the batches in hand.
+        for service in self.stopped_first:
+            await service.stop()
+        await super().on_stop()
 
     def _new_web(self) -> Web:
         web = super()._new_web()
@@ -335,9 +353,22 @@ class AdvmonApp:
         ]
 
 
+_REFUSED_RECORD = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTopicError,
+)
+"""The broker's refusals of a record for what it is: sending it again cannot help."""
+
+
 def _permanent(error: BaseException) -> BaseException:
-    """``error`` when retrying cannot help; raises it when it can (retried by publish)."""
-    if isinstance(error, KafkaError) and not error.retriable:
+    """``error`` when it refuses the record for good (:data:`_REFUSED_RECORD`); raises it
+    otherwise, for ``publish`` to retry the batch. A timeout, an authorization failure or
+    an unknown server error says nothing about the record: it is retried until it passes,
+    with the input uncommitted, rather than counted as set aside and lost."""
+    if isinstance(error, _REFUSED_RECORD):
         permanent: BaseException = error
         return permanent
     raise error
@@ -547,4 +578,5 @@ def create_app(
     )
     app.add_dependency(scoring)
     app.add_dependency(intake)
+    app.stopped_first = (intake,)
     return wiring

@@ -55,7 +55,7 @@ from typing import Any, NoReturn
 import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from monitor.settings import Settings
@@ -246,17 +246,19 @@ class InferenceIntake(mode.Service):
                 await self._fetching
         # Commit what is finished; what is not, after a grace, is abandoned uncommitted
         # and read again by the partition's next owner.
-        async with self.batch_lock:
-            try:
-                await asyncio.wait_for(self.drain(), STOP_GRACE_S)
-            except TimeoutError:
-                logger.warning(
-                    "%d batches unfinished after %.0f s; the next owner processes them again",
-                    len(self._in_flight),
-                    STOP_GRACE_S,
-                )
-            for batch in self._in_flight:
-                batch.task.cancel()
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                async with self.batch_lock:
+                    await self.drain()
+        except TimeoutError:
+            logger.warning(
+                "%d batches unfinished after %.0f s; the next owner processes them again",
+                len(self._in_flight),
+                STOP_GRACE_S,
+            )
+        for batch in self._in_flight:
+            batch.task.cancel()
+        self._in_flight.clear()
         if self.consumer is not None:
             await self.consumer.stop()
 
@@ -375,11 +377,12 @@ class InferenceIntake(mode.Service):
         started = time.perf_counter()
         try:
             await consumer.commit(committed)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # Dropped from the group (or the partitions moved): the next owner reads the
-            # batch again from the last committed offset.
+        except KafkaError as exc:
+            # Dropped from the group, the partitions moved, the coordinator gone: the
+            # partitions' next owner (this worker, too) reads them again from the last
+            # committed offset.
             logger.warning(
-                "could not commit %s (%s); the next owner processes them again",
+                "could not commit %s (%r); they are processed again from the last commit",
                 _named(committed),
                 exc,
             )
@@ -393,20 +396,23 @@ class InferenceIntake(mode.Service):
         if consumer is None:
             return
         try:
-            fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
-            if not fresh:
-                return
-            admin = AIOKafkaAdminClient(**self.settings.kafka.client_options())
-            await admin.start()
-            try:
-                legacy = await admin.list_consumer_group_offsets(
-                    self.legacy_group_id, partitions=fresh
-                )
-            finally:
-                await admin.close()
-        except KafkaError as exc:
-            logger.warning("could not read group %s's offsets: %s", self.legacy_group_id, exc)
+            await self._resume_legacy_positions(consumer, assigned)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # The partitions start where this group's own commits (or none) say.
+            logger.warning("could not read group %s's offsets: %r", self.legacy_group_id, exc)
+
+    async def _resume_legacy_positions(
+        self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
+    ) -> None:
+        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+        if not fresh:
             return
+        admin = AIOKafkaAdminClient(**self.settings.kafka.client_options())
+        await admin.start()
+        try:
+            legacy = await admin.list_consumer_group_offsets(self.legacy_group_id, partitions=fresh)
+        finally:
+            await admin.close()
         for tp in fresh:
             offset = legacy.get(tp)
             if offset is None or offset.offset < 0:

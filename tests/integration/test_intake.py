@@ -83,3 +83,47 @@ async def test_the_inference_group_starts_where_the_app_group_left_off_then_comm
     assert committed == {0: 20}
     assert orjson.loads(decisions[0].value)["scope"] == "request"
     worker.assert_running()
+
+
+async def test_a_worker_stopped_under_load_exits_cleanly_and_its_successor_loses_nothing(
+    kafka_bootstrap: str,
+    worker_launcher: WorkerLauncher,
+    demo_detector: DemoDetector,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while batches are in flight: the intake drains them through the producer
+    before Faust stops it, the worker exits 0, and the next worker decides the rest."""
+    topics = await OutputTopics.create(kafka_bootstrap, "stop-load")
+    inference = unique_name("stop-load-inference")
+    await create_topics(kafka_bootstrap, {inference: 1})
+    config = write_worker_config(
+        tmp_path / "advmon.yaml",
+        detector=demo_detector.path,
+        models=[ModelEntry("digits", [inference])],
+        topics=topics,
+    )
+    app_id = unique_name("stop-load")
+    first = worker_launcher.start("stop-load-a", config, app_id=app_id)
+    await first.wait_consuming(inference, timeout_s=WAIT_S)
+    images = demo_detector.clean.pick(40, flagged=False)
+    values = [inference_event(f"s{i}", images[i % len(images)]) for i in range(1500)]
+    sending = asyncio.create_task(produce(kafka_bootstrap, inference, values, delay_s=0.004))
+    await read_topic(
+        kafka_bootstrap, topics.decisions, lambda records: len(records) >= 200, timeout_s=WAIT_S
+    )
+    assert first.stop() == 0, first.log()[-3000:]
+    await sending
+    second = worker_launcher.start("stop-load-b", config, app_id=app_id)
+    await second.wait_consuming(inference, timeout_s=WAIT_S)
+    decisions = await read_topic(
+        kafka_bootstrap,
+        topics.decisions,
+        lambda records: (
+            {Decision.model_validate_json(r.value).event_id for r in records}
+            >= {f"s{i}" for i in range(1500)}
+        ),
+        timeout_s=WAIT_S,
+    )
+    decided = {Decision.model_validate_json(r.value).event_id for r in decisions}
+    assert decided == {f"s{i}" for i in range(1500)}
+    second.assert_running()
