@@ -23,9 +23,11 @@ __all__ = [
     "BenchmarkModel",
     "cifar_like_cnn",
     "digits_mlp",
+    "impulse_lattice",
     "mnist_like_cnn",
     "mnist_like_images",
     "small_cnn",
+    "to_pixels",
 ]
 
 #: Squeezers the NDSS paper used for MNIST, and a CIFAR-10 set from the same paper.
@@ -57,11 +59,14 @@ def small_cnn(
     num_classes: int = 10,
     seed: int = 0,
     opset: int = 17,
+    input_scale: float | None = None,
 ) -> onnx.ModelProto:
     """``[Conv 3×3 → Relu]×len(conv_channels) → MaxPool 2×2 → Flatten → Gemm → Relu → Gemm``.
 
     Convolutions are unpadded with stride 1; weights are He-initialised from a seeded
-    generator and biases are zero. The output is ``logits [N, num_classes]``.
+    generator and biases are zero. The output is ``logits [N, num_classes]``. With
+    ``input_scale``, the graph first multiplies its input by it (``Mul``), as a model
+    taking pixel values 0 … 255 scales them to ``[0, 1]``.
     """
     rng = np.random.default_rng(seed)
     channels, height, width = input_shape
@@ -78,6 +83,11 @@ def small_cnn(
         return name
 
     x = "image"
+    if input_scale is not None:
+        scale = numpy_helper.from_array(np.array(input_scale, dtype=np.float32), "input_scale")
+        initializers.append(scale)
+        nodes.append(helper.make_node("Mul", [x, "input_scale"], ["scaled"]))
+        x = "scaled"
     for i, out_channels in enumerate(conv_channels):
         w = weight(f"conv{i}_w", (out_channels, channels, 3, 3), channels * 9)
         b = zeros(f"conv{i}_b", out_channels)
@@ -116,12 +126,18 @@ def digits_mlp(data: DigitsData) -> BenchmarkModel:
     )
 
 
-def mnist_like_cnn(seed: int = 0) -> BenchmarkModel:
-    """A random-weight CNN on ``[N, 1, 28, 28]`` with the paper's MNIST squeezers."""
+def mnist_like_cnn(seed: int = 0, *, pixels: bool = False) -> BenchmarkModel:
+    """A random-weight CNN on ``[N, 1, 28, 28]`` with the paper's MNIST squeezers.
+
+    With ``pixels`` it takes pixel values 0 … 255 and scales them by 1/255 first (the
+    same weights otherwise).
+    """
+    scale = 1 / 255 if pixels else None
     return BenchmarkModel(
         name="MNIST-like CNN",
-        description="Conv32-Conv64-MaxPool-FC128-FC10, input [N,1,28,28], random weights",
-        model=small_cnn((1, 28, 28), seed=seed),
+        description="Conv32-Conv64-MaxPool-FC128-FC10, input [N,1,28,28], random weights"
+        + (", pixel values 0–255 scaled by 1/255 in the graph" if pixels else ""),
+        model=small_cnn((1, 28, 28), seed=seed, input_scale=scale),
         squeezer_spec=MNIST_SQUEEZERS,
     )
 
@@ -141,3 +157,28 @@ def mnist_like_images(digits: np.ndarray) -> np.ndarray:
     upscaled = np.kron(digits, np.ones((1, 1, 3, 3), dtype=digits.dtype))
     padded: np.ndarray = np.pad(upscaled, ((0, 0), (0, 0), (2, 2), (2, 2)))
     return padded.astype(np.float32)
+
+
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` float images → uint8 pixel values ``0 … 255`` (rounded), as MNIST ships."""
+    pixels: np.ndarray = np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return pixels
+
+
+def impulse_lattice(
+    images: np.ndarray, *, stride: int = 3, value: float = 255, seed: int = 0
+) -> np.ndarray:
+    """``images`` ``[N, C, H, W]`` with the pixels of a square lattice set to ``value``.
+
+    Each image gets every ``stride``-th pixel of every ``stride``-th row set, starting at
+    an offset ``(dy, dx)`` drawn from ``0 … stride - 1`` (seeded): isolated saturated
+    pixels, ``1 / stride²`` of the image, at an L∞ distance of up to ``value`` from it.
+    With ``stride >= 3`` no 2×2 or 3×3 window holds two of them, so median smoothing of
+    either size replaces each with a value of its neighbourhood; bit-depth reduction
+    keeps them.
+    """
+    rng = np.random.default_rng(seed)
+    out = images.copy()
+    for image, (dy, dx) in zip(out, rng.integers(0, stride, size=(len(out), 2)), strict=True):
+        image[..., dy::stride, dx::stride] = value
+    return out
