@@ -38,6 +38,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 from mode import Service
@@ -156,7 +157,12 @@ class GaplessConsumer(AIOKafkaConsumer):
             ):
                 self._stalls.pop(tp, None)
                 continue
-            position = await self.position(tp)
+            try:
+                position = await self.position(tp)
+            except IllegalStateError:
+                # Revoked since the assignment was read (a rebalance is under way).
+                self._stalls.pop(tp, None)
+                continue
             if position is None or position <= committed:
                 self._stalls.pop(tp, None)
                 continue
@@ -192,6 +198,9 @@ class GaplessConsumer(AIOKafkaConsumer):
                 offset,
             )
             self._holes.pop(tp, None)
-            await self.seek(tp, offset)
+            try:
+                await self.seek(tp, offset)
+            except IllegalStateError:
+                continue  # revoked meanwhile: its next owner reads from the commit
             if self.on_hole_repaired is not None:
                 self.on_hole_repaired(tp.topic, tp.partition)

@@ -12,8 +12,9 @@ The loop, :meth:`InferenceIntake.run`::
 
     getmany (max_events records, or what came within max_wait_ms)
       → process (decode, score, decide, publish; done once the broker acknowledged
-        every output), up to MAX_BATCHES_IN_FLIGHT batches at once, so that one batch's
-        wait for acknowledgements overlaps the next one's decoding and scoring
+        every output), up to MAX_BATCHES_IN_FLIGHT batches (MAX_BYTES_IN_FLIGHT of
+        values) at once, so that one batch's wait for acknowledgements overlaps the
+        next one's decoding and scoring
       → batches finish in the order they were fetched; every COMMIT_INTERVAL_S the
         offsets after the finished ones are committed
 
@@ -109,7 +110,13 @@ def exit_without_commit(doing: str) -> NoReturn:
 
 
 MAX_BATCHES_IN_FLIGHT = 4
-"""Batches processed at once: one is scored while others wait for their acknowledgements."""
+"""Batches processed at once: one is scored while others wait for their acknowledgements
+(the producer sends what they queued meanwhile in one request per broker)."""
+
+MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+"""At most this much of the inference messages' values is held by batches in hand (a
+batch that alone holds more is still taken, alone): memory is bounded by bytes, not only
+by the record count, whatever size the messages are."""
 
 COMMIT_INTERVAL_S = 0.5
 """Finished batches are committed together, at most this often (and before partitions
@@ -129,6 +136,8 @@ class _InFlight:
 
     offsets: dict[TopicPartition, int]
     task: asyncio.Future[None]
+    size: int = 0
+    """Bytes of the batch's message values."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -274,16 +283,21 @@ class InferenceIntake(mode.Service):
     async def run(self) -> None:
         """Fetch batches and start processing each, until the service stops.
 
-        Up to :data:`MAX_BATCHES_IN_FLIGHT` batches are processed at once, so that one
-        batch's wait for the broker's acknowledgement overlaps the next batch's decoding
-        and scoring. They finish, and are committed, in the order they were fetched.
+        Up to :data:`MAX_BATCHES_IN_FLIGHT` batches (and :data:`MAX_BYTES_IN_FLIGHT`) are
+        processed at once, so that one batch's wait for the broker's acknowledgement
+        overlaps the next batch's decoding and scoring. They finish, and are committed,
+        in the order they were fetched.
         """
         consumer = self.consumer
         assert consumer is not None
         fetching = self.metrics.pipeline_seconds.labels("fetch")
         while not self.should_stop:
-            if len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            while self._in_flight and (
+                len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT
+                or sum(b.size for b in self._in_flight) >= MAX_BYTES_IN_FLIGHT
+            ):
                 await asyncio.wait([self._in_flight[0].task])
+                self._finish()
             self._finish()
             started = time.perf_counter()
             fetched = await self._take(consumer)
@@ -303,7 +317,8 @@ class InferenceIntake(mode.Service):
                 messages = input_messages(r for records in batch.values() for r in records)
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                 task = asyncio.ensure_future(self.process(messages))
-                self._in_flight.append(_InFlight(offsets, task))
+                size = sum(len(m.value) for m in messages)
+                self._in_flight.append(_InFlight(offsets, task, size))
             self._finish()
 
     def _above_floor(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from aiokafka.errors import IllegalStateError
 from faust.types import TP, Message
 
 from monitor.worker.app import _FaustApp
@@ -204,3 +205,22 @@ def test_messages_withheld_by_a_stopped_agent_are_never_acknowledged_or_committe
     assert [m.acked for m in stopped] == [False, False]
     assert consumer._acked[PARTITION] == [10, 11]
     assert consumer._new_offset(PARTITION) == 12
+
+
+async def test_a_partition_revoked_while_the_repair_looks_at_it_is_skipped(
+    consumer: GaplessConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance between reading the assignment and asking a position: aiokafka
+    refuses the position of a partition no longer assigned, which must not crash the
+    consumer (it did, stopping the worker, while a member rejoined its group)."""
+    sought = await _stall_setup(consumer, monkeypatch, position=50)
+
+    async def revoked(tp: TP) -> int:
+        raise IllegalStateError(f"Partition {tp} is not assigned")
+
+    monkeypatch.setattr(consumer, "position", revoked)
+    for _ in range(3):
+        await consumer.repair_holes()
+        _age_notes(consumer)
+    assert sought == []
+    assert consumer._stalls == {}
