@@ -295,7 +295,7 @@ class AdvmonApp:
         for (chunk, _), result in zip(batches, results, strict=True):
             if isinstance(result, BaseException):
                 _permanent(result)  # raises a retriable error: the whole batch is retried
-                refused.extend(await self._send_alone(faust_producer, chunk, one_by_one=True))
+                refused.extend(await self._send_one_by_one(faust_producer, chunk))
         for record, error in refused:
             reason = type(error).__name__
             logger.error(
@@ -306,24 +306,25 @@ class AdvmonApp:
             )
             self.metrics.records_set_aside.labels(record.topic, reason).inc()
 
-    async def _send_alone(
-        self, producer: Any, records: Sequence[OutputRecord], *, one_by_one: bool = False
+    async def _send_one_by_one(
+        self, producer: Any, records: Sequence[OutputRecord]
     ) -> list[tuple[OutputRecord, BaseException]]:
         """Send each record on its own; return those refused for good, with the error.
 
-        ``one_by_one`` waits for each record's acknowledgement before sending the next, so
-        that each travels in a record batch of its own: the broker judges a batch as a
-        whole (``max.message.bytes``), and one refused record would take the others down.
+        Each record's acknowledgement is awaited before the next is sent, so that each
+        travels in a record batch of its own: the broker judges a batch as a whole
+        (``max.message.bytes``), and one refused record would take the others down.
         """
-        pending, refused = await self._queue_alone(producer, records, one_by_one=one_by_one)
+        pending, refused = await self._queue_alone(producer, records, one_by_one=True)
         refused.extend(await self._acknowledged(pending))
         return refused
 
     async def _queue_alone(
         self, producer: Any, records: Sequence[OutputRecord], *, one_by_one: bool = False
     ) -> tuple[list[tuple[OutputRecord, Awaitable[Any]]], list[tuple[OutputRecord, BaseException]]]:
-        """Hand each record to the producer on its own: the records sent, with their
-        acknowledgements to wait for, and those refused for good."""
+        """Hand each record to the producer on its own (``one_by_one``: each only once the
+        one before was acknowledged): the records sent, with their acknowledgements to
+        wait for, and those refused for good."""
         pending: list[tuple[OutputRecord, Awaitable[Any]]] = []
         refused: list[tuple[OutputRecord, BaseException]] = []
         for record in records:

@@ -319,7 +319,6 @@ class InferenceIntake(mode.Service):
                 task = asyncio.ensure_future(self.process(messages))
                 size = sum(len(m.value) for m in messages)
                 self._in_flight.append(_InFlight(offsets, task, size))
-            self._finish()
 
     def _above_floor(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]

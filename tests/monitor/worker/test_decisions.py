@@ -10,10 +10,11 @@ from monitor.worker.decisions import (
     quarantine_due,
     request_action,
     request_decision,
+    request_decisions,
     source_action,
     source_decision,
 )
-from schemas import Action, Scope, SourceFlag, decode_event
+from schemas import Action, Decision, Scope, SourceFlag, decode_event
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -72,3 +73,24 @@ def test_a_source_decision_quarantines_only_when_enforced() -> None:
     ]
     observed = source_decision(flag.model_copy(update={"enforce": False}), 20, 20, expires, NOW)
     assert observed.action is Action.FLAG
+
+
+def test_a_batch_of_request_decisions_is_field_for_field_what_request_decision_builds() -> None:
+    """The batch path encodes decisions with orjson, not the pydantic model: the same
+    contract, whatever the event leaves out, and the same key."""
+    events = [
+        decode_event(
+            b'{"event_id": "e1", "request_id": "r1", "source": "user-7", "model_id": "m",'
+            b' "model_version": "3", "ts": "2026-01-02T03:04:00+02:00", "input": [1]}'
+        ),
+        decode_event(b'{"event_id": "e2", "model_id": "m", "input": [1]}'),
+        decode_event('{"event_id": "é3", "model_id": "m", "source": "", "input": [1]}'.encode()),
+    ]
+    actions = [Action.QUARANTINE, Action.ALLOW, Action.FLAG]
+    scores = [0.8125, 1e-7, 123456.789]
+    batch = request_decisions(events, actions, scores, 0.5, NOW)
+    assert len(batch) == len(events)
+    for (key, value), event, action, score in zip(batch, events, actions, scores, strict=True):
+        expected = request_decision(event, action, score, 0.5, NOW)
+        assert Decision.model_validate_json(value) == expected
+        assert key == expected.key
