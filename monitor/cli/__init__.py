@@ -4,6 +4,7 @@
 
     advmon                       this module: settings from the environment, logging
     ├── calibrate, score         offline.py    detector files and scores from event files
+    ├── evaluate                 evaluate.py   the robustness report and release gate
     ├── worker                   worker.py     the stream processor (monitor.worker.run)
     ├── inspect                  inspect.py    how a topic's messages decode
     ├── demo                     demo.py       the embedded demo, end to end
@@ -24,7 +25,7 @@ import logging
 import click
 from pydantic import ValidationError
 
-from monitor.cli import api, db, demo, incidents, inspect, offline, worker
+from monitor.cli import api, db, demo, evaluate, incidents, inspect, offline, worker
 from monitor.errors import UnknownSettingError
 from monitor.settings import Settings
 
@@ -64,6 +65,7 @@ def main(ctx: click.Context) -> None:
 
 main.add_command(offline.calibrate)
 main.add_command(offline.score)
+main.add_command(evaluate.evaluate)
 main.add_command(worker.worker)
 main.add_command(inspect.inspect_topic)
 main.add_command(demo.demo)
