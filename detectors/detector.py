@@ -12,12 +12,12 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import onnx
@@ -27,6 +27,7 @@ from detectors._errors import (
     DetectorFileError,
     ModelHashMismatchError,
     ModelValidationError,
+    SqueezerSpecError,
 )
 from detectors.calibration import (
     MIN_CALIBRATION_EVENTS,
@@ -56,11 +57,18 @@ from detectors.squeezers import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "SEARCH_BUDGETS",
     "CalibrationSummary",
     "Detector",
     "DetectorConfig",
     "DetectorScores",
+    "SearchAttack",
+    "SearchBudget",
+    "SearchCandidate",
+    "SearchSplit",
+    "SqueezerSearch",
     "calibrate_detector",
+    "check_benign_inputs",
     "detect_output_kind",
     "file_sha256",
     "preset_for",
@@ -118,6 +126,308 @@ class CalibrationSummary:
     """ONNX Runtime execution provider the benign events were scored on."""
 
 
+SearchBudget = Literal["small", "full"]
+"""How hard the squeezer search works: ``small`` (seconds) or ``full``."""
+
+#: The search budgets, in order of cost.
+SEARCH_BUDGETS: tuple[SearchBudget, ...] = ("small", "full")
+
+
+@dataclass(frozen=True)
+class SearchAttack:
+    """One attack the squeezer search crafted, and how many of its examples fooled the model."""
+
+    name: str
+    """Unique among the search's attacks; keys :attr:`SearchCandidate.detection_by_attack`."""
+    norm: str
+    """The norm bounding the perturbation (``inf``, ``2``, …)."""
+    access: str
+    """``white-box`` (gradients of the model) or ``black-box`` (its outputs only)."""
+    attempted: int
+    """Held-back benign events the attack started from."""
+    successful: int
+    """Of those, how many it turned into an input the model classifies differently."""
+
+
+@dataclass(frozen=True)
+class SearchCandidate:
+    """One candidate squeezer set and how it did on the search's held-back split."""
+
+    spec: str
+    detection_rate: float
+    """Mean over the successful attacks of the fraction of their examples flagged."""
+    held_back_fpr: float
+    """Fraction of the held-back benign events flagged."""
+    threshold: float
+    """The threshold calibrated at the target FPR on the benign events not held back."""
+    detection_by_attack: dict[str, float]
+    """Fraction flagged per attack name (attacks that never succeeded are left out)."""
+
+    @property
+    def n_squeezers(self) -> int:
+        """How many squeezers the candidate holds."""
+        return len(parse_squeezer_spec(self.spec))
+
+
+@dataclass(frozen=True)
+class SearchSplit:
+    """How the search divided the benign events."""
+
+    benign_events: int
+    """Valid benign events read."""
+    sampled_events: int
+    """The bounded random sample of them the search used."""
+    threshold_events: int
+    """Part of the sample the candidates' thresholds were calibrated on."""
+    held_back_events: int
+    """Part of the sample held back to measure false positives and to attack."""
+    attacked_events: int
+    """Held-back events the attacks started from."""
+
+
+@dataclass(frozen=True)
+class SqueezerSearch:
+    """Why a detector holds its squeezers: the evidence of ``advmon calibrate``'s search.
+
+    The search holds back part of a bounded sample of the benign events, crafts attacks
+    against the model from the held-back part, and keeps the candidate with the best
+    detection rate at the target FPR among those whose held-back FPR stays within
+    ``held_back_fpr_limit`` (ties: lower held-back FPR, then fewer squeezers). When it
+    cannot decide (too few events, no attack succeeded) the preset is taken and
+    ``fallback_reason`` says why.
+    """
+
+    chosen: str
+    """The spec the detector was calibrated with."""
+    fallback_reason: str | None
+    """``None`` when the evidence chose; otherwise why the preset was taken instead."""
+    budget: SearchBudget
+    seed: int
+    seconds: float
+    """Wall-clock time of the search (sampling excluded: it shares the first file pass)."""
+    split: SearchSplit
+    attacks: tuple[SearchAttack, ...]
+    candidates: tuple[SearchCandidate, ...]
+    held_back_fpr_limit: float | None = None
+    """The highest held-back FPR a candidate could show and be chosen (unless none stayed
+    within it); ``None`` when no candidate was scored."""
+
+    @property
+    def searched(self) -> bool:
+        """Whether the evidence chose the squeezers (rather than falling back to the preset)."""
+        return self.fallback_reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready content, as stored under ``squeezer_search`` in the detector file."""
+        return {
+            "chosen": self.chosen,
+            "fallback_reason": self.fallback_reason,
+            "budget": self.budget,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "held_back_fpr_limit": self.held_back_fpr_limit,
+            "split": {
+                "benign_events": self.split.benign_events,
+                "sampled_events": self.split.sampled_events,
+                "threshold_events": self.split.threshold_events,
+                "held_back_events": self.split.held_back_events,
+                "attacked_events": self.split.attacked_events,
+            },
+            "attacks": [
+                {
+                    "name": a.name,
+                    "norm": a.norm,
+                    "access": a.access,
+                    "attempted": a.attempted,
+                    "successful": a.successful,
+                }
+                for a in self.attacks
+            ],
+            "candidates": [
+                {
+                    "spec": c.spec,
+                    "detection_rate": c.detection_rate,
+                    "held_back_fpr": c.held_back_fpr,
+                    "threshold": c.threshold,
+                    "detection_by_attack": dict(c.detection_by_attack),
+                }
+                for c in self.candidates
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SqueezerSearch:
+        """Parse and check ``squeezer_search`` content; :class:`DetectorFileError` if malformed.
+
+        Unknown fields are refused, so a misspelt key fails loudly.
+        """
+        root = _Fields(data, "squeezer_search")
+        split_fields = root.section("split")
+        split = SearchSplit(
+            benign_events=split_fields.count("benign_events"),
+            sampled_events=split_fields.count("sampled_events"),
+            threshold_events=split_fields.count("threshold_events"),
+            held_back_events=split_fields.count("held_back_events"),
+            attacked_events=split_fields.count("attacked_events"),
+        )
+        split_fields.done()
+        if split.threshold_events + split.held_back_events > split.sampled_events:
+            split_fields.fail("threshold_events + held_back_events exceeds sampled_events")
+        if split.sampled_events > split.benign_events:
+            split_fields.fail("sampled_events exceeds benign_events")
+        if split.attacked_events > split.held_back_events:
+            split_fields.fail("attacked_events exceeds held_back_events")
+
+        attacks = []
+        for item in root.sections("attacks"):
+            attack = SearchAttack(
+                name=item.text("name"),
+                norm=item.text("norm"),
+                access=item.choice("access", ("white-box", "black-box")),
+                attempted=item.count("attempted"),
+                successful=item.count("successful"),
+            )
+            item.done()
+            if attack.successful > attack.attempted:
+                item.fail("successful exceeds attempted")
+            attacks.append(attack)
+        names = [a.name for a in attacks]
+        if len(set(names)) != len(names):
+            root.fail("attack names repeat")
+
+        candidates = []
+        for item in root.sections("candidates"):
+            by_attack = item.section("detection_by_attack")
+            rates = {name: by_attack.rate(name) for name in by_attack.names()}
+            unknown = sorted(set(rates) - set(names))
+            if unknown:
+                by_attack.fail(f"names attacks the search did not run: {', '.join(unknown)}")
+            candidates.append(
+                SearchCandidate(
+                    spec=item.spec("spec"),
+                    detection_rate=item.rate("detection_rate"),
+                    held_back_fpr=item.rate("held_back_fpr"),
+                    threshold=item.number("threshold"),
+                    detection_by_attack=rates,
+                )
+            )
+            item.done()
+
+        fallback_reason = root.optional_text("fallback_reason")
+        chosen = root.spec("chosen")
+        if fallback_reason is None and chosen not in {c.spec for c in candidates}:
+            root.fail(f"chosen {chosen!r} is none of the candidates")
+        search = cls(
+            chosen=chosen,
+            fallback_reason=fallback_reason,
+            budget=root.choice("budget", SEARCH_BUDGETS),
+            seed=root.count("seed"),
+            seconds=root.number("seconds", minimum=0.0),
+            held_back_fpr_limit=root.optional_rate("held_back_fpr_limit"),
+            split=split,
+            attacks=tuple(attacks),
+            candidates=tuple(candidates),
+        )
+        root.done()
+        return search
+
+
+class _Fields:
+    """Reads one JSON object of a detector file field by field, naming the bad field.
+
+    Every error is a :class:`DetectorFileError` naming the field's path, e.g.
+    ``squeezer_search.candidates[2].held_back_fpr``.
+    """
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise DetectorFileError(f"detector file field {path!r} must be an object")
+        self._data: Mapping[str, Any] = data
+        self._path = path
+        self._read: set[str] = set()
+
+    def fail(self, problem: str, key: str | None = None) -> NoReturn:
+        where = self._path if key is None else f"{self._path}.{key}"
+        raise DetectorFileError(f"detector file field {where!r} is malformed: {problem}")
+
+    def names(self) -> list[str]:
+        self._read.update(self._data)
+        return [str(key) for key in self._data]
+
+    def _get(self, key: str) -> Any:
+        if key not in self._data:
+            raise DetectorFileError(f"detector file lacks the field '{self._path}.{key}'")
+        self._read.add(key)
+        return self._data[key]
+
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str) or not value:
+            self.fail(f"expected a non-empty string, got {value!r}", key)
+        return str(value)
+
+    def optional_text(self, key: str) -> str | None:
+        return None if self._get(key) is None else self.text(key)
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> Any:
+        value = self._get(key)
+        if value not in allowed:
+            self.fail(f"expected one of {', '.join(allowed)}, got {value!r}", key)
+        return value
+
+    def spec(self, key: str) -> str:
+        value = self.text(key)
+        try:
+            parse_squeezer_spec(value)
+        except SqueezerSpecError as exc:
+            self.fail(str(exc), key)
+        return value
+
+    def count(self, key: str) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(f"expected a count (an integer ≥ 0), got {value!r}", key)
+        return int(value)
+
+    def number(self, key: str, minimum: float = -math.inf) -> float:
+        value = self._get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < minimum
+        ):
+            bound = "" if minimum == -math.inf else f" ≥ {minimum:g}"
+            self.fail(f"expected a finite number{bound}, got {value!r}", key)
+        return float(value)
+
+    def rate(self, key: str) -> float:
+        value = self.number(key)
+        if not 0.0 <= value <= 1.0:
+            self.fail(f"expected a rate between 0 and 1, got {value!r}", key)
+        return value
+
+    def optional_rate(self, key: str) -> float | None:
+        return None if self._get(key) is None else self.rate(key)
+
+    def section(self, key: str) -> _Fields:
+        return _Fields(self._get(key), f"{self._path}.{key}")
+
+    def sections(self, key: str) -> list[_Fields]:
+        items = self._get(key)
+        if not isinstance(items, list):
+            self.fail(f"expected a list, got {type(items).__name__}", key)
+        return [_Fields(item, f"{self._path}.{key}[{i}]") for i, item in enumerate(items)]
+
+    def done(self) -> None:
+        """Refuse any field that was not read."""
+        unknown = sorted(str(key) for key in self._data if key not in self._read)
+        if unknown:
+            raise DetectorFileError(
+                f"detector file field {self._path!r} has unknown fields: {', '.join(unknown)}"
+            )
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything needed to rebuild a calibrated detector (the detector file's content).
@@ -140,6 +450,8 @@ class DetectorConfig:
     calibration: CalibrationSummary
     advmon_version: str = field(default_factory=_advmon_version)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    squeezer_search: SqueezerSearch | None = None
+    """The evidence the squeezers were chosen on; ``None`` when they were given."""
 
     @property
     def accepted_range(self) -> tuple[float, float] | None:
@@ -154,11 +466,14 @@ class DetectorConfig:
         return format_squeezer_spec(self.squeezers)
 
     def to_dict(self, relative_to: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """JSON-ready content; the model path is made relative to ``relative_to``."""
+        """JSON-ready content; the model path is made relative to ``relative_to``.
+
+        ``squeezer_search`` is present only when the squeezers were chosen by a search.
+        """
         model_path = self.model_path
         if relative_to is not None:
             model_path = os.path.relpath(self.model_path, relative_to)
-        return {
+        content: dict[str, Any] = {
             "format": _FORMAT,
             "format_version": FORMAT_VERSION,
             "advmon_version": self.advmon_version,
@@ -189,6 +504,9 @@ class DetectorConfig:
                 "provider": self.calibration.provider,
             },
         }
+        if self.squeezer_search is not None:
+            content["squeezer_search"] = self.squeezer_search.to_dict()
+        return content
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the detector file (the model path relative to its folder)."""
@@ -207,10 +525,11 @@ class DetectorConfig:
                 f"detector file format {version} is not supported by this advmon "
                 f"(it reads format {FORMAT_VERSION}); re-run advmon calibrate"
             )
+        search = data.get("squeezer_search")
         try:
             model, cal = data["model"], data["calibration"]
             low, high = model["input_range"]
-            return cls(
+            config = cls(
                 model_path=str((Path(base_dir) / model["path"]).resolve()),
                 model_sha256=str(model["sha256"]),
                 input_name=str(model["input_name"]),
@@ -233,11 +552,19 @@ class DetectorConfig:
                 ),
                 advmon_version=str(data.get("advmon_version", "unknown")),
                 created_at=str(data.get("created_at", "")),
+                squeezer_search=None if search is None else SqueezerSearch.from_dict(search),
             )
         except KeyError as exc:
             raise DetectorFileError(f"detector file lacks the field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise DetectorFileError(f"detector file has a malformed field: {exc}") from None
+        chosen = config.squeezer_search.chosen if config.squeezer_search is not None else None
+        if chosen is not None and chosen != config.squeezer_spec:
+            raise DetectorFileError(
+                f"the detector file's squeezer search chose {chosen!r} but its squeezers "
+                f"are {config.squeezer_spec!r}"
+            )
+        return config
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify_model: bool = True) -> DetectorConfig:
@@ -365,6 +692,40 @@ def _shape_fits(event_shape: tuple[int, ...], model_shape: tuple[int | None, ...
     )
 
 
+def check_benign_inputs(
+    stats: FeatureStats,
+    signature: ModelSignature,
+    input_range: tuple[float, float] | None = None,
+) -> tuple[float, float]:
+    """Check that the benign inputs can calibrate the model's detector; return the input range.
+
+    Raises :class:`CalibrationError` for fewer than :data:`MIN_CALIBRATION_EVENTS` inputs,
+    inputs the model cannot take, or values outside ``input_range``. Without
+    ``input_range``, images get the usual range containing the benign values ([0, 1],
+    [0, 255] or [-1, 1]) and tabular inputs the range of the benign values.
+    """
+    if stats.count < MIN_CALIBRATION_EVENTS:
+        raise CalibrationError(
+            f"calibration needs at least {MIN_CALIBRATION_EVENTS} benign events, got {stats.count}"
+        )
+    event_shape = stats.input_shape
+    if event_shape is not None and not _shape_fits(event_shape, signature.input_shape):
+        expected = [d if d is not None else "?" for d in signature.input_shape]
+        raise CalibrationError(
+            f"the benign inputs are shaped {list(event_shape)} per event, but the model "
+            f"takes {expected}"
+        )
+    observed = stats.value_range
+    if input_range is None:
+        return _default_input_range(signature.input_kind, observed)
+    if observed[0] < input_range[0] or observed[1] > input_range[1]:
+        raise CalibrationError(
+            f"benign values span [{observed[0]:g}, {observed[1]:g}], outside the given "
+            f"input range [{input_range[0]:g}, {input_range[1]:g}]"
+        )
+    return input_range
+
+
 def _fit_to_benign(squeezer: Squeezer, stats: FeatureStats) -> Squeezer:
     """Learn a squeezer's per-feature grid from the benign inputs, when it has one."""
     if isinstance(squeezer, Quantize):
@@ -410,26 +771,10 @@ def calibrate_detector(
         if first_batch is None and len(batch):
             first_batch = batch
         stats.update(batch)
-    if stats.count < MIN_CALIBRATION_EVENTS or first_batch is None:
-        raise CalibrationError(
-            f"calibration needs at least {MIN_CALIBRATION_EVENTS} benign events, got {stats.count}"
-        )
-    event_shape = stats.input_shape
     # Checked before any squeezer is fitted to inputs the model cannot take.
-    if event_shape is not None and not _shape_fits(event_shape, signature.input_shape):
-        expected = [d if d is not None else "?" for d in signature.input_shape]
-        raise CalibrationError(
-            f"the benign inputs are shaped {list(event_shape)} per event, but the model "
-            f"takes {expected}"
-        )
+    input_range = check_benign_inputs(stats, signature, input_range)
+    assert first_batch is not None  # at least MIN_CALIBRATION_EVENTS inputs were seen
     observed = stats.value_range
-    if input_range is None:
-        input_range = _default_input_range(signature.input_kind, observed)
-    elif observed[0] < input_range[0] or observed[1] > input_range[1]:
-        raise CalibrationError(
-            f"benign values span [{observed[0]:g}, {observed[1]:g}], outside the given "
-            f"input range [{input_range[0]:g}, {input_range[1]:g}]"
-        )
 
     squeezers = tuple(
         _fit_to_benign(s, stats) for s in parse_squeezer_spec(spec, input_range=input_range)

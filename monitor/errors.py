@@ -20,7 +20,9 @@
     ├── AlertDeliveryError       no Alertmanager accepted the alerts
     ├── InspectError             ``advmon inspect`` cannot inspect the topic as asked
     │   └── InspectUsageError    its options are missing or contradict each other
-    └── DemoError                the streaming demo could not run
+    ├── DemoError                the streaming demo could not run
+    ├── ReportError              a robustness report is invalid, unreadable or unwritable
+    └── MlflowLoggingError       a robustness report could not be logged to MLflow
 
 The detectors and the wire contracts have trees of their own
 (:class:`detectors.DetectorError`, :class:`schemas.SchemaError`): they are usable without
@@ -51,6 +53,8 @@ __all__ = [
     "InspectUsageError",
     "InvalidRecordError",
     "InvalidTransitionError",
+    "MlflowLoggingError",
+    "ReportError",
     "SchemaBehindError",
     "UnknownSettingError",
     "UnsafeStateError",
@@ -180,6 +184,23 @@ class InspectUsageError(InspectError):
 
 class DemoError(AdvmonError, RuntimeError):
     """The streaming demo could not run; the message says what failed."""
+
+
+class ReportError(AdvmonError):
+    """A robustness report that is not valid, cannot be read or cannot be written.
+
+    ``problems`` lists what the schema found, each as ``JSON path: what is wrong``; it is
+    empty when the file could not be read or decoded at all.
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class MlflowLoggingError(AdvmonError):
+    """The report could not be logged to MLflow: the extra is not installed, the run does
+    not exist, or the tracking server refused; the message says which."""
 
 
 def validation_problem(error: ValidationError) -> str:

@@ -4,13 +4,17 @@ Each line is decoded and its input checked through :mod:`monitor.decoding`, as t
 decodes and checks a native record. A line the worker would refuse is reported with its
 line number, in the words of its dead letter, through a callback and skipped: one bad
 line never stops a run.
+
+Calibration reads the events file twice (statistics, then scores), or three times when it
+chooses the squeezers by search (:mod:`monitor.evaluate._search`): the first pass then
+also keeps the search's bounded sample of the benign events.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,8 +25,13 @@ from detectors import (
     Detector,
     DetectorConfig,
     Device,
+    FeatureStats,
     OutputKind,
+    SearchBudget,
+    SqueezerSearch,
     calibrate_detector,
+    check_benign_inputs,
+    detect_output_kind,
     inspect_model,
     load_model,
 )
@@ -31,6 +40,7 @@ from monitor.errors import InvalidRecordError
 from schemas import InferenceEvent
 
 __all__ = [
+    "PRESET",
     "BadLine",
     "CalibrateReport",
     "EventBatch",
@@ -41,7 +51,10 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[int], None]
-"""Called with the number of bytes of the events file read so far."""
+"""Called with the number of bytes of the events file read so far (over all passes)."""
+
+#: The squeezer spec that asks for the preset of the input's shape, without a search.
+PRESET = "preset"
 
 
 _NATIVE = RecordFormat()
@@ -113,7 +126,15 @@ class CalibrateReport:
 
     config: DetectorConfig
     preset_used: bool
+    """Whether the detector holds the preset squeezers (asked for, or the search fell back)."""
     bad_lines: list[BadLine] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall-clock time of the whole calibration, search included."""
+
+    @property
+    def squeezer_search(self) -> SqueezerSearch | None:
+        """The evidence the squeezers were chosen on, when they were searched for."""
+        return self.config.squeezer_search
 
 
 @dataclass
@@ -139,6 +160,8 @@ def calibrate_file(
     *,
     fpr: float = 0.05,
     squeezer_spec: str | None = None,
+    search: SearchBudget | None = None,
+    seed: int = 0,
     output_kind: OutputKind | Literal["auto"] = "auto",
     output_name: str | None = None,
     input_range: tuple[float, float] | None = None,
@@ -146,14 +169,28 @@ def calibrate_file(
     device: Device = "auto",
     on_bad_line: Callable[[BadLine], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> CalibrateReport:
-    """Calibrate a detector on the benign events in ``events_path`` and save it."""
-    signature = inspect_model(load_model(str(model_path)), output_name)
+    """Calibrate a detector on the benign events in ``events_path`` and save it.
+
+    The squeezers are ``squeezer_spec``; without it (or with :data:`PRESET`), the preset
+    for the input's shape, unless ``search`` names a budget: then
+    :func:`monitor.evaluate._search.search_squeezers` chooses them from attacks on the
+    model (seeded by ``seed``), and the detector file records the evidence. The final
+    threshold is always calibrated on every benign event. ``on_stage`` is told, in words,
+    each step as it starts.
+    """
+    if squeezer_spec is not None and search is not None:
+        raise ValueError("give squeezers or a search budget, not both")
+    started = time.perf_counter()
+    model = load_model(str(model_path))
+    signature = inspect_model(model, output_name)
+    spec = None if squeezer_spec == PRESET else squeezer_spec
     bad_lines: list[BadLine] = []
     passes = 0
 
     def record(bad: BadLine) -> None:
-        # Both passes read the same file; report each bad line once.
+        # Every pass reads the same file; report each bad line once.
         if passes == 1:
             bad_lines.append(bad)
             if on_bad_line is not None:
@@ -167,18 +204,67 @@ def calibrate_file(
                 on_progress(batch.bytes_read + (passes - 1) * events_path.stat().st_size)
             yield batch.inputs
 
+    def stage(description: str) -> None:
+        if on_stage is not None:
+            on_stage(description)
+
+    found: SqueezerSearch | None = None
+    if search is not None:
+        from monitor.evaluate._search import SEARCH_LIMITS, BenignSample, search_squeezers
+
+        stage("reading the benign events")
+        sample = BenignSample(SEARCH_LIMITS[search].sample_events, seed)
+        stats = FeatureStats()
+        first_batch: np.ndarray | None = None
+        for batch in batches():
+            if first_batch is None and len(batch):
+                first_batch = batch
+            sample.update(batch)
+            stats.update(batch)
+        # The same checks and defaults as calibration, so the search's bit depths and
+        # the detector's agree.
+        input_range = check_benign_inputs(stats, signature, input_range)
+        assert first_batch is not None  # check_benign_inputs saw enough events
+        if output_kind == "auto":
+            output_kind = signature.output_kind or detect_output_kind(
+                model, signature.output_name, first_batch
+            )
+        found = search_squeezers(
+            model_path,
+            sample,
+            fpr=fpr,
+            input_range=input_range,
+            output_kind=output_kind,
+            output_name=output_name,
+            budget=search,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            on_stage=on_stage,
+        )
+        spec = found.chosen
+
+    stage("calibrating the threshold on every benign event")
     config = calibrate_detector(
         model_path,
         batches,
         fpr=fpr,
-        squeezer_spec=squeezer_spec,
+        squeezer_spec=spec,
         output_kind=output_kind,
         output_name=output_name,
         input_range=input_range,
         device=device,
     )
+    if found is not None:
+        config = replace(config, squeezer_search=found)
     config.save(out_path)
-    return CalibrateReport(config=config, preset_used=squeezer_spec is None, bad_lines=bad_lines)
+    preset_used = spec is None or (found is not None and not found.searched)
+    return CalibrateReport(
+        config=config,
+        preset_used=preset_used,
+        bad_lines=bad_lines,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def score_file(

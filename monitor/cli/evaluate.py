@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,7 +31,7 @@ from monitor.cli._console import console, print_table, user_errors
 from monitor.cli.offline import _BadLineReporter, device_option
 from monitor.settings import Settings
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "headline_table"]
 
 _NORMS = ("linf", "l2")
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -95,6 +96,35 @@ class _RichProgress:
         self._progress.stop_task(task)
 
 
+def _command_line(
+    model_path: Path,
+    events_path: Path,
+    out_dir: Path,
+    *,
+    detector_path: Path | None,
+    attacks: str | None,
+    eps: dict[str, list[float]] | None,
+    budget: str,
+    seed: int,
+    label_field: str,
+    output_name: str | None,
+) -> str:
+    """The ``advmon evaluate`` command that reproduces the report, options spelt out."""
+    words = ["advmon", "evaluate", "--model", str(model_path), "--events", str(events_path)]
+    if detector_path is not None:
+        words += ["--detector", str(detector_path)]
+    if attacks is not None:
+        words += ["--attacks", attacks]
+    for norm, values in (eps or {}).items():
+        words += ["--eps", f"{norm}=" + ",".join(repr(value) for value in values)]
+    words += ["--budget", budget, "--seed", str(seed)]
+    if label_field != "label":
+        words += ["--label-field", label_field]
+    if output_name is not None:
+        words += ["--output-name", output_name]
+    return shlex.join([*words, "--out", str(out_dir)])
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -105,7 +135,7 @@ def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def _headline(report: dict[str, Any]) -> Table:
+def headline_table(report: dict[str, Any]) -> Table:
     """Per attack at its largest ε: robust accuracy, success and detection."""
     from monitor.evaluate import rows_at_largest_eps
 
@@ -284,7 +314,18 @@ def evaluate(
                     label_field=label_field,
                     device=device or settings.scoring.device,
                     output_name=output_name,
-                    command=shlex.join(["advmon", "evaluate", *sys.argv[2:]]),
+                    command=_command_line(
+                        model_path,
+                        events_path,
+                        out_dir,
+                        detector_path=detector_path,
+                        attacks=attacks,
+                        eps=eps,
+                        budget=budget,
+                        seed=seed,
+                        label_field=label_field,
+                        output_name=output_name,
+                    ),
                     on_bad_line=bad,
                     progress=_RichProgress(progress),
                 )
@@ -294,22 +335,22 @@ def evaluate(
         report = evaluation.report
         gate = compare(baseline, report, max_drop) if baseline is not None else None
         files = write_outputs(evaluation, out_dir, gate=gate)
-        print_table(_headline(report))
+        print_table(headline_table(report))
         detector = report["detector"]
         if detector is not None:
             console.print(
-                f"detector {detector['squeezers']}: threshold {detector['threshold']:.4g}, "
+                f"detector {escape(detector['squeezers'])}: threshold {detector['threshold']:.4g}, "
                 f"clean FPR {detector['clean_fpr']:.1%} (target {detector['target_fpr']:g}); "
                 f"scoring costs {report['cost']['ratio']:.2f}× the bare model"
             )
         console.print(
-            f"white-box attacks: {report['settings']['white_box']}; "
-            f"{report['seconds']:.0f} s. Report written to [bold]{files.html}[/], "
-            f"{files.json.name}, {files.md.name}"
+            f"white-box attacks: {escape(report['settings']['white_box'])}; "
+            f"{report['seconds']:.0f} s. Report written to [bold]{escape(str(files.html))}[/], "
+            f"{escape(files.json.name)}, {escape(files.md.name)}"
         )
         if mlflow_run_id is not None:
             log_to_mlflow(mlflow_run_id, files, report)
-            console.print(f"logged to MLflow run {mlflow_run_id}")
+            console.print(f"logged to MLflow run {escape(mlflow_run_id)}")
     if gate is not None:
         style = "green" if gate.passed else "red"
         console.print(str(gate), style=style, markup=False)

@@ -1,10 +1,11 @@
-"""``advmon demo``: the offline loop on embedded defaults, in well under a minute.
+"""``advmon demo``: the offline loop on embedded defaults, in about a minute.
 
 It trains a digit classifier on scikit-learn's bundled digits, exports it to ONNX,
 writes benign calibration events and a traffic file (held-out clean digits, FGSM and PGD
 adversarial digits, and a few malformed lines), then runs ``advmon calibrate`` and
 ``advmon score`` on them exactly as a user would, and reports how well the detector
-separated the attacks from clean traffic.
+separated the attacks from clean traffic. Last, ``advmon evaluate`` attacks the model on
+the labelled held-out digits and writes its robustness report.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ __all__ = ["MALFORMED_LINES", "DemoArtifacts", "demo_event", "run_demo"]
 
 DEMO_MODEL_ID = "digits"
 ATTACK_EPS = 0.1
+#: The attacks of the demo's robustness report: every default but CW-L2, the slowest.
+REPORT_ATTACKS = "square,hopskipjump,simba,fgsm,pgd,deepfool"
 
 #: Lines of the demo traffic that must be reported and skipped, never stop a run.
 MALFORMED_LINES: tuple[bytes, ...] = (
@@ -54,8 +57,10 @@ def demo_event(
     source: str | None,
     model_id: str = DEMO_MODEL_ID,
     request_id: str | None = None,
+    label: int | None = None,
 ) -> bytes:
-    """One native inference event for ``image``, as a nested list or a tensor payload."""
+    """One native inference event for ``image``, as a nested list or a tensor payload;
+    ``label``, the true class, is the field ``advmon evaluate`` reads."""
     value: object
     if as_tensor:
         raw = np.ascontiguousarray(image, dtype="<f4").tobytes()
@@ -76,6 +81,8 @@ def demo_event(
         event["source"] = source
     if request_id is not None:
         event["request_id"] = request_id
+    if label is not None:
+        event["label"] = label
     return orjson.dumps(event)
 
 
@@ -198,5 +205,47 @@ def run_demo(
         "false-positive rate on unseen benign traffic; feature squeezing is a cheap signal "
         "against non-adaptive attacks, not a guarantee."
     )
+    _robustness_report(out_dir, data, model_path, detector_path, device, console)
     fooled = weights.logits(attacks["pgd"]).argmax(axis=1) != data.test_y
     return DemoArtifacts(data, weights, attacks["pgd"][fooled], data.test_y[fooled], detector_path)
+
+
+def _robustness_report(
+    out_dir: Path,
+    data: DigitsData,
+    model_path: Path,
+    detector_path: Path,
+    device: Device,
+    console: Console,
+) -> None:
+    """Step 5: ``advmon evaluate`` on the labelled held-out digits, small budget."""
+    from monitor.cli.evaluate import headline_table
+    from monitor.evaluate import evaluate, write_outputs
+
+    labelled_path = out_dir / "labelled.jsonl"
+    report_dir = out_dir / "report"
+    with open(labelled_path, "wb") as out:
+        for i, (image, label) in enumerate(zip(data.test_x, data.test_y, strict=True)):
+            out.write(
+                demo_event(f"test-{i}", image, as_tensor=False, source="users", label=int(label))
+                + b"\n"
+            )
+    command = (
+        f"advmon evaluate --model {model_path} --events {labelled_path} "
+        f"--detector {detector_path} --attacks {REPORT_ATTACKS} --out {report_dir}"
+    )
+    console.print(f"5. {command}")
+    evaluation = evaluate(
+        model_path,
+        labelled_path,
+        detector_path=detector_path,
+        attacks=REPORT_ATTACKS,
+        device=device,
+        command=command,
+    )
+    files = write_outputs(evaluation, report_dir)
+    console.print(headline_table(evaluation.report))
+    console.print(
+        f"   robustness report ({evaluation.report['seconds']:.0f} s) -> {files.html} "
+        f"(open it in a browser), {files.md.name}, {files.json.name}"
+    )

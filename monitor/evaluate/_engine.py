@@ -1,0 +1,602 @@
+"""``advmon evaluate``'s engine: attack a model on labelled clean events and measure it.
+
+:func:`evaluate` takes these steps:
+
+1. Load the model (and the detector, which must be calibrated for this very model file)
+   and read the events with their true classes; bad lines are reported and skipped.
+2. Measure the clean events: accuracy, and the detector's false-positive rate.
+3. Pick the attacks (:func:`monitor.evaluate._attacks.parse_attacks`); when white-box
+   ones are among them, convert the model to PyTorch and check it, or record why not.
+4. Time model calls and announce the plan with an estimate of each step's seconds.
+5. Attack a seeded sample of the events (at most the budget's sample count). A
+   minimal-norm attack runs once and each ε counts the successes within it; an
+   ε-bounded attack runs per ε, and an event it broke at a smaller ε stays broken at a
+   larger one (that perturbation is within the larger budget too), so robust accuracy
+   never grows with ε.
+6. Certify the sample with randomized smoothing.
+7. Time the bare model against the detector's fused graph on the clean events.
+
+Numpy's global generator and torch's are seeded before every attack run and before
+certification, so one seed gives one report (bar ``created_at`` and ``seconds``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+import onnx
+
+from detectors import (
+    Detector,
+    Device,
+    ModelHashMismatchError,
+    OutputKind,
+    detect_output_kind,
+    file_sha256,
+    inspect_model,
+    load_model,
+)
+from monitor.evaluate._attacks import (
+    AttackContext,
+    AttackSpec,
+    BudgetName,
+    Norm,
+    default_eps,
+    parse_attacks,
+    run_attack,
+    samples_for,
+)
+from monitor.evaluate._data import LabelledEvents, default_input_range, read_labelled_events
+from monitor.evaluate._estimators import (
+    ModelTiming,
+    OnnxClassifier,
+    WhiteBox,
+    black_box_classifier,
+    seed_everything,
+    white_box_classifier,
+)
+from monitor.evaluate._metrics import (
+    AttackOutcome,
+    Detections,
+    attack_outcome,
+    rate,
+    success_within,
+)
+from monitor.evaluate._progress import EvaluationProgress, NoProgress, PlannedStep
+from monitor.evaluate._smoothing import certified_accuracy, smoothing_plan
+from monitor.evaluate._types import AttackScores, Evaluation
+from monitor.offline import BadLine
+
+__all__ = ["evaluate"]
+
+_REPORT_FORMAT = "advmon-robustness-report"
+_REPORT_FORMAT_VERSION = 1
+_NO_WHITE_BOX = "not requested: no white-box attack was asked for"
+_CHECK_ROWS = 256
+"""Events the PyTorch conversion is checked on, and the batch the cost is timed on."""
+_COST_REPEATS = 20
+
+
+def _advmon_version() -> str:
+    try:
+        return metadata.version("advmon")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check_eps(eps: Mapping[str, Sequence[float]] | None) -> dict[Norm, list[float]]:
+    """The ε values given, ascending and without repeats, per norm."""
+    if eps is None:
+        return {}
+    if not isinstance(eps, Mapping):
+        raise ValueError(f'eps must map "linf" and/or "l2" to lists of values, got {eps!r}')
+    checked: dict[Norm, list[float]] = {}
+    for name, values in eps.items():
+        norm = _norm(name)
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"eps: {norm} needs a non-empty list of values, got {values!r}")
+        numbers: list[float] = []
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"eps: {norm} values must be numbers, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"eps: {norm} values must be finite and positive, got {value!r}")
+            numbers.append(float(value))
+        checked[norm] = sorted(set(numbers))
+    return checked
+
+
+def _norm(name: str) -> Norm:
+    if name == "linf":
+        return "linf"
+    if name == "l2":
+        return "l2"
+    raise ValueError(f'eps: unknown norm {name!r}; use "linf" or "l2"')
+
+
+def _check_budget(budget: str) -> BudgetName:
+    if budget not in get_args(BudgetName):
+        raise ValueError(f"budget must be 'small' or 'full', got {budget!r}")
+    return budget  # type: ignore[return-value]
+
+
+def _num_classes(
+    model: onnx.ModelProto, declared: int | None, input_shape: Sequence[int | None]
+) -> int:
+    """The class count: declared by the output shape, or found by running the model."""
+    if declared is not None:
+        return declared
+    if any(d is None for d in input_shape):
+        raise ValueError(
+            "the model declares neither its class count nor a fixed input shape; "
+            "re-export it with a fixed number of classes in its output shape"
+        )
+    probe = OnnxClassifier(model, "logits")
+    shape = [1, *(int(d) for d in input_shape if d is not None)]
+    return int(probe.scores(np.zeros(shape, dtype=np.float32)).shape[1])
+
+
+@dataclass
+class _Setup:
+    """Everything loaded and measured before the first attack."""
+
+    model_path: Path
+    model: OnnxClassifier
+    detector: Detector | None
+    events: LabelledEvents
+    input_range: tuple[float, float]
+    num_classes: int
+    correct: np.ndarray
+    clean: Detections | None
+    sample: np.ndarray
+    """Indices of the attacked events, ascending."""
+    budget: BudgetName
+    seed: int
+
+    @property
+    def x(self) -> np.ndarray:
+        """The attacked events' inputs."""
+        return np.asarray(self.events.inputs[self.sample])
+
+    @property
+    def y(self) -> np.ndarray:
+        """The attacked events' true classes."""
+        return np.asarray(self.events.labels[self.sample])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input's shape (no batch axis), as the events have it."""
+        return tuple(int(d) for d in self.events.inputs.shape[1:])
+
+    def context(self, attack: AttackSpec, eps: float | None) -> AttackContext:
+        """What building ``attack`` at ``eps`` needs."""
+        return AttackContext(
+            attack.norm, eps, self.budget, self.input_range, self.input_shape, self.num_classes
+        )
+
+    def detections(self, x: np.ndarray) -> Detections | None:
+        """The detector's verdicts on ``x`` (``None`` without a detector)."""
+        if self.detector is None:
+            return None
+        scores, flagged = [], []
+        for start in range(0, len(x), _CHECK_ROWS):
+            result = self.detector.score(x[start : start + _CHECK_ROWS])
+            scores.append(result.scores.score)
+            flagged.append(result.flagged)
+        if not scores:
+            return Detections(np.zeros(0, np.float32), np.zeros(0, bool))
+        return Detections(np.concatenate(scores), np.concatenate(flagged))
+
+
+def _load(
+    model_path: str | os.PathLike[str],
+    events_path: str | os.PathLike[str],
+    *,
+    detector_path: str | os.PathLike[str] | None,
+    budget: BudgetName,
+    seed: int,
+    label_field: str,
+    device: Device,
+    output_name: str | None,
+    on_bad_line: Callable[[BadLine], None] | None,
+) -> _Setup:
+    model_file = Path(model_path)
+    model = load_model(str(model_file))
+    detector: Detector | None = None
+    if detector_path is not None:
+        detector = Detector.from_file(detector_path, device=device)
+        if detector.config.model_sha256 != file_sha256(model_file):
+            raise ModelHashMismatchError(
+                f"the detector {detector_path} was calibrated for another model "
+                f"({detector.config.model_path}), not {model_file}; give the model it "
+                "was calibrated for, or calibrate a detector for this one"
+            )
+        output_name = output_name or detector.config.output_name
+    signature = inspect_model(model, output_name)
+    num_classes = _num_classes(model, signature.num_classes, signature.input_shape)
+    events = read_labelled_events(
+        events_path,
+        signature.input_shape,
+        num_classes,
+        label_field=label_field,
+        on_bad_line=on_bad_line,
+        value_range=detector.config.accepted_range if detector is not None else None,
+    )
+    if len(events.labels) == 0:
+        raise ValueError(
+            f"events_path: {events_path} holds no valid event with a true class in "
+            f"{label_field!r} ({len(events.bad_lines)} bad lines)"
+        )
+    output_kind: OutputKind
+    if detector is not None:
+        input_range = detector.config.input_range
+        output_kind = detector.config.output_kind
+    else:
+        input_range = default_input_range(signature.input_kind, events.observed_range)
+        output_kind = signature.output_kind or detect_output_kind(
+            model, signature.output_name, events.inputs[:_CHECK_ROWS]
+        )
+    bare = OnnxClassifier(model, output_kind, output_name, device)
+    correct = bare.predict(events.inputs) == events.labels
+    limit = min(samples_for(budget), len(events.labels))
+    sample = np.sort(
+        np.random.default_rng(seed).choice(len(events.labels), size=limit, replace=False)
+    )
+    setup = _Setup(
+        model_path=model_file,
+        model=bare,
+        detector=detector,
+        events=events,
+        input_range=input_range,
+        num_classes=num_classes,
+        correct=correct,
+        clean=None,
+        sample=sample,
+        budget=budget,
+        seed=seed,
+    )
+    setup.clean = setup.detections(events.inputs)
+    return setup
+
+
+def _median_seconds(call: Callable[[], Any], repeats: int) -> float:
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def _timing(setup: _Setup, black_box: Any, white_box: WhiteBox) -> ModelTiming:
+    """Time one-row and batched calls of the classifiers the attacks query."""
+    x = setup.x
+    rows = min(len(x), 128)
+    one = _median_seconds(lambda: black_box.predict(x[:1]), 5)
+    many = _median_seconds(lambda: black_box.predict(x[:rows]), 5)
+    timing = ModelTiming(one, max(many - one, 0.0) / max(rows - 1, 1))
+    if white_box.classifier is not None:
+        classifier = white_box.classifier
+        labels = np.eye(setup.num_classes, dtype=np.float32)[setup.y]
+        grad_rows = min(rows, 32)
+        grad_one = _median_seconds(lambda: classifier.loss_gradient(x[:1], labels[:1]), 3)
+        grad_many = _median_seconds(
+            lambda: classifier.loss_gradient(x[:grad_rows], labels[:grad_rows]), 3
+        )
+        timing = ModelTiming(
+            timing.call_seconds,
+            timing.row_seconds,
+            grad_one,
+            max(grad_many - grad_one, 0.0) / max(grad_rows - 1, 1),
+        )
+    return timing
+
+
+def _attack_outcomes(
+    setup: _Setup,
+    attack: AttackSpec,
+    classifier: Any,
+    eps_values: Sequence[float],
+    on_eps: Callable[[int], None],
+) -> list[AttackOutcome]:
+    """The attack's outcome at each ε, ascending."""
+    x, y = setup.x, setup.y
+    correct = setup.correct[setup.sample]
+    outcomes: list[AttackOutcome] = []
+
+    def outcome(eps: float, x_adv: np.ndarray, success: np.ndarray) -> AttackOutcome:
+        return attack_outcome(
+            name=attack.name,
+            norm=attack.norm,
+            access=attack.access,
+            eps=eps,
+            x=x,
+            x_adv=x_adv,
+            correct=correct,
+            success=success,
+            input_range=setup.input_range,
+            adversarial=setup.detections(x_adv),
+            clean=setup.clean,
+        )
+
+    if not attack.bounded:
+        seed_everything(setup.seed)
+        x_adv = run_attack(attack, classifier, x, y, setup.context(attack, None))
+        fooled = setup.model.predict(x_adv) != y
+        for eps in eps_values:
+            success = success_within(x, x_adv, correct, fooled, attack.norm, eps)
+            outcomes.append(outcome(eps, x_adv, success))
+        on_eps(1)
+        return outcomes
+
+    best = x.copy()
+    broken = np.zeros(len(x), dtype=bool)
+    for done, eps in enumerate(eps_values, start=1):
+        seed_everything(setup.seed)
+        x_adv = run_attack(attack, classifier, x, y, setup.context(attack, eps))
+        fooled = setup.model.predict(x_adv) != y
+        success = success_within(x, x_adv, correct, fooled, attack.norm, eps)
+        # An event broken at a smaller ε keeps that perturbation unless this run broke it too.
+        take = (success | ~broken).reshape(-1, *([1] * (x.ndim - 1)))
+        best = np.where(take, x_adv, best)
+        broken |= success
+        outcomes.append(outcome(eps, best, broken.copy()))
+        on_eps(done)
+    return outcomes
+
+
+def _per_class(setup: _Setup, final: Sequence[AttackOutcome]) -> list[dict[str, Any]]:
+    """Per true class: clean accuracy, worst robust accuracy over the attacks at their
+    largest ε, and detection rate over those attacks' successes."""
+    labels, attacked = setup.events.labels, setup.y
+    rows: list[dict[str, Any]] = []
+    for label in range(setup.num_classes):
+        in_class = labels == label
+        attacked_in_class = attacked == label
+        robust = [
+            float(outcome.robust[attacked_in_class].mean())
+            for outcome in final
+            if attacked_in_class.any()
+        ]
+        flagged = [
+            outcome.detected.flagged[attacked[outcome.success] == label]
+            for outcome in final
+            if outcome.detected is not None
+        ]
+        detection = rate(np.concatenate(flagged)) if flagged else None
+        rows.append(
+            {
+                "label": label,
+                "n": int(in_class.sum()),
+                "clean_accuracy": rate(setup.correct[in_class]),
+                "robust_accuracy": min(robust) if robust else None,
+                "detection_rate": detection,
+            }
+        )
+    return rows
+
+
+def _cost(setup: _Setup) -> dict[str, Any]:
+    """Milliseconds per event of the bare model and of the detector's fused graph."""
+    batch = setup.events.inputs[:_CHECK_ROWS]
+    model_ms = setup.model.time_call(batch, _COST_REPEATS) / len(batch) * 1000
+    detector_ms: float | None = None
+    ratio: float | None = None
+    if setup.detector is not None:
+        detector = setup.detector
+        detector_ms = _median_seconds(lambda: detector.score(batch), _COST_REPEATS)
+        detector_ms = detector_ms / len(batch) * 1000
+        ratio = detector_ms / model_ms if model_ms > 0 else None
+    return {
+        "provider": setup.model.provider,
+        "model_ms_per_event": model_ms,
+        "detector_ms_per_event": detector_ms,
+        "ratio": ratio,
+    }
+
+
+def evaluate(
+    model_path: str | os.PathLike[str],
+    events_path: str | os.PathLike[str],
+    *,
+    detector_path: str | os.PathLike[str] | None = None,
+    attacks: str | None = None,
+    eps: Mapping[str, Sequence[float]] | None = None,
+    budget: BudgetName = "small",
+    seed: int = 0,
+    label_field: str = "label",
+    device: Device = "cpu",
+    output_name: str | None = None,
+    command: str = "",
+    on_bad_line: Callable[[BadLine], None] | None = None,
+    progress: EvaluationProgress | None = None,
+) -> Evaluation:
+    """Attack the ONNX model at ``model_path`` on the labelled events of ``events_path``.
+
+    Parameters
+    ----------
+    model_path, events_path
+        The model and a JSON-lines file of native inference events, each with its true
+        class in ``label_field``.
+    detector_path
+        A detector file from ``advmon calibrate`` for this model: adds its clean
+        false-positive rate, detection rates, ROC-AUCs and cost.
+    attacks
+        Comma-separated attack names (see :mod:`monitor.evaluate._attacks`); by default
+        every attack that applies to the model and the budget.
+    eps
+        ε values per norm, ``{"linf": [...], "l2": [...]}`` in input units; a norm left
+        out gets the defaults of :func:`monitor.evaluate._attacks.default_eps`.
+    budget
+        ``small`` (at most 100 events, reduced strengths: a minute or two on a CPU for a
+        small model) or ``full`` (500 events, ART's default strengths).
+    seed
+        Seeds the sample of events, the attacks and the smoothing noise.
+    device
+        ONNX Runtime's device for the model and the detector (torch follows it).
+    command
+        The command line, recorded in the report's settings.
+    on_bad_line
+        Called with each skipped line of the events file, in file order.
+    progress
+        Receives the plan and the progress of each step (:class:`EvaluationProgress`).
+
+    Returns the report (valid against ``robustness_report.schema.json``) with the
+    detector's raw scores for the plots.
+    """
+    started = time.perf_counter()
+    budget = _check_budget(budget)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    given_eps = _check_eps(eps)
+    report_progress: EvaluationProgress = progress if progress is not None else NoProgress()
+
+    setup = _load(
+        model_path,
+        events_path,
+        detector_path=detector_path,
+        budget=budget,
+        seed=seed,
+        label_field=label_field,
+        device=device,
+        output_name=output_name,
+        on_bad_line=on_bad_line,
+    )
+    chosen = parse_attacks(attacks, setup.input_shape, budget)
+    white_box = WhiteBox(None, _NO_WHITE_BOX)
+    if any(a.access == "white-box" for a in chosen):
+        white_box = white_box_classifier(
+            setup.model, setup.events.inputs[:_CHECK_ROWS], setup.input_range, device
+        )
+    chosen = [a for a in chosen if a.access == "black-box" or white_box.available]
+    black_box = black_box_classifier(setup.model, setup.input_shape, setup.input_range)
+    classifiers = {"black-box": black_box, "white-box": white_box.classifier}
+    eps_values = default_eps(setup.input_range, int(np.prod(setup.input_shape))) | given_eps
+
+    timing = _timing(setup, black_box, white_box)
+    plan = smoothing_plan(budget, setup.input_range)
+    n = len(setup.sample)
+    steps: list[tuple[PlannedStep, AttackSpec]] = []
+    for attack in chosen:
+        runs = len(eps_values[attack.norm]) if attack.bounded else 1
+        work = attack.definition.work(setup.context(attack, 1.0), n)
+        seconds = runs * timing.seconds(
+            work.calls, work.rows, work.gradient_calls, work.gradient_rows
+        )
+        description = f"{attack.key} ({attack.norm}, {attack.access})"
+        steps.append((PlannedStep(attack.key, description, runs, seconds), attack))
+    smoothing_seconds = timing.seconds(calls=len(plan.sigmas) * n * 2, rows=plan.rows(n))
+    smoothing_step = PlannedStep(
+        "smoothing", "randomized smoothing", len(plan.sigmas), smoothing_seconds
+    )
+    cost_rows = min(len(setup.events.labels), _CHECK_ROWS)
+    cost_step = PlannedStep(
+        "cost",
+        "cost of the detector",
+        1,
+        timing.seconds(calls=_COST_REPEATS * 2, rows=_COST_REPEATS * cost_rows * 3),
+    )
+    report_progress.planned([step for step, _ in steps] + [smoothing_step, cost_step])
+
+    outcomes: list[AttackOutcome] = []
+    final: list[AttackOutcome] = []
+    for step, attack in steps:
+        report_progress.started(step)
+        results = _attack_outcomes(
+            setup,
+            attack,
+            classifiers[attack.access],
+            eps_values[attack.norm],
+            functools.partial(report_progress.advanced, step),
+        )
+        outcomes.extend(results)
+        final.append(results[-1])
+        report_progress.finished(step)
+
+    report_progress.started(smoothing_step)
+    certified = certified_accuracy(black_box, setup.x, setup.y, plan, seed=seed)
+    report_progress.advanced(smoothing_step, len(plan.sigmas))
+    report_progress.finished(smoothing_step)
+
+    report_progress.started(cost_step)
+    cost = _cost(setup)
+    report_progress.advanced(cost_step, 1)
+    report_progress.finished(cost_step)
+
+    used_norms = sorted({a.norm for a in chosen})
+    detector = setup.detector
+    signature = setup.model.signature
+    report: dict[str, Any] = {
+        "format": _REPORT_FORMAT,
+        "format_version": _REPORT_FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(),
+        "advmon_version": _advmon_version(),
+        "model": {
+            "path": str(model_path),
+            "sha256": file_sha256(setup.model_path),
+            "input_shape": [None, *signature.input_shape],
+            "num_classes": setup.num_classes,
+            "input_kind": signature.input_kind,
+            "input_range": list(setup.input_range),
+            "output_kind": setup.model.output_kind,
+        },
+        "events": {
+            "path": str(events_path),
+            "sha256": setup.events.sha256,
+            "n_valid": len(setup.events.labels),
+            "n_bad_lines": len(setup.events.bad_lines),
+            "label_field": label_field,
+        },
+        "settings": {
+            "attacks": [a.key for a in chosen],
+            "eps": {norm: eps_values[norm] for norm in used_norms},
+            "budget": budget,
+            "seed": seed,
+            "samples": n,
+            "white_box": white_box.reason,
+            "command": command,
+        },
+        "clean": {"n": len(setup.events.labels), "accuracy": float(setup.correct.mean())},
+        "detector": None
+        if detector is None or setup.clean is None
+        else {
+            "path": str(detector_path),
+            "squeezers": detector.config.squeezer_spec,
+            "threshold": detector.threshold,
+            "target_fpr": detector.config.target_fpr,
+            "clean_fpr": float(setup.clean.flagged.mean()),
+        },
+        "cost": cost,
+        "attacks": [outcome.to_dict() for outcome in outcomes],
+        "certified": [row.to_dict() for row in certified],
+        "per_class": _per_class(setup, final),
+        "seconds": 0.0,
+    }
+    report["seconds"] = time.perf_counter() - started
+    return Evaluation(
+        report=report,
+        clean_scores=None if setup.clean is None else setup.clean.scores,
+        clean_labels=None if setup.clean is None else setup.events.labels,
+        adversarial_scores=[
+            AttackScores(
+                name=outcome.name,
+                norm=outcome.norm,
+                eps=outcome.eps,
+                scores=outcome.detected.scores,
+                labels=setup.y[outcome.success],
+            )
+            for outcome in outcomes
+            if outcome.detected is not None
+        ],
+    )
