@@ -199,6 +199,8 @@ class SqueezerSearch:
 
     chosen: str
     """The spec the detector was calibrated with."""
+    preset: str
+    """The preset for the model's input (:func:`preset_for`), always a candidate."""
     fallback_reason: str | None
     """``None`` when the evidence chose; otherwise why the preset was taken instead."""
     budget: SearchBudget
@@ -221,6 +223,7 @@ class SqueezerSearch:
         """JSON-ready content, as stored under ``squeezer_search`` in the detector file."""
         return {
             "chosen": self.chosen,
+            "preset": self.preset,
             "fallback_reason": self.fallback_reason,
             "budget": self.budget,
             "seed": self.seed,
@@ -314,11 +317,17 @@ class SqueezerSearch:
             item.done()
 
         fallback_reason = root.optional_text("fallback_reason")
-        chosen = root.spec("chosen")
-        if fallback_reason is None and chosen not in {c.spec for c in candidates}:
+        chosen, preset = root.spec("chosen"), root.spec("preset")
+        specs = {c.spec for c in candidates}
+        if fallback_reason is None and chosen not in specs:
             root.fail(f"chosen {chosen!r} is none of the candidates")
+        if fallback_reason is not None and chosen != preset:
+            root.fail(f"the search fell back, but chose {chosen!r}, not the preset {preset!r}")
+        if candidates and preset not in specs:
+            root.fail(f"the preset {preset!r} is none of the candidates")
         search = cls(
             chosen=chosen,
+            preset=preset,
             fallback_reason=fallback_reason,
             budget=root.choice("budget", SEARCH_BUDGETS),
             seed=root.count("seed"),

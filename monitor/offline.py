@@ -12,6 +12,8 @@ also keeps the search's bounded sample of the benign events.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -153,6 +155,15 @@ class ScoreReport:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
 
+def _check_writable(path: Path) -> None:
+    """Fail now, not after a long calibration, when ``path`` cannot be written."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
 def calibrate_file(
     model_path: Path,
     events_path: Path,
@@ -183,6 +194,7 @@ def calibrate_file(
     if squeezer_spec is not None and search is not None:
         raise ValueError("give squeezers or a search budget, not both")
     started = time.perf_counter()
+    _check_writable(out_path)
     model = load_model(str(model_path))
     signature = inspect_model(model, output_name)
     spec = None if squeezer_spec == PRESET else squeezer_spec

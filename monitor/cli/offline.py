@@ -1,13 +1,15 @@
 """``advmon calibrate`` and ``advmon score``: detector files and scores from event files.
 
 Both read JSON-lines event files through :mod:`monitor.offline`; a bad line is reported
-with its line number and skipped, never fatal.
+with its line number and skipped, never fatal. Without ``--squeezers``, calibrate chooses
+the squeezers by search (:mod:`monitor.evaluate._search`) and prints the evidence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,13 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from detectors import (
+    SEARCH_BUDGETS,
+    DetectorConfig,
+    SearchBudget,
+    SearchCandidate,
+    SqueezerSearch,
+)
 from monitor.cli._console import console, file_option, user_errors
 from monitor.offline import BadLine, calibrate_file, score_file
 from monitor.settings import Settings
@@ -22,6 +31,8 @@ from monitor.settings import Settings
 __all__ = ["calibrate", "device_option", "score"]
 
 _MAX_BAD_LINES_SHOWN = 20
+#: Candidates the search table shows (besides the preset and the paper's configuration).
+_CANDIDATES_SHOWN = 10
 
 device_option = click.option(
     "--device",
@@ -72,8 +83,22 @@ class _BadLineReporter:
             console.print(f"[yellow]{self.count} bad line(s) skipped[/] in {self.path}")
 
 
+@dataclass(frozen=True)
+class _FileProgress:
+    """Callbacks that move a progress bar over bytes of the events file."""
+
+    progress: Progress
+    task: Any
+
+    def advance(self, done: int) -> None:
+        self.progress.update(self.task, completed=done)
+
+    def describe(self, stage: str) -> None:
+        self.progress.update(self.task, description=stage)
+
+
 @contextmanager
-def _file_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+def _file_progress(label: str, total: int) -> Iterator[_FileProgress]:
     """A progress bar over bytes of the events file (hidden when not on a terminal)."""
     with Progress(
         TextColumn("{task.description}"),
@@ -84,8 +109,7 @@ def _file_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         transient=True,
         disable=not console.is_terminal,
     ) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda done: progress.update(task, completed=done)
+        yield _FileProgress(progress, progress.add_task(label, total=total))
 
 
 @click.command()
@@ -122,8 +146,23 @@ def _file_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     default=None,
     metavar="SPEC",
     help="Squeezers, e.g. 'bit_depth:1,median:2,median:3' (bit_depth:B, median:K; tabular: "
-    "quantize:S, quantile:K, round:D). Default: a preset for the input's shape (image or "
-    "tabular).",
+    "quantize:S, quantile:K, round:D), or 'preset' for the preset of the input's shape. "
+    "Default: chosen by a search that attacks the model on held-back benign events.",
+)
+@click.option(
+    "--search-budget",
+    type=click.Choice(SEARCH_BUDGETS),
+    default=None,
+    help="Effort of the squeezer search: small (a bounded sample of 2,000 events, fast "
+    "attacks from 50 of them) or full (10,000 events, every attack from 500). "
+    "[default: small]",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the squeezer search (its sample, split and attacks).",
 )
 @click.option(
     "--output-kind",
@@ -158,6 +197,8 @@ def calibrate(
     out_path: Path,
     fpr: float,
     squeezer_spec: str | None,
+    search_budget: Any,
+    seed: int,
     output_kind: Any,
     output_name: str | None,
     input_range: tuple[float, float] | None,
@@ -166,29 +207,48 @@ def calibrate(
 ) -> None:
     """Calibrate a feature-squeezing detector on benign events.
 
-    The threshold is the ceil((1 - FPR) * n)-th smallest squeeze score of the n benign
-    events; at least 100 are needed. Bad lines are reported with their line number and
-    skipped.
+    Without --squeezers the squeezers are chosen by search: attacks are crafted against
+    the model from part of a bounded sample of the benign events, and the candidate set
+    that flags the most of them at the target FPR wins; the detector file records the
+    evidence. The threshold is the ceil((1 - FPR) * n)-th smallest squeeze score of all n
+    benign events; at least 100 are needed. Bad lines are reported with their line number
+    and skipped.
     """
+    if squeezer_spec is not None and search_budget is not None:
+        raise click.UsageError("--search-budget applies only without --squeezers")
+    search: SearchBudget | None = None
+    if squeezer_spec is None:
+        search = search_budget or "small"
+    passes = 3 if search is not None else 2
     bad = _BadLineReporter(events_path)
-    with user_errors(), _file_progress("calibrating", 2 * events_path.stat().st_size) as tick:
+    total = passes * events_path.stat().st_size
+    with user_errors(), _file_progress("calibrating", total) as progress:
         report = calibrate_file(
             model_path,
             events_path,
             out_path,
             fpr=fpr,
             squeezer_spec=squeezer_spec,
+            search=search,
+            seed=seed,
             output_kind=output_kind,
             output_name=output_name,
             input_range=input_range,
             batch_size=batch_size or settings.scoring.batch_size,
             device=device or settings.scoring.device,
             on_bad_line=bad,
-            on_progress=tick,
+            on_progress=progress.advance,
+            on_stage=progress.describe,
         )
     config = report.config
     bad.summary()
-    how = f" (preset for {config.input_kind} input)" if report.preset_used else ""
+    found = report.squeezer_search
+    if report.preset_used:
+        how = f" (preset for {config.input_kind} input)"
+    elif found is not None:
+        how = f" (chosen by search, {found.budget} budget)"
+    else:
+        how = ""
     table = Table(show_header=False, box=None)
     table.add_row("model", f"{config.model_path}  sha256 {config.model_sha256[:12]}…")
     table.add_row(
@@ -206,7 +266,82 @@ def calibrate(
     )
     table.add_row("device", config.calibration.provider)
     console.print(table)
+    if found is not None:
+        _print_search(found, config)
+    console.print(f"calibrated in {report.seconds:.1f} s")
     console.print(f"detector written to [bold]{out_path}[/]")
+
+
+def _rank(found: SqueezerSearch) -> list[SearchCandidate]:
+    """The candidates in the order the search ranks them (competing ones first)."""
+    limit = found.held_back_fpr_limit if found.held_back_fpr_limit is not None else 1.0
+    order = {id(c): i for i, c in enumerate(found.candidates)}
+    return sorted(
+        found.candidates,
+        key=lambda c: (
+            c.held_back_fpr > limit,
+            -c.detection_rate,
+            c.held_back_fpr,
+            c.n_squeezers,
+            order[id(c)],
+        ),
+    )
+
+
+def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
+    """The search's evidence: the split, the attacks and the best candidates."""
+    from monitor.evaluate._search import PAPER_MNIST_SPEC
+
+    split = found.split
+    console.print(
+        f"squeezer search ({found.budget} budget, seed {found.seed}, {found.seconds:.1f} s): "
+        f"{split.sampled_events} of {split.benign_events} benign events sampled, thresholds "
+        f"calibrated on {split.threshold_events}, {split.held_back_events} held back, "
+        f"attacks from {split.attacked_events}"
+    )
+    if found.attacks:
+        console.print(
+            "attacks: "
+            + ", ".join(
+                f"{a.name} ({a.norm}, {a.access}) {a.successful}/{a.attempted}"
+                for a in found.attacks
+            )
+            + " fooled the model"
+        )
+    if found.fallback_reason is not None:
+        console.print(
+            f"[yellow]squeezer search fell back to the preset:[/] {found.fallback_reason}"
+        )
+        return
+    ranked = _rank(found)
+    notes = {found.chosen: "chosen"}
+    notes.setdefault(found.preset, "preset")
+    if config.input_kind == "image":
+        notes.setdefault(PAPER_MNIST_SPEC, "paper (MNIST)")
+    shown = ranked[:_CANDIDATES_SHOWN] + [c for c in ranked[_CANDIDATES_SHOWN:] if c.spec in notes]
+    limit = found.held_back_fpr_limit
+    table = Table(box=None, pad_edge=False)
+    table.add_column("squeezers", no_wrap=True)
+    table.add_column("detection", justify="right", no_wrap=True)
+    table.add_column("held-back FPR", justify="right", no_wrap=True)
+    table.add_column("threshold", justify="right", no_wrap=True)
+    table.add_column("")
+    for candidate in shown:
+        note = notes.get(candidate.spec, "")
+        if limit is not None and candidate.held_back_fpr > limit:
+            note = ", ".join(filter(None, [note, f"FPR above {limit:.3f}"]))
+        table.add_row(
+            candidate.spec,
+            f"{candidate.detection_rate:.3f}",
+            f"{candidate.held_back_fpr:.3f}",
+            f"{candidate.threshold:.4g}",
+            note,
+        )
+    console.print(table)
+    if len(shown) < len(ranked):
+        console.print(
+            f"{len(shown)} of {len(ranked)} candidates shown; all are in the detector file"
+        )
 
 
 @click.command()
@@ -247,7 +382,7 @@ def score(
     lines are reported with their line number and skipped.
     """
     bad = _BadLineReporter(events_path)
-    with user_errors(), _file_progress("scoring", events_path.stat().st_size) as tick:
+    with user_errors(), _file_progress("scoring", events_path.stat().st_size) as progress:
         report = score_file(
             detector_path,
             events_path,
@@ -255,7 +390,7 @@ def score(
             batch_size=batch_size or settings.scoring.batch_size,
             device=device or settings.scoring.device,
             on_bad_line=bad,
-            on_progress=tick,
+            on_progress=progress.advance,
         )
     bad.summary()
     rate = report.flagged / report.scored if report.scored else 0.0

@@ -24,10 +24,13 @@ examples whose perturbation is at most ε.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -38,6 +41,7 @@ from monitor.evaluate._estimators import (
     OnnxClassifier,
     black_box_classifier,
     seed_everything,
+    torch_threads,
     white_box_classifier,
 )
 
@@ -51,6 +55,7 @@ __all__ = [
     "BudgetName",
     "Norm",
     "Work",
+    "check_budget",
     "craft_adversarial",
     "default_eps",
     "parse_attacks",
@@ -70,6 +75,11 @@ _EPS_FRACTIONS = (0.02, 0.05, 0.1, 0.2)
 """Default ε as fractions of the input range (L2: of the range times √d)."""
 _SAMPLES: dict[BudgetName, int] = {"small": 100, "full": 500}
 _BATCH = 128
+_RANDOM_TRIES = 100
+"""Noise draws a row may take to find a misclassified starting point (ART's init_size)."""
+_DRAWS_PER_ROUND = 10
+_NOISE_ELEMENTS = 1 << 24
+"""Input elements of noise drawn at once (64 MiB of float32)."""
 _NORM_TOLERANCE = 1e-5
 """Relative slack when a perturbation's norm is compared with ε (float32 rounding)."""
 
@@ -82,6 +92,8 @@ class Work:
     rows: float
     gradient_calls: float = 0.0
     gradient_rows: float = 0.0
+    bookkeeping_seconds: float = 0.0
+    """Time ART spends outside the model (numpy work between queries)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,15 @@ class AttackDefinition:
     build: Callable[[Any, AttackContext], Any]
     work: Callable[[AttackContext, int], Work]
     """Estimated model work of one run over that many events."""
+    random_start: bool = False
+    """Starts from noise the model misclassifies (HopSkipJump, Boundary), which advmon
+    draws from numpy's seeded generator: ART draws it from an unseeded one."""
+    requires: tuple[str, ...] = ()
+    """Python packages ART needs for it beyond its own dependencies."""
+
+    def missing(self) -> list[str]:
+        """The packages of :attr:`requires` that are not installed."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
 
 @dataclass(frozen=True)
@@ -186,8 +207,12 @@ def _square(classifier: Any, context: AttackContext) -> Any:
 
 def _square_work(context: AttackContext, events: int) -> Work:
     iterations = 100 if context.small else 1000
-    # Fooled events leave the batch; about half are still attacked on average.
-    return Work(calls=iterations * math.ceil(events / _BATCH), rows=iterations * events / 2)
+    # Each iteration queries the events not fooled yet, and draws its squares in numpy.
+    return Work(
+        calls=2 * iterations * math.ceil(events / _BATCH),
+        rows=iterations * events,
+        bookkeeping_seconds=iterations * 4e-4,
+    )
 
 
 def _hopskipjump_strength(context: AttackContext) -> tuple[int, int, int]:
@@ -218,7 +243,11 @@ def _hopskipjump_work(context: AttackContext, events: int) -> Work:
     # Per iteration: the gradient estimate in batches, then a binary and a geometric search
     # of about 25 single queries.
     per_event_calls = 100 + max_iter * 25 + evaluations / _BATCH
-    return Work(calls=events * per_event_calls, rows=events * (100 + evaluations + 25 * max_iter))
+    return Work(
+        calls=events * per_event_calls,
+        rows=events * (100 + evaluations + 25 * max_iter),
+        bookkeeping_seconds=events * max_iter * 1e-3,
+    )
 
 
 def _simba_iterations(context: AttackContext) -> int:
@@ -242,14 +271,16 @@ def _simba(classifier: Any, context: AttackContext) -> Any:
 
 
 def _simba_work(context: AttackContext, events: int) -> Work:
-    # Two single-row queries per iteration; most events fall well before the last one.
-    queries = events * 2 * _simba_iterations(context) / 3
+    # Two single-row queries per iteration; most events fall within a few hundred.
+    queries = events * min(_simba_iterations(context), 300)
     return Work(calls=queries, rows=queries)
 
 
 def _boundary_strength(context: AttackContext) -> tuple[int, int, int]:
-    """``max_iter``, ``num_trial`` and ``sample_size``."""
-    return (100, 10, 10) if context.small else (5000, 25, 20)
+    """``max_iter``, ``num_trial`` and ``sample_size``: ART's trials and samples under
+    ``full``, with 500 steps instead of its 5000 (which take hours for a few hundred
+    events, as the attack never stops early)."""
+    return (100, 10, 10) if context.small else (500, 25, 20)
 
 
 def _boundary(classifier: Any, context: AttackContext) -> Any:
@@ -270,8 +301,10 @@ def _boundary(classifier: Any, context: AttackContext) -> Any:
 
 def _boundary_work(context: AttackContext, events: int) -> Work:
     max_iter, num_trial, sample_size = _boundary_strength(context)
-    calls = events * (max_iter * 3 + 100)
-    return Work(calls=calls, rows=events * max_iter * (num_trial + sample_size))
+    # Each step tries candidates in batches of sample_size until enough are adversarial;
+    # about num_trial such batches a step.
+    calls = events * max_iter * num_trial
+    return Work(calls=calls, rows=calls * sample_size)
 
 
 def _fgsm(classifier: Any, context: AttackContext) -> Any:
@@ -347,10 +380,10 @@ def _cw(classifier: Any, context: AttackContext) -> Any:
 
 def _cw_work(context: AttackContext, events: int) -> Work:
     steps, max_iter = _cw_strength(context)
-    # Each iteration takes a gradient and a line search of a few forward passes.
-    iterations = steps * max_iter
+    # Each iteration takes class gradients and a line search of several forward passes.
+    iterations = 12 * steps * max_iter
     calls = iterations * math.ceil(events / _BATCH)
-    return Work(calls=0, rows=0, gradient_calls=4 * calls, gradient_rows=4 * iterations * events)
+    return Work(calls=0, rows=0, gradient_calls=calls, gradient_rows=iterations * events)
 
 
 def _deepfool_iterations(context: AttackContext) -> int:
@@ -375,7 +408,7 @@ def _deepfool(classifier: Any, context: AttackContext) -> Any:
 def _deepfool_work(context: AttackContext, events: int) -> Work:
     # Most events cross the boundary within a few iterations; each takes a gradient per
     # candidate class.
-    iterations = 5 * min(10, context.num_classes)
+    iterations = 20 * min(10, context.num_classes)
     return Work(
         calls=0,
         rows=0,
@@ -446,33 +479,50 @@ def _autoattack_work(context: AttackContext, events: int) -> Work:
     )
 
 
+def _definition(
+    name: str,
+    norms: tuple[Norm, ...],
+    access: Access,
+    *,
+    bounded: bool,
+    images_only: bool = False,
+    random_start: bool = False,
+    requires: tuple[str, ...] = (),
+) -> AttackDefinition:
+    build, work = _BUILDERS[name]
+    return AttackDefinition(
+        name, norms, access, bounded, images_only, build, work, random_start, requires
+    )
+
+
+_BUILDERS: dict[
+    str, tuple[Callable[[Any, AttackContext], Any], Callable[[AttackContext, int], Work]]
+] = {
+    "square": (_square, _square_work),
+    "hopskipjump": (_hopskipjump, _hopskipjump_work),
+    "simba": (_simba, _simba_work),
+    "boundary": (_boundary, _boundary_work),
+    "fgsm": (_fgsm, _fgsm_work),
+    "pgd": (_pgd, _pgd_work),
+    "cw": (_cw, _cw_work),
+    "deepfool": (_deepfool, _deepfool_work),
+    "autoattack": (_autoattack, _autoattack_work),
+}
+
 ATTACKS: dict[str, AttackDefinition] = {
     definition.name: definition
     for definition in (
-        AttackDefinition("square", ("linf", "l2"), "black-box", True, True, _square, _square_work),
-        AttackDefinition(
-            "hopskipjump",
-            ("l2", "linf"),
-            "black-box",
-            False,
-            False,
-            _hopskipjump,
-            _hopskipjump_work,
-        ),
-        AttackDefinition("simba", ("l2",), "black-box", False, True, _simba, _simba_work),
-        AttackDefinition("boundary", ("l2",), "black-box", False, False, _boundary, _boundary_work),
-        AttackDefinition("fgsm", ("linf", "l2"), "white-box", True, False, _fgsm, _fgsm_work),
-        AttackDefinition("pgd", ("linf", "l2"), "white-box", True, False, _pgd, _pgd_work),
-        AttackDefinition("cw", ("l2",), "white-box", False, False, _cw, _cw_work),
-        AttackDefinition("deepfool", ("l2",), "white-box", False, False, _deepfool, _deepfool_work),
-        AttackDefinition(
-            "autoattack",
-            ("linf", "l2"),
-            "white-box",
-            True,
-            False,
-            _autoattack,
-            _autoattack_work,
+        _definition("square", ("linf", "l2"), "black-box", bounded=True, images_only=True),
+        _definition("hopskipjump", ("l2", "linf"), "black-box", bounded=False, random_start=True),
+        _definition("simba", ("l2",), "black-box", bounded=False, images_only=True),
+        _definition("boundary", ("l2",), "black-box", bounded=False, random_start=True),
+        _definition("fgsm", ("linf", "l2"), "white-box", bounded=True),
+        _definition("pgd", ("linf", "l2"), "white-box", bounded=True),
+        _definition("cw", ("l2",), "white-box", bounded=False),
+        _definition("deepfool", ("l2",), "white-box", bounded=False),
+        # ART's AutoAttack imports multiprocess to run its attacks in parallel.
+        _definition(
+            "autoattack", ("linf", "l2"), "white-box", bounded=True, requires=("multiprocess",)
         ),
     )
 }
@@ -518,7 +568,8 @@ def _has_channels(input_shape: Sequence[int | None]) -> bool:
     return len(input_shape) == 3
 
 
-def _check_budget(budget: str) -> BudgetName:
+def check_budget(budget: str) -> BudgetName:
+    """``budget``, if it is ``small`` or ``full``; a ``ValueError`` naming it otherwise."""
     if budget not in get_args(BudgetName):
         raise ValueError(f"budget must be 'small' or 'full', got {budget!r}")
     return budget  # type: ignore[return-value]
@@ -532,7 +583,7 @@ def samples_for(budget: BudgetName) -> int:
     >>> samples_for("small")
     100
     """
-    return _SAMPLES[_check_budget(budget)]
+    return _SAMPLES[check_budget(budget)]
 
 
 def parse_attacks(
@@ -542,9 +593,10 @@ def parse_attacks(
 
     ``spec`` is comma-separated names, each maybe with a norm (``hopskipjump:linf``);
     ``None`` picks the defaults for the input and the budget: every attack that applies,
-    with Boundary and AutoAttack under the ``full`` budget only for images. White-box
-    attacks are listed whether or not they can run here; the caller drops them when the
-    model cannot be converted.
+    with Boundary and AutoAttack under the ``full`` budget only for images, and
+    AutoAttack only where the ``multiprocess`` package ART imports for it is installed.
+    White-box attacks are listed whether or not they can run here; the caller drops them
+    when the model cannot be converted.
 
     Examples
     --------
@@ -555,11 +607,13 @@ def parse_attacks(
     ...
     ValueError: attacks: square applies to images shaped [N, C, H, W] only; for this model use: ...
     """
-    budget = _check_budget(budget)
+    budget = check_budget(budget)
     channels = _has_channels(input_shape)
     applicable = [d.name for d in ATTACKS.values() if channels or not d.images_only]
     if spec is None:
-        tokens: list[str] = list(_DEFAULTS[channels, budget])
+        tokens: list[str] = [
+            key for key in _DEFAULTS[channels, budget] if not ATTACKS[key.split(":")[0]].missing()
+        ]
     else:
         tokens = [token.strip().lower() for token in spec.split(",")]
         if not any(tokens):
@@ -578,6 +632,13 @@ def parse_attacks(
             raise ValueError(
                 f"attacks: {name} applies to images shaped [N, C, H, W] only; for this model "
                 f"use: {', '.join(applicable)}"
+            )
+        missing = definition.missing()
+        if missing:
+            raise ValueError(
+                f"attacks: {name} needs the Python package {', '.join(missing)}, which ART "
+                f"imports for it; install it (pip install {' '.join(missing)}) or leave "
+                f"{name} out"
             )
         picked = norm or definition.norms[0]
         if picked not in definition.norms:
@@ -632,6 +693,24 @@ def within(norms: np.ndarray, eps: float) -> np.ndarray:
     return np.asarray(norms <= eps * (1 + _NORM_TOLERANCE) + 1e-9)
 
 
+@contextlib.contextmanager
+def _quiet_art() -> Iterator[None]:
+    """Hold back ART's per-example log lines (e.g. the Boundary attack's "adversarial
+    example found but not optimal") and numpy warnings while an attack runs: the report
+    says the same in figures."""
+    art_logger = logging.getLogger("art")
+    before = art_logger.level
+    art_logger.setLevel(logging.ERROR)
+    try:
+        # ART's numpy divides by zero-norm steps now and then and recovers; its
+        # RuntimeWarnings say nothing about the result, which is checked on the model.
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        art_logger.setLevel(before)
+
+
 def run_attack(
     attack: AttackSpec, classifier: Any, x: np.ndarray, y: np.ndarray, context: AttackContext
 ) -> np.ndarray:
@@ -641,10 +720,50 @@ def run_attack(
     Seed the random generators (:func:`seed_everything`) before calling, for repeatable
     results.
     """
+    x = np.ascontiguousarray(x, dtype=np.float32)
     one_hot = np.eye(context.num_classes, dtype=np.float32)[y]
     art_attack = attack.definition.build(classifier, context)
-    x_adv = art_attack.generate(x=np.ascontiguousarray(x, dtype=np.float32), y=one_hot)
-    return np.asarray(x_adv, dtype=np.float32).reshape(x.shape)
+    if not attack.definition.random_start:
+        with torch_threads(), _quiet_art():
+            x_adv = art_attack.generate(x=x, y=one_hot)
+        return np.asarray(x_adv, dtype=np.float32).reshape(x.shape)
+    starts, found = _random_starts(classifier, x, context.input_range)
+    x_adv = x.copy()
+    if found.any():
+        with _quiet_art():
+            moved = art_attack.generate(x=x[found], y=one_hot[found], x_adv_init=starts[found])
+        x_adv[found] = np.asarray(moved, dtype=np.float32).reshape(x[found].shape)
+    return x_adv
+
+
+def _random_starts(
+    classifier: Any, x: np.ndarray, input_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, uniform noise over the input range that the model classifies
+    differently, as ART's HopSkipJump and Boundary draw it (up to
+    :data:`_RANDOM_TRIES` draws a row); and which rows got one."""
+    predicted = np.asarray(classifier.predict(x, batch_size=_BATCH)).argmax(axis=1)
+    starts = x.copy()
+    found = np.zeros(len(x), dtype=bool)
+    low, high = input_range
+    elements = int(np.prod(x.shape[1:]))
+    rows_per_chunk = max(1, _NOISE_ELEMENTS // (_DRAWS_PER_ROUND * elements))
+    for _ in range(_RANDOM_TRIES // _DRAWS_PER_ROUND):
+        pending = np.flatnonzero(~found)
+        for chunk_start in range(0, len(pending), rows_per_chunk):
+            rows = pending[chunk_start : chunk_start + rows_per_chunk]
+            shape = (len(rows), _DRAWS_PER_ROUND, *x.shape[1:])
+            noise = np.random.uniform(low, high, size=shape).astype(np.float32)
+            flat = noise.reshape(-1, *x.shape[1:])
+            classes = np.asarray(classifier.predict(flat, batch_size=_BATCH)).argmax(axis=1)
+            differs = classes.reshape(len(rows), _DRAWS_PER_ROUND) != predicted[rows, None]
+            for row, hits, draws in zip(rows, differs, noise, strict=True):
+                if hits.any():
+                    starts[row] = draws[int(hits.argmax())]
+                    found[row] = True
+        if found.all():
+            break
+    return starts, found
 
 
 @dataclass(frozen=True)

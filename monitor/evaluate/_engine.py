@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import onnx
 
 from detectors import (
     Detector,
+    DetectorConfig,
     Device,
     ModelHashMismatchError,
     OutputKind,
@@ -51,6 +52,7 @@ from monitor.evaluate._attacks import (
     AttackSpec,
     BudgetName,
     Norm,
+    check_budget,
     default_eps,
     parse_attacks,
     run_attack,
@@ -63,6 +65,7 @@ from monitor.evaluate._estimators import (
     WhiteBox,
     black_box_classifier,
     seed_everything,
+    torch_threads,
     white_box_classifier,
 )
 from monitor.evaluate._metrics import (
@@ -73,7 +76,12 @@ from monitor.evaluate._metrics import (
     success_within,
 )
 from monitor.evaluate._progress import EvaluationProgress, NoProgress, PlannedStep
-from monitor.evaluate._smoothing import certified_accuracy, smoothing_plan
+from monitor.evaluate._smoothing import (
+    CertifiedAccuracy,
+    SmoothingPlan,
+    certified_accuracy,
+    smoothing_plan,
+)
 from monitor.evaluate._types import AttackScores, Evaluation
 from monitor.offline import BadLine
 
@@ -85,6 +93,8 @@ _NO_WHITE_BOX = "not requested: no white-box attack was asked for"
 _CHECK_ROWS = 256
 """Events the PyTorch conversion is checked on, and the batch the cost is timed on."""
 _COST_REPEATS = 20
+_SMOOTHING = "smoothing"
+_COST = "cost"
 
 
 def _advmon_version() -> str:
@@ -124,12 +134,6 @@ def _norm(name: str) -> Norm:
     raise ValueError(f'eps: unknown norm {name!r}; use "linf" or "l2"')
 
 
-def _check_budget(budget: str) -> BudgetName:
-    if budget not in get_args(BudgetName):
-        raise ValueError(f"budget must be 'small' or 'full', got {budget!r}")
-    return budget  # type: ignore[return-value]
-
-
 def _num_classes(
     model: onnx.ModelProto, declared: int | None, input_shape: Sequence[int | None]
 ) -> int:
@@ -146,7 +150,21 @@ def _num_classes(
     return int(probe.scores(np.zeros(shape, dtype=np.float32)).shape[1])
 
 
-@dataclass
+def _detections(detector: Detector | None, x: np.ndarray) -> Detections | None:
+    """The detector's verdicts on ``x`` (``None`` without a detector)."""
+    if detector is None:
+        return None
+    scores, flagged = [], []
+    for start in range(0, len(x), _CHECK_ROWS):
+        result = detector.score(x[start : start + _CHECK_ROWS])
+        scores.append(result.scores.score)
+        flagged.append(result.flagged)
+    if not scores:
+        return Detections(np.zeros(0, np.float32), np.zeros(0, bool))
+    return Detections(np.concatenate(scores), np.concatenate(flagged))
+
+
+@dataclass(frozen=True)
 class _Setup:
     """Everything loaded and measured before the first attack."""
 
@@ -186,16 +204,7 @@ class _Setup:
 
     def detections(self, x: np.ndarray) -> Detections | None:
         """The detector's verdicts on ``x`` (``None`` without a detector)."""
-        if self.detector is None:
-            return None
-        scores, flagged = [], []
-        for start in range(0, len(x), _CHECK_ROWS):
-            result = self.detector.score(x[start : start + _CHECK_ROWS])
-            scores.append(result.scores.score)
-            flagged.append(result.flagged)
-        if not scores:
-            return Detections(np.zeros(0, np.float32), np.zeros(0, bool))
-        return Detections(np.concatenate(scores), np.concatenate(flagged))
+        return _detections(self.detector, x)
 
 
 def _load(
@@ -214,7 +223,8 @@ def _load(
     model = load_model(str(model_file))
     detector: Detector | None = None
     if detector_path is not None:
-        detector = Detector.from_file(detector_path, device=device)
+        config = DetectorConfig.load(detector_path)
+        detector = Detector(config, load_model(config.model_path), device=device, spin_wait=False)
         if detector.config.model_sha256 != file_sha256(model_file):
             raise ModelHashMismatchError(
                 f"the detector {detector_path} was calibrated for another model "
@@ -239,7 +249,13 @@ def _load(
         )
     output_kind: OutputKind
     if detector is not None:
-        input_range = detector.config.input_range
+        low, high = detector.config.input_range
+        if signature.input_kind == "tabular":
+            # Tabular events may leave the range seen in calibration; the attacks clip to
+            # the range, which must not move the events themselves.
+            seen_low, seen_high = events.observed_range
+            low, high = min(low, seen_low), max(high, seen_high)
+        input_range = (low, high)
         output_kind = detector.config.output_kind
     else:
         input_range = default_input_range(signature.input_kind, events.observed_range)
@@ -252,7 +268,7 @@ def _load(
     sample = np.sort(
         np.random.default_rng(seed).choice(len(events.labels), size=limit, replace=False)
     )
-    setup = _Setup(
+    return _Setup(
         model_path=model_file,
         model=bare,
         detector=detector,
@@ -260,13 +276,11 @@ def _load(
         input_range=input_range,
         num_classes=num_classes,
         correct=correct,
-        clean=None,
+        clean=_detections(detector, events.inputs),
         sample=sample,
         budget=budget,
         seed=seed,
     )
-    setup.clean = setup.detections(events.inputs)
-    return setup
 
 
 def _median_seconds(call: Callable[[], Any], repeats: int) -> float:
@@ -290,10 +304,11 @@ def _timing(setup: _Setup, black_box: Any, white_box: WhiteBox) -> ModelTiming:
         classifier = white_box.classifier
         labels = np.eye(setup.num_classes, dtype=np.float32)[setup.y]
         grad_rows = min(rows, 32)
-        grad_one = _median_seconds(lambda: classifier.loss_gradient(x[:1], labels[:1]), 3)
-        grad_many = _median_seconds(
-            lambda: classifier.loss_gradient(x[:grad_rows], labels[:grad_rows]), 3
-        )
+        with torch_threads():
+            grad_one = _median_seconds(lambda: classifier.loss_gradient(x[:1], labels[:1]), 3)
+            grad_many = _median_seconds(
+                lambda: classifier.loss_gradient(x[:grad_rows], labels[:grad_rows]), 3
+            )
         timing = ModelTiming(
             timing.call_seconds,
             timing.row_seconds,
@@ -315,7 +330,9 @@ def _attack_outcomes(
     correct = setup.correct[setup.sample]
     outcomes: list[AttackOutcome] = []
 
-    def outcome(eps: float, x_adv: np.ndarray, success: np.ndarray) -> AttackOutcome:
+    def outcome(
+        eps: float, x_adv: np.ndarray, success: np.ndarray, adversarial: Detections | None
+    ) -> AttackOutcome:
         return attack_outcome(
             name=attack.name,
             norm=attack.norm,
@@ -326,7 +343,7 @@ def _attack_outcomes(
             correct=correct,
             success=success,
             input_range=setup.input_range,
-            adversarial=setup.detections(x_adv),
+            adversarial=adversarial,
             clean=setup.clean,
         )
 
@@ -334,9 +351,10 @@ def _attack_outcomes(
         seed_everything(setup.seed)
         x_adv = run_attack(attack, classifier, x, y, setup.context(attack, None))
         fooled = setup.model.predict(x_adv) != y
+        adversarial = setup.detections(x_adv)
         for eps in eps_values:
             success = success_within(x, x_adv, correct, fooled, attack.norm, eps)
-            outcomes.append(outcome(eps, x_adv, success))
+            outcomes.append(outcome(eps, x_adv, success, adversarial))
         on_eps(1)
         return outcomes
 
@@ -351,7 +369,7 @@ def _attack_outcomes(
         take = (success | ~broken).reshape(-1, *([1] * (x.ndim - 1)))
         best = np.where(take, x_adv, best)
         broken |= success
-        outcomes.append(outcome(eps, best, broken.copy()))
+        outcomes.append(outcome(eps, best, broken.copy(), setup.detections(best)))
         on_eps(done)
     return outcomes
 
@@ -406,6 +424,105 @@ def _cost(setup: _Setup) -> dict[str, Any]:
     }
 
 
+def _plan(
+    setup: _Setup,
+    attacks: Sequence[AttackSpec],
+    eps_values: Mapping[Norm, Sequence[float]],
+    timing: ModelTiming,
+    smoothing: SmoothingPlan,
+) -> list[PlannedStep]:
+    """The steps of the evaluation, each with its estimated seconds: the attacks in
+    order, then smoothing, then the cost measurement."""
+    n = len(setup.sample)
+    steps: list[PlannedStep] = []
+    for attack in attacks:
+        runs = len(eps_values[attack.norm]) if attack.bounded else 1
+        work = attack.definition.work(setup.context(attack, 1.0), n)
+        seconds = runs * timing.seconds(
+            work.calls,
+            work.rows,
+            work.gradient_calls,
+            work.gradient_rows,
+            work.bookkeeping_seconds,
+        )
+        description = f"{attack.key} ({attack.norm}, {attack.access})"
+        steps.append(PlannedStep(attack.key, description, runs, seconds))
+    sigmas = len(smoothing.sigmas)
+    # ART draws the noise and counts votes per event: about as long again as the model.
+    smoothing_seconds = 2 * timing.seconds(calls=sigmas * n * 2, rows=smoothing.rows(n))
+    steps.append(PlannedStep(_SMOOTHING, "randomized smoothing", sigmas, smoothing_seconds))
+    cost_rows = min(len(setup.events.labels), _CHECK_ROWS)
+    cost_seconds = timing.seconds(calls=_COST_REPEATS * 2, rows=_COST_REPEATS * cost_rows * 3)
+    steps.append(PlannedStep(_COST, "cost of the detector", 1, cost_seconds))
+    return steps
+
+
+def _report(
+    setup: _Setup,
+    *,
+    model_path: str | os.PathLike[str],
+    events_path: str | os.PathLike[str],
+    detector_path: str | os.PathLike[str] | None,
+    attacks: Sequence[AttackSpec],
+    eps_values: Mapping[Norm, Sequence[float]],
+    white_box: WhiteBox,
+    command: str,
+    outcomes: Sequence[AttackOutcome],
+    final: Sequence[AttackOutcome],
+    certified: Sequence[CertifiedAccuracy],
+    cost: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of report.json (``seconds`` still 0)."""
+    detector, clean, events = setup.detector, setup.clean, setup.events
+    signature = setup.model.signature
+    return {
+        "format": _REPORT_FORMAT,
+        "format_version": _REPORT_FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(),
+        "advmon_version": _advmon_version(),
+        "model": {
+            "path": str(model_path),
+            "sha256": file_sha256(setup.model_path),
+            "input_shape": [None, *signature.input_shape],
+            "num_classes": setup.num_classes,
+            "input_kind": signature.input_kind,
+            "input_range": list(setup.input_range),
+            "output_kind": setup.model.output_kind,
+        },
+        "events": {
+            "path": str(events_path),
+            "sha256": events.sha256,
+            "n_valid": len(events.labels),
+            "n_bad_lines": len(events.bad_lines),
+            "label_field": events.label_field,
+        },
+        "settings": {
+            "attacks": [a.key for a in attacks],
+            "eps": {norm: list(eps_values[norm]) for norm in sorted({a.norm for a in attacks})},
+            "budget": setup.budget,
+            "seed": setup.seed,
+            "samples": len(setup.sample),
+            "white_box": white_box.reason,
+            "command": command,
+        },
+        "clean": {"n": len(events.labels), "accuracy": float(setup.correct.mean())},
+        "detector": None
+        if detector is None or clean is None
+        else {
+            "path": str(detector_path),
+            "squeezers": detector.config.squeezer_spec,
+            "threshold": detector.threshold,
+            "target_fpr": detector.config.target_fpr,
+            "clean_fpr": float(clean.flagged.mean()),
+        },
+        "cost": cost,
+        "attacks": [outcome.to_dict() for outcome in outcomes],
+        "certified": [row.to_dict() for row in certified],
+        "per_class": _per_class(setup, final),
+        "seconds": 0.0,
+    }
+
+
 def evaluate(
     model_path: str | os.PathLike[str],
     events_path: str | os.PathLike[str],
@@ -439,8 +556,8 @@ def evaluate(
         ε values per norm, ``{"linf": [...], "l2": [...]}`` in input units; a norm left
         out gets the defaults of :func:`monitor.evaluate._attacks.default_eps`.
     budget
-        ``small`` (at most 100 events, reduced strengths: a minute or two on a CPU for a
-        small model) or ``full`` (500 events, ART's default strengths).
+        ``small`` (at most 100 events, reduced strengths: seconds to a minute on two
+        cores for a small model) or ``full`` (500 events, ART's default strengths).
     seed
         Seeds the sample of events, the attacks and the smoothing noise.
     device
@@ -453,10 +570,33 @@ def evaluate(
         Receives the plan and the progress of each step (:class:`EvaluationProgress`).
 
     Returns the report (valid against ``robustness_report.schema.json``) with the
-    detector's raw scores for the plots.
+    detector's raw scores for the plots. Raises ``ValueError`` for a bad argument or an
+    events file without a valid labelled event, :class:`detectors.DetectorError` for a
+    model or detector file that cannot be used.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import onnx, orjson
+    >>> from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
+    >>> data = load_digits_data()
+    >>> events = b"".join(
+    ...     orjson.dumps({"event_id": str(i), "model_id": "digits", "input": x.tolist(),
+    ...                   "label": int(y)}) + b"\\n"
+    ...     for i, (x, y) in enumerate(zip(data.test_x, data.test_y))
+    ... )
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model_path, events_path = Path(folder) / "digits.onnx", Path(folder) / "events.jsonl"
+    ...     onnx.save(mlp_to_onnx(train_mlp(data.train_x, data.train_y)), model_path)
+    ...     _ = events_path.write_bytes(events)
+    ...     report = evaluate(model_path, events_path, attacks="fgsm").report
+    >>> report["clean"]["n"], report["settings"]["samples"], report["settings"]["white_box"]
+    (450, 100, 'used')
+    >>> [(row["eps"], round(row["robust_accuracy"], 2)) for row in report["attacks"]]
+    [(0.02, 0.93), (0.05, 0.79), (0.1, 0.46), (0.2, 0.01)]
     """
     started = time.perf_counter()
-    budget = _check_budget(budget)
+    budget = check_budget(budget)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     given_eps = _check_eps(eps)
@@ -483,35 +623,13 @@ def evaluate(
     black_box = black_box_classifier(setup.model, setup.input_shape, setup.input_range)
     classifiers = {"black-box": black_box, "white-box": white_box.classifier}
     eps_values = default_eps(setup.input_range, int(np.prod(setup.input_shape))) | given_eps
-
-    timing = _timing(setup, black_box, white_box)
-    plan = smoothing_plan(budget, setup.input_range)
-    n = len(setup.sample)
-    steps: list[tuple[PlannedStep, AttackSpec]] = []
-    for attack in chosen:
-        runs = len(eps_values[attack.norm]) if attack.bounded else 1
-        work = attack.definition.work(setup.context(attack, 1.0), n)
-        seconds = runs * timing.seconds(
-            work.calls, work.rows, work.gradient_calls, work.gradient_rows
-        )
-        description = f"{attack.key} ({attack.norm}, {attack.access})"
-        steps.append((PlannedStep(attack.key, description, runs, seconds), attack))
-    smoothing_seconds = timing.seconds(calls=len(plan.sigmas) * n * 2, rows=plan.rows(n))
-    smoothing_step = PlannedStep(
-        "smoothing", "randomized smoothing", len(plan.sigmas), smoothing_seconds
-    )
-    cost_rows = min(len(setup.events.labels), _CHECK_ROWS)
-    cost_step = PlannedStep(
-        "cost",
-        "cost of the detector",
-        1,
-        timing.seconds(calls=_COST_REPEATS * 2, rows=_COST_REPEATS * cost_rows * 3),
-    )
-    report_progress.planned([step for step, _ in steps] + [smoothing_step, cost_step])
+    smoothing = smoothing_plan(budget, setup.input_range)
+    steps = _plan(setup, chosen, eps_values, _timing(setup, black_box, white_box), smoothing)
+    report_progress.planned(steps)
 
     outcomes: list[AttackOutcome] = []
     final: list[AttackOutcome] = []
-    for step, attack in steps:
+    for step, attack in zip(steps, chosen, strict=False):
         report_progress.started(step)
         results = _attack_outcomes(
             setup,
@@ -524,9 +642,16 @@ def evaluate(
         final.append(results[-1])
         report_progress.finished(step)
 
+    smoothing_step, cost_step = steps[-2:]
     report_progress.started(smoothing_step)
-    certified = certified_accuracy(black_box, setup.x, setup.y, plan, seed=seed)
-    report_progress.advanced(smoothing_step, len(plan.sigmas))
+    certified = certified_accuracy(
+        black_box,
+        setup.x,
+        setup.y,
+        smoothing,
+        seed=seed,
+        on_sigma=functools.partial(report_progress.advanced, smoothing_step),
+    )
     report_progress.finished(smoothing_step)
 
     report_progress.started(cost_step)
@@ -534,55 +659,20 @@ def evaluate(
     report_progress.advanced(cost_step, 1)
     report_progress.finished(cost_step)
 
-    used_norms = sorted({a.norm for a in chosen})
-    detector = setup.detector
-    signature = setup.model.signature
-    report: dict[str, Any] = {
-        "format": _REPORT_FORMAT,
-        "format_version": _REPORT_FORMAT_VERSION,
-        "created_at": datetime.now(UTC).isoformat(),
-        "advmon_version": _advmon_version(),
-        "model": {
-            "path": str(model_path),
-            "sha256": file_sha256(setup.model_path),
-            "input_shape": [None, *signature.input_shape],
-            "num_classes": setup.num_classes,
-            "input_kind": signature.input_kind,
-            "input_range": list(setup.input_range),
-            "output_kind": setup.model.output_kind,
-        },
-        "events": {
-            "path": str(events_path),
-            "sha256": setup.events.sha256,
-            "n_valid": len(setup.events.labels),
-            "n_bad_lines": len(setup.events.bad_lines),
-            "label_field": label_field,
-        },
-        "settings": {
-            "attacks": [a.key for a in chosen],
-            "eps": {norm: eps_values[norm] for norm in used_norms},
-            "budget": budget,
-            "seed": seed,
-            "samples": n,
-            "white_box": white_box.reason,
-            "command": command,
-        },
-        "clean": {"n": len(setup.events.labels), "accuracy": float(setup.correct.mean())},
-        "detector": None
-        if detector is None or setup.clean is None
-        else {
-            "path": str(detector_path),
-            "squeezers": detector.config.squeezer_spec,
-            "threshold": detector.threshold,
-            "target_fpr": detector.config.target_fpr,
-            "clean_fpr": float(setup.clean.flagged.mean()),
-        },
-        "cost": cost,
-        "attacks": [outcome.to_dict() for outcome in outcomes],
-        "certified": [row.to_dict() for row in certified],
-        "per_class": _per_class(setup, final),
-        "seconds": 0.0,
-    }
+    report = _report(
+        setup,
+        model_path=model_path,
+        events_path=events_path,
+        detector_path=detector_path,
+        attacks=chosen,
+        eps_values=eps_values,
+        white_box=white_box,
+        command=command,
+        outcomes=outcomes,
+        final=final,
+        certified=certified,
+        cost=cost,
+    )
     report["seconds"] = time.perf_counter() - started
     return Evaluation(
         report=report,

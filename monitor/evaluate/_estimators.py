@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ __all__ = [
     "black_box_classifier",
     "check_converted_outputs",
     "seed_everything",
+    "torch_threads",
     "white_box_classifier",
 ]
 
@@ -49,12 +53,38 @@ def seed_everything(seed: int) -> None:
     --------
     >>> seed_everything(3)
     >>> int(np.random.randint(1000))
-    600
+    874
     """
     np.random.seed(seed)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def torch_threads() -> Iterator[None]:
+    """Run torch with half the machine's cores (at least one) inside the block.
+
+    Torch's OpenMP threads wait for each other at every operation, so when another
+    process takes one of their cores (a shared CI runner) each operation stalls: on two
+    loaded cores a small CNN's gradients run ten times slower with two threads than with
+    one. Half the cores keeps that from happening and costs little on small models.
+
+    Examples
+    --------
+    >>> with torch_threads():
+    ...     pass
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -96,7 +126,9 @@ class OnnxClassifier:
         self.model = model
         self.output_kind: OutputKind = output_kind
         self.signature = inspect_model(model, output_name)
-        self._session = create_session(model, device)
+        # Idle ONNX Runtime threads sleep rather than spin: between model calls the
+        # attacks compute in numpy and torch, which need the cores.
+        self._session = create_session(model, device, spin_wait=False)
         self.provider: str = self._session.get_providers()[0]
 
     def scores(self, x: np.ndarray) -> np.ndarray:
@@ -149,14 +181,21 @@ class ModelTiming:
     gradient_row_seconds: float = 0.0
 
     def seconds(
-        self, calls: float, rows: float, gradient_calls: float = 0.0, gradient_rows: float = 0.0
+        self,
+        calls: float,
+        rows: float,
+        gradient_calls: float = 0.0,
+        gradient_rows: float = 0.0,
+        bookkeeping_seconds: float = 0.0,
     ) -> float:
-        """Estimated seconds of that many calls, rows, gradient calls and gradient rows."""
+        """Estimated seconds of that many calls, rows, gradient calls and gradient rows,
+        plus the time spent outside the model."""
         return round(
             calls * self.call_seconds
             + rows * self.row_seconds
             + gradient_calls * self.gradient_call_seconds
-            + gradient_rows * self.gradient_row_seconds,
+            + gradient_rows * self.gradient_row_seconds
+            + bookkeeping_seconds,
             9,
         )
 
@@ -256,7 +295,7 @@ def white_box_classifier(
     module = _class_scores(converted, output_index, log=model.output_kind == "probabilities")
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads():
             actual = module.raw(torch.from_numpy(np.ascontiguousarray(sample, np.float32)))
     except Exception as error:
         return WhiteBox(None, f"the model converted to PyTorch does not run ({_short(error)})")

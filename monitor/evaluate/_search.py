@@ -497,6 +497,7 @@ def search_squeezers(
     ) -> SqueezerSearch:
         return SqueezerSearch(
             chosen=preset,
+            preset=preset,
             fallback_reason=reason,
             budget=budget,
             seed=seed,
@@ -589,6 +590,7 @@ def search_squeezers(
     best = choose_candidate(candidates, limit)
     return SqueezerSearch(
         chosen=best.spec,
+        preset=preset,
         fallback_reason=None,
         budget=budget,
         seed=seed,

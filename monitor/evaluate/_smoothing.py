@@ -14,6 +14,7 @@ gets right with a certified radius of at least ``R``; it cannot grow with ``R``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,14 +109,15 @@ def certified_accuracy(
     *,
     seed: int = 0,
     batch_size: int = 256,
+    on_sigma: Callable[[int], None] | None = None,
 ) -> list[CertifiedAccuracy]:
     """Certify the events ``x`` (true classes ``y``) under each σ of ``plan``.
 
     ``classifier`` is the ART black-box classifier of the model. Returns a row per σ and
-    radius, radii ascending.
+    radius, radii ascending; ``on_sigma`` is called with the number of σ done after each.
     """
     rows: list[CertifiedAccuracy] = []
-    for sigma in plan.sigmas:
+    for done, sigma in enumerate(plan.sigmas, start=1):
         smoothed = _smoothing_type()(classifier, sample_size=plan.n0, scale=sigma, alpha=plan.alpha)
         seed_everything(seed)
         prediction, radius = smoothed.certify(
@@ -131,4 +133,6 @@ def certified_accuracy(
             )
             for r in sorted(plan.radii)
         )
+        if on_sigma is not None:
+            on_sigma(done)
     return rows

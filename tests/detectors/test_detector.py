@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,6 +21,10 @@ from detectors import (
     DetectorFileError,
     ModelHashMismatchError,
     ModelValidationError,
+    SearchAttack,
+    SearchCandidate,
+    SearchSplit,
+    SqueezerSearch,
     SqueezerSpecError,
     calibrate_detector,
     detect_output_kind,
@@ -260,3 +267,142 @@ def test_calibration_checks_the_spec_before_reading_benign_data(
         calibrate_detector(
             cancer.model_path, batches_of(wrong_width), squeezer_spec="quantile:8", device="cpu"
         )
+
+
+# --- the squeezer search's evidence in the detector file -----------------------------------
+
+
+def _evidence(chosen: str = "bit_depth:2") -> SqueezerSearch:
+    return SqueezerSearch(
+        chosen=chosen,
+        preset="bit_depth:2",
+        fallback_reason=None,
+        budget="small",
+        seed=0,
+        seconds=3.5,
+        split=SearchSplit(
+            benign_events=449,
+            sampled_events=449,
+            threshold_events=225,
+            held_back_events=224,
+            attacked_events=50,
+        ),
+        attacks=(
+            SearchAttack("square", "linf", "black-box", 50, 44),
+            SearchAttack("deepfool", "l2", "white-box", 50, 50),
+        ),
+        candidates=(
+            SearchCandidate("bit_depth:2", 0.57, 0.071, 0.23, {"square": 0.84, "deepfool": 0.3}),
+            SearchCandidate("median:2", 0.05, 0.04, 1.9, {"square": 0.1, "deepfool": 0.0}),
+        ),
+        held_back_fpr_limit=0.0911,
+    )
+
+
+def test_detector_file_round_trips_the_squeezer_search(
+    tmp_path: Path, digits_config: DetectorConfig
+) -> None:
+    config = replace(digits_config, squeezer_search=_evidence())
+    path = tmp_path / "detector.json"
+    config.save(path)
+    content = json.loads(path.read_text())
+    assert content["format_version"] == 1
+    assert content["squeezer_search"]["candidates"][0] == {
+        "spec": "bit_depth:2",
+        "detection_rate": 0.57,
+        "held_back_fpr": 0.071,
+        "threshold": 0.23,
+        "detection_by_attack": {"square": 0.84, "deepfool": 0.3},
+    }
+    assert content["squeezer_search"]["attacks"][0] == {
+        "name": "square",
+        "norm": "linf",
+        "access": "black-box",
+        "attempted": 50,
+        "successful": 44,
+    }
+    loaded = DetectorConfig.load(path)
+    assert loaded == config
+    assert loaded.squeezer_search is not None
+    assert loaded.squeezer_search.searched
+
+
+def test_detector_files_without_the_search_still_load(
+    tmp_path: Path, digits_config: DetectorConfig
+) -> None:
+    """Files written before the search existed (or with given squeezers) have no evidence."""
+    path = tmp_path / "detector.json"
+    digits_config.save(path)
+    content = json.loads(path.read_text())
+    assert "squeezer_search" not in content
+    assert DetectorConfig.load(path).squeezer_search is None
+    content["squeezer_search"] = None
+    path.write_text(json.dumps(content))
+    assert DetectorConfig.load(path) == digits_config
+
+
+def _set(content: dict[str, Any], path: str, value: Any) -> None:
+    """Set (or, for ``...``, delete) the field at a dotted path; ``[i]`` indexes lists."""
+    *parents, last = path.replace("[", ".").replace("]", "").split(".")
+    target: Any = content
+    for key in parents:
+        target = target[int(key)] if key.isdigit() else target[key]
+    if value is ...:
+        del target[last]
+    elif isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("squeezer_search", [1], "'squeezer_search' must be an object"),
+        ("squeezer_search.split", ..., "lacks the field 'squeezer_search.split'"),
+        ("squeezer_search.note", "hi", "'squeezer_search' has unknown fields: note"),
+        ("squeezer_search.budget", "huge", "expected one of small, full, got 'huge'"),
+        ("squeezer_search.seed", -1, "'squeezer_search.seed' is malformed: expected a count"),
+        ("squeezer_search.seed", True, "'squeezer_search.seed' is malformed"),
+        ("squeezer_search.seconds", -2.0, "expected a finite number ≥ 0"),
+        ("squeezer_search.held_back_fpr_limit", 1.5, "expected a rate between 0 and 1"),
+        ("squeezer_search.split.sampled_events", 500, "sampled_events exceeds benign_events"),
+        ("squeezer_search.split.attacked_events", 300, "attacked_events exceeds held_back"),
+        ("squeezer_search.split.held_back_events", 400, "exceeds sampled_events"),
+        ("squeezer_search.attacks[0].successful", 51, "successful exceeds attempted"),
+        ("squeezer_search.attacks[0].access", "grey-box", "white-box, black-box"),
+        ("squeezer_search.attacks[1].name", "square", "attack names repeat"),
+        ("squeezer_search.attacks[0].name", "", "expected a non-empty string"),
+        ("squeezer_search.attacks", {}, "'squeezer_search.attacks' is malformed: expected a list"),
+        ("squeezer_search.candidates[1].spec", "blur:3", "unknown squeezer 'blur'"),
+        ("squeezer_search.candidates[0].detection_rate", "high", "expected a finite number"),
+        ("squeezer_search.candidates[0].held_back_fpr", -0.1, "between 0 and 1"),
+        ("squeezer_search.candidates[0].threshold", None, "candidates[0].threshold"),
+        ("squeezer_search.candidates[0].detection_by_attack.cw", 0.5, "did not run: cw"),
+        ("squeezer_search.candidates[0].extra", 1, "candidates[0]' has unknown fields: extra"),
+        ("squeezer_search.chosen", "bit_depth:3", "chosen 'bit_depth:3' is none of the"),
+        ("squeezer_search.preset", "bit_depth:5", "the preset 'bit_depth:5' is none of"),
+        ("squeezer_search.fallback_reason", "no attack fooled", "but chose 'median:2'"),
+        (
+            "squeezers.params",
+            [{"kind": "median", "size": 2}],
+            "search chose 'bit_depth:2' but its squeezers are 'median:2'",
+        ),
+    ],
+)
+def test_malformed_squeezer_search_is_refused(
+    tmp_path: Path,
+    digits_config: DetectorConfig,
+    field: str,
+    value: Any,
+    message: str,
+) -> None:
+    chosen = "median:2" if field == "squeezer_search.fallback_reason" else "bit_depth:2"
+    config = replace(digits_config, squeezer_search=_evidence(chosen))
+    content = copy.deepcopy(config.to_dict(relative_to=tmp_path))
+    _set(content, field, value)
+    path = tmp_path / "detector.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DetectorFileError) as raised:
+        DetectorConfig.load(path, verify_model=False)
+    assert message in str(raised.value)

@@ -43,7 +43,7 @@ _SKIPPED = re.compile(r"^skipped (?P<path>\S+):(?P<line>\d+): (?P<reason>.+)$")
 
 @dataclass(frozen=True)
 class Calibrated:
-    """A detector calibrated once per session with the preset squeezers."""
+    """A detector calibrated once per session by ``advmon calibrate``."""
 
     result: Result
     path: Path
@@ -92,8 +92,19 @@ def _list_event(event_id: str, value: Any) -> bytes:
 def calibrated(
     demo_model: DemoModel, benign_events: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Calibrated:
-    """``advmon calibrate`` with default squeezers and FPR, into a folder of its own."""
+    """``advmon calibrate --squeezers preset`` with the default FPR, into its own folder."""
     out = tmp_path_factory.mktemp("calibrated") / "detector.json"
+    result = _calibrate(CliRunner(), demo_model.path, benign_events, out, "--squeezers", "preset")
+    assert result.exit_code == 0, result.output
+    return Calibrated(result, out, json.loads(out.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="session")
+def searched(
+    demo_model: DemoModel, benign_events: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Calibrated:
+    """``advmon calibrate`` without ``--squeezers``: the squeezers are searched for."""
+    out = tmp_path_factory.mktemp("searched") / "detector.json"
     result = _calibrate(CliRunner(), demo_model.path, benign_events, out)
     assert result.exit_code == 0, result.output
     return Calibrated(result, out, json.loads(out.read_text(encoding="utf-8")))
@@ -123,16 +134,82 @@ def test_calibrate_writes_the_detector_file(calibrated: Calibrated, demo_model: 
     assert math.isfinite(content["threshold"])
 
 
-def test_calibrate_uses_the_preset_when_no_squeezers_are_given(
+def test_calibrate_uses_the_preset_when_asked(
     calibrated: Calibrated, demo_model: DemoModel
 ) -> None:
     preset = preset_for(inspect_model(load_model(str(demo_model.path))))
     squeezers = calibrated.content["squeezers"]
     assert squeezers["spec"] == preset
     assert squeezers["params"] == [s.to_dict() for s in parse_squeezer_spec(preset)]
+    assert "squeezer_search" not in calibrated.content
     stderr = normalized(calibrated.result.stderr)
     assert f"{preset} (preset for image input)" in stderr
+    assert "squeezer search" not in stderr
     assert f"detector written to {calibrated.path}" in stderr
+
+
+def test_calibrate_without_squeezers_searches_and_records_the_evidence(
+    searched: Calibrated, demo_model: DemoModel
+) -> None:
+    content = searched.content
+    evidence = content["squeezer_search"]
+    chosen = evidence["chosen"]
+    assert content["squeezers"]["spec"] == chosen
+    assert evidence["fallback_reason"] is None
+    assert evidence["budget"] == "small"
+    assert evidence["preset"] == preset_for(inspect_model(load_model(str(demo_model.path))))
+    assert evidence["split"] == {
+        "benign_events": N_BENIGN,
+        "sampled_events": N_BENIGN,
+        "threshold_events": N_BENIGN // 2,
+        "held_back_events": N_BENIGN // 2,
+        "attacked_events": 50,
+    }
+    assert {a["name"] for a in evidence["attacks"]} >= {"square", "simba"}
+    assert all(0 < a["successful"] <= a["attempted"] == 50 for a in evidence["attacks"])
+    specs = [c["spec"] for c in evidence["candidates"]]
+    assert specs[0] == evidence["preset"]
+    assert "bit_depth:1,median:2,median:3" in specs
+    assert chosen in specs
+    # The final threshold comes from every benign event, not from the search's split.
+    assert content["calibration"]["n_events"] == N_BENIGN
+
+    stderr = normalized(searched.result.stderr)
+    assert f"{chosen} (chosen by search, small budget)" in stderr
+    assert (
+        f"{N_BENIGN} of {N_BENIGN} benign events sampled, thresholds calibrated on "
+        f"{N_BENIGN // 2}, {N_BENIGN // 2} held back, attacks from 50" in stderr
+    )
+    best = next(c for c in evidence["candidates"] if c["spec"] == chosen)
+    assert (
+        f"{chosen} {best['detection_rate']:.3f} {best['held_back_fpr']:.3f} "
+        f"{best['threshold']:.4g} chosen" in stderr
+    )
+    assert "bit_depth:1,median:2,median:3" in stderr
+    assert re.search(r"calibrated in \d+\.\d s", stderr)
+    Detector.from_file(searched.path, device="cpu")
+
+
+def test_calibrate_falls_back_to_the_preset_when_too_few_events_to_search(
+    runner: CliRunner, demo_model: DemoModel, tmp_path: Path
+) -> None:
+    events = write_events(
+        tmp_path / "few.jsonl", image_events(demo_model.data.calibration_x[:110], "b")
+    )
+    out = tmp_path / "detector.json"
+    result = _calibrate(runner, demo_model.path, events, out)
+    assert result.exit_code == 0, result.output
+    content = json.loads(out.read_text(encoding="utf-8"))
+    evidence = content["squeezer_search"]
+    assert content["squeezers"]["spec"] == evidence["chosen"] == evidence["preset"]
+    assert evidence["fallback_reason"] == (
+        "too few benign events to search: the search needs 120 (100 to calibrate "
+        "candidate thresholds at FPR 0.05, 20 to hold back), got 110"
+    )
+    assert (evidence["attacks"], evidence["candidates"]) == ([], [])
+    stderr = normalized(result.stderr)
+    assert f"{evidence['preset']} (preset for image input)" in stderr
+    assert f"squeezer search fell back to the preset: {evidence['fallback_reason']}" in stderr
 
 
 def test_calibrate_threshold_is_the_benign_score_quantile(
@@ -187,7 +264,7 @@ def test_calibrate_honours_explicit_options(
 def test_calibrate_reports_each_bad_line_once(
     runner: CliRunner, demo_model: DemoModel, tmp_path: Path
 ) -> None:
-    """Calibration reads the file twice; each bad line is still reported once."""
+    """Calibration with a search reads the file three times; each bad line is reported once."""
     images = demo_model.data.calibration_x[:120]
     lines = image_events(images, "benign")
     lines.insert(10, b"{not json")
@@ -201,7 +278,9 @@ def test_calibrate_reports_each_bad_line_once(
         (51, str(events)),
     ]
     assert "2 bad line(s) skipped" in normalized(result.stderr)
-    assert json.loads(out.read_text(encoding="utf-8"))["calibration"]["n_events"] == 120
+    content = json.loads(out.read_text(encoding="utf-8"))
+    assert content["calibration"]["n_events"] == 120
+    assert content["squeezer_search"]["split"]["benign_events"] == 120
 
 
 # --- score --------------------------------------------------------------------------------
@@ -455,6 +534,8 @@ def test_calibrate_on_inputs_of_several_sizes_fails_cleanly_or_succeeds(
         (["--squeezers", "bit_depth"], 1, ["bit_depth", "parameter"]),
         (["--squeezers", "bit_depth:two"], 1, ["bit_depth", "integer", "two"]),
         (["--squeezers", " , "], 1, ["empty"]),
+        (["--squeezers", "preset", "--search-budget", "full"], 2, ["--search-budget"]),
+        (["--search-budget", "huge"], 2, ["--search-budget"]),
         (["--input-range", "1,0"], 2, ["--input-range", "LOW must be below HIGH"]),
         (["--input-range", "0;1"], 2, ["--input-range", "LOW,HIGH"]),
         (["--input-range", "0,1,2"], 2, ["--input-range", "LOW,HIGH"]),
@@ -543,7 +624,9 @@ def test_score_refuses_a_model_changed_after_calibration(
     model = tmp_path / "model.onnx"
     shutil.copy(demo_model.path, model)
     detector = tmp_path / "detector.json"
-    assert _calibrate(runner, model, benign_events, detector).exit_code == 0
+    assert (
+        _calibrate(runner, model, benign_events, detector, "--squeezers", "preset").exit_code == 0
+    )
     # Retrain "in place": same graph, other weights, so only the hash tells them apart.
     weights = demo_model.weights
     retrained = type(weights)(weights.w1, weights.b1 + np.float32(0.01), weights.w2, weights.b2)
@@ -561,7 +644,9 @@ def test_score_names_a_missing_model(
     model = tmp_path / "model.onnx"
     shutil.copy(demo_model.path, model)
     detector = tmp_path / "detector.json"
-    assert _calibrate(runner, model, benign_events, detector).exit_code == 0
+    assert (
+        _calibrate(runner, model, benign_events, detector, "--squeezers", "preset").exit_code == 0
+    )
     model.unlink()
     message = assert_clean_failure(_score(runner, detector, traffic.path, tmp_path / "s.jsonl"))
     assert "model file is missing" in message
@@ -661,10 +746,18 @@ def test_console_script_calibrates_and_scores(
     model = tmp_path / "model.onnx"
     shutil.copy(demo_model.path, model)
     calibrated = _advmon(
-        "calibrate", "--model", str(model), "--events", str(benign_events), "--out", str(detector)
+        "calibrate",
+        "--model",
+        str(model),
+        "--events",
+        str(benign_events),
+        "--out",
+        str(detector),
+        "--squeezers",
+        "preset",
     )
     assert calibrated.returncode == 0, calibrated.stderr
-    assert "preset" in calibrated.stderr
+    assert "(preset for image input)" in calibrated.stderr
     assert json.loads(detector.read_text(encoding="utf-8"))["model"]["path"] == "model.onnx"
 
     scored = _advmon(
