@@ -140,7 +140,8 @@ def headline_table(report: dict[str, Any]) -> Table:
     from monitor.evaluate import rows_at_largest_eps
 
     table = Table(
-        title=f"clean accuracy {report['clean']['accuracy']:.1%} on {report['clean']['n']} events"
+        title=f"under attack, each at its largest ε (accuracy on {report['clean']['n']} "
+        f"clean events: {report['clean']['accuracy']:.1%})"
     )
     table.add_column("attack")
     table.add_column("norm")

@@ -17,13 +17,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from detectors import (
-    SEARCH_BUDGETS,
-    DetectorConfig,
-    SearchBudget,
-    SearchCandidate,
-    SqueezerSearch,
-)
+from detectors import SEARCH_BUDGETS, DetectorConfig, SearchBudget, SqueezerSearch
 from monitor.cli._console import console, file_option, user_errors
 from monitor.offline import BadLine, calibrate_file, score_file
 from monitor.settings import Settings
@@ -272,25 +266,9 @@ def calibrate(
     console.print(f"detector written to [bold]{out_path}[/]")
 
 
-def _rank(found: SqueezerSearch) -> list[SearchCandidate]:
-    """The candidates in the order the search ranks them (competing ones first)."""
-    limit = found.held_back_fpr_limit if found.held_back_fpr_limit is not None else 1.0
-    order = {id(c): i for i, c in enumerate(found.candidates)}
-    return sorted(
-        found.candidates,
-        key=lambda c: (
-            c.held_back_fpr > limit,
-            -c.detection_rate,
-            c.held_back_fpr,
-            c.n_squeezers,
-            order[id(c)],
-        ),
-    )
-
-
 def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
     """The search's evidence: the split, the attacks and the best candidates."""
-    from monitor.evaluate._search import PAPER_MNIST_SPEC
+    from monitor.evaluate._search import PAPER_MNIST_SPEC, rank_candidates
 
     split = found.split
     console.print(
@@ -313,13 +291,14 @@ def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
             f"[yellow]squeezer search fell back to the preset:[/] {found.fallback_reason}"
         )
         return
-    ranked = _rank(found)
-    notes = {found.chosen: "chosen"}
-    notes.setdefault(found.preset, "preset")
-    if config.input_kind == "image":
-        notes.setdefault(PAPER_MNIST_SPEC, "paper (MNIST)")
-    shown = ranked[:_CANDIDATES_SHOWN] + [c for c in ranked[_CANDIDATES_SHOWN:] if c.spec in notes]
     limit = found.held_back_fpr_limit
+    ranked = rank_candidates(found.candidates, 1.0 if limit is None else limit)
+    notes: dict[str, list[str]] = {}
+    notes.setdefault(found.chosen, []).append("chosen")
+    notes.setdefault(found.preset, []).append("preset")
+    if config.input_kind == "image":
+        notes.setdefault(PAPER_MNIST_SPEC, []).append("paper (MNIST)")
+    shown = ranked[:_CANDIDATES_SHOWN] + [c for c in ranked[_CANDIDATES_SHOWN:] if c.spec in notes]
     table = Table(box=None, pad_edge=False)
     table.add_column("squeezers", no_wrap=True)
     table.add_column("detection", justify="right", no_wrap=True)
@@ -327,15 +306,15 @@ def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
     table.add_column("threshold", justify="right", no_wrap=True)
     table.add_column("")
     for candidate in shown:
-        note = notes.get(candidate.spec, "")
+        note = list(notes.get(candidate.spec, []))
         if limit is not None and candidate.held_back_fpr > limit:
-            note = ", ".join(filter(None, [note, f"FPR above {limit:.3f}"]))
+            note.append(f"FPR above {limit:.3f}")
         table.add_row(
             candidate.spec,
             f"{candidate.detection_rate:.3f}",
             f"{candidate.held_back_fpr:.3f}",
             f"{candidate.threshold:.4g}",
-            note,
+            ", ".join(note),
         )
     console.print(table)
     if len(shown) < len(ranked):

@@ -471,11 +471,13 @@ def _autoattack_work(context: AttackContext, events: int) -> Work:
     apgd_iter, square_iter = _autoattack_strength(context)
     runs = 2 if context.num_classes > 2 else 1
     gradient_rows = runs * (apgd_iter + 1) * events
+    # Square runs on the events APGD left standing, few rows a step but every step.
     return Work(
         calls=square_iter * math.ceil(events / _BATCH),
         rows=square_iter * events / 4,
         gradient_calls=gradient_rows / min(events, _BATCH),
         gradient_rows=gradient_rows,
+        bookkeeping_seconds=square_iter * 4e-3,
     )
 
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from detectors import (
     MIN_CALIBRATION_EVENTS,
+    CalibrationError,
     Device,
     FeatureStats,
     ModelSignature,
@@ -77,6 +78,7 @@ __all__ = [
     "choose_candidate",
     "evaluate_candidates",
     "held_back_fpr_limit",
+    "rank_candidates",
     "search_squeezers",
 ]
 
@@ -375,12 +377,12 @@ def held_back_fpr_limit(fpr: float, threshold_events: int, held_back_events: int
     return min(1.0, fpr + 2.0 * spread)
 
 
-def choose_candidate(
+def rank_candidates(
     candidates: Sequence[SearchCandidate], fpr_limit: float = 1.0
-) -> SearchCandidate:
-    """The best candidate among those whose held-back FPR is at most ``fpr_limit`` (all of
-    them when none is): highest detection rate, then lowest held-back FPR, then fewest
-    squeezers, then the earliest.
+) -> list[SearchCandidate]:
+    """The candidates best first: those whose held-back FPR is at most ``fpr_limit`` before
+    the others, then by highest detection rate, lowest held-back FPR, fewest squeezers,
+    and their order in ``candidates``.
 
     Examples
     --------
@@ -388,24 +390,39 @@ def choose_candidate(
     >>> b = SearchCandidate("bit_depth:1,median:2", 0.8, 0.04, 0.2, {})
     >>> c = SearchCandidate("median:2", 0.8, 0.04, 0.3, {})
     >>> d = SearchCandidate("median:3", 0.9, 0.2, 0.3, {})
-    >>> choose_candidate([a, b, c, d]).spec, choose_candidate([a, b, c, d], 0.1).spec
-    ('median:3', 'median:2')
+    >>> [x.spec for x in rank_candidates([a, b, c, d], 0.1)]
+    ['median:2', 'bit_depth:1,median:2', 'bit_depth:2', 'median:3']
     """
-    if not candidates:
-        raise ValueError("no candidates to choose from")
-    competing = [
-        (order, c) for order, c in enumerate(candidates) if c.held_back_fpr <= fpr_limit
-    ] or list(enumerate(candidates))
-    ranked = min(
-        competing,
+    ranked = sorted(
+        enumerate(candidates),
         key=lambda item: (
+            item[1].held_back_fpr > fpr_limit,
             -item[1].detection_rate,
             item[1].held_back_fpr,
             item[1].n_squeezers,
             item[0],
         ),
     )
-    return ranked[1]
+    return [candidate for _, candidate in ranked]
+
+
+def choose_candidate(
+    candidates: Sequence[SearchCandidate], fpr_limit: float = 1.0
+) -> SearchCandidate:
+    """The best candidate (:func:`rank_candidates`): among those whose held-back FPR is at
+    most ``fpr_limit`` (all of them when none is), the highest detection rate, then the
+    lowest held-back FPR, then the fewest squeezers, then the earliest.
+
+    Examples
+    --------
+    >>> a = SearchCandidate("bit_depth:2", 0.8, 0.05, 0.1, {})
+    >>> d = SearchCandidate("median:3", 0.9, 0.2, 0.3, {})
+    >>> choose_candidate([a, d]).spec, choose_candidate([a, d], 0.1).spec
+    ('median:3', 'bit_depth:2')
+    """
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    return rank_candidates(candidates, fpr_limit)[0]
 
 
 def _fit(squeezer: Squeezer, stats: FeatureStats) -> Squeezer:
@@ -417,20 +434,12 @@ def _fit(squeezer: Squeezer, stats: FeatureStats) -> Squeezer:
     return squeezer
 
 
-def _distances(scorer: SqueezeScorer, x: np.ndarray, batch_size: int) -> np.ndarray:
-    parts = [
-        scorer.score(x[start : start + batch_size]).squeezer_distances
-        for start in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
-
-
-def _predictions(scorer: SqueezeScorer, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [
-            scorer.score(x[start : start + batch_size]).prediction
-            for start in range(0, len(x), batch_size)
-        ]
+def _score(scorer: SqueezeScorer, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-squeezer distances ``[N, k]`` and predicted classes ``[N]`` of ``x``."""
+    scored = [scorer.score(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+    return (
+        np.concatenate([s.squeezer_distances for s in scored]),
+        np.concatenate([s.prediction for s in scored]),
     )
 
 
@@ -482,6 +491,8 @@ def search_squeezers(
     is the preset, with :attr:`SqueezerSearch.fallback_reason` set, when the search
     cannot decide.
     """
+    if not 0.0 < fpr < 1.0:
+        raise CalibrationError(f"the false-positive rate must be between 0 and 1, got {fpr}")
     started = time.perf_counter()
     model = load_model(str(Path(model_path)))
     signature = inspect_model(model, output_name)
@@ -541,9 +552,9 @@ def search_squeezers(
         build_squeeze_graph(model, squeezers, output_kind=output_kind, output_name=output_name),
         device=device,
     )
-    threshold_distances = _distances(scorer, threshold_x, batch_size)
-    held_back_distances = _distances(scorer, held_back_x, batch_size)
-    labels = _predictions(scorer, attacked_x, batch_size)
+    threshold_distances, _ = _score(scorer, threshold_x, batch_size)
+    held_back_distances, held_back_predictions = _score(scorer, held_back_x, batch_size)
+    labels = held_back_predictions[: len(attacked_x)]
 
     report(f"crafting attacks on {len(attacked_x)} held-back events ({budget} budget)")
     crafted = (craft or _default_craft())(
@@ -579,7 +590,7 @@ def search_squeezers(
 
     report(f"scoring {len(specs)} candidate squeezer sets")
     attack_distances = {
-        name: _distances(scorer, np.asarray(s.x_adv, dtype=np.float32), batch_size)
+        name: _score(scorer, np.asarray(s.x_adv, dtype=np.float32), batch_size)[0]
         for name, s in zip(names, crafted, strict=True)
         if len(s.x_adv)
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import onnx
@@ -24,7 +24,11 @@ import orjson
 from onnx import TensorProto, helper, numpy_helper
 
 from monitor.demo.model import load_digits_data, mlp_to_onnx, train_mlp
+from monitor.evaluate._estimators import torch_threads
 from tests.cancer import build_cancer_case
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ModelCase", "Split", "cancer_tabular", "digits28_cnn", "digits_mlp"]
 
@@ -108,6 +112,27 @@ def _cnn_to_onnx(state: dict[str, np.ndarray], classes: int) -> onnx.ModelProto:
     return model
 
 
+def _train(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    epochs: int,
+) -> None:
+    """Minibatches of 32 in a seeded order, ``epochs`` times over the training inputs."""
+    import torch
+
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for start in range(0, len(order), 32):
+            batch = order[start : start + 32]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(network(inputs[batch]), targets[batch])
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+
+
 def digits28_cnn(folder: Path, *, epochs: int = 15, seed: int = 0) -> ModelCase:
     """Train the 28×28 digits CNN (about 97 % test accuracy) and write ``digits28_cnn.onnx``.
 
@@ -128,14 +153,8 @@ def digits28_cnn(folder: Path, *, epochs: int = 15, seed: int = 0) -> ModelCase:
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
     inputs, targets = torch.from_numpy(train_x), torch.from_numpy(data.train_y)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(order), 32):
-            batch = order[start : start + 32]
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(network(inputs[batch]), targets[batch])
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+    with torch_threads():
+        _train(network, optimizer, inputs, targets, generator, epochs)
     network.eval()
     state = {
         f"{name}_{part[0]}": np.asarray(tensor.detach().numpy(), dtype=np.float32)

@@ -24,7 +24,7 @@ from tests.evaluate.models import ModelCase, cancer_tabular, digits28_cnn, digit
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "schemas/json/robustness_report.schema.json").read_text()
 )
-CNN_ATTACKS = "square,hopskipjump,fgsm,pgd,deepfool"
+CNN_ATTACKS = "square,hopskipjump,pgd"
 TIMINGS = ("created_at", "seconds", "cost")
 """Report fields that measure the run rather than the model."""
 
@@ -73,7 +73,7 @@ def cnn(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
     """The 28×28 digits CNN without a detector."""
     folder = tmp_path_factory.mktemp("cnn")
     case = digits28_cnn(folder)
-    events = case.write_events(folder / "events.jsonl", case.test.x[:60], case.test.y[:60])
+    events = case.write_events(folder / "events.jsonl", case.test.x[:40], case.test.y[:40])
     evaluation = evaluate(case.model_path, events, attacks=CNN_ATTACKS, seed=0)
     return Evaluated(case, events, None, evaluation)
 
@@ -192,13 +192,7 @@ def test_attacks_break_the_cnn_within_the_largest_eps(cnn: Evaluated) -> None:
     clean = cnn.report["clean"]["accuracy"]
     largest = {key: rows[-1] for key, rows in _by_attack(cnn.report).items()}
 
-    assert set(largest) == {
-        ("square", "linf"),
-        ("hopskipjump", "l2"),
-        ("fgsm", "linf"),
-        ("pgd", "linf"),
-        ("deepfool", "l2"),
-    }
+    assert set(largest) == {("square", "linf"), ("hopskipjump", "l2"), ("pgd", "linf")}
     assert clean > 0.9
     assert min(row["robust_accuracy"] for row in largest.values()) < clean - 0.5
     pgd = largest["pgd", "linf"]

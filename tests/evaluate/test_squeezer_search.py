@@ -19,6 +19,7 @@ import pytest
 
 from detectors import (
     SEARCH_BUDGETS,
+    CalibrationError,
     Detector,
     DetectorConfig,
     InputKind,
@@ -489,3 +490,27 @@ def test_on_28x28_digits_the_search_beats_the_papers_mnist_configuration(
         assert outcome.detection[chosen] >= outcome.detection[baseline], outcome
         assert outcome.equal_fpr_detection[chosen] >= outcome.equal_fpr_detection[baseline], outcome
     assert outcome.test_fpr[chosen] <= 0.1, outcome
+
+
+def test_the_search_refuses_a_false_positive_rate_outside_0_and_1(mlp: ModelCase) -> None:
+    for fpr in (0.0, 1.0):
+        with pytest.raises(CalibrationError, match="between 0 and 1"):
+            search_squeezers(
+                mlp.model_path,
+                _sample(mlp.calibration.x),
+                fpr=fpr,
+                input_range=(0.0, 1.0),
+                output_kind="logits",
+                device="cpu",
+                craft=_RecordingCraft(_noisy),
+            )
+
+
+def test_calibrate_file_takes_squeezers_or_a_search_not_both(
+    mlp: ModelCase, tmp_path: Path
+) -> None:
+    events = mlp.write_events(tmp_path / "benign.jsonl", *mlp.calibration)
+    with pytest.raises(ValueError, match="not both"):
+        calibrate_file(
+            mlp.model_path, events, tmp_path / "d.json", squeezer_spec="bit_depth:2", search="small"
+        )

@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine
 
 from monitor.cli import main
-from monitor.demo.run import MALFORMED_LINES
+from monitor.demo.run import MALFORMED_LINES, REPORT_ATTACKS
+from monitor.evaluate import load_report, rows_at_largest_eps
 from monitor.incidents.storage.incidents import IncidentStore
 from tests.monitor.cli_support import normalized
 
@@ -62,6 +63,17 @@ def test_demo_succeeds_and_writes_its_files(demo_run: DemoRun) -> None:
     assert detector["model"]["path"] == "model.onnx"
 
 
+def test_demo_writes_a_robustness_report(demo_run: DemoRun) -> None:
+    assert demo_run.result.exit_code == 0, demo_run.result.output
+    report = load_report(demo_run.out_dir / "report" / "report.json")
+    assert sorted(row["name"] for row in rows_at_largest_eps(report)) == sorted(
+        REPORT_ATTACKS.split(",")
+    )
+    assert report["detector"]["path"].endswith("detector.json")
+    assert (demo_run.out_dir / "report" / "report.html").is_file()
+    assert "robustness report" in normalized(demo_run.result.stderr)
+
+
 def test_demo_prints_a_row_per_kind_of_traffic(demo_run: DemoRun) -> None:
     assert demo_run.result.exit_code == 0, demo_run.result.output
     counts = {kind: 0 for kind in _KINDS}
@@ -70,7 +82,8 @@ def test_demo_prints_a_row_per_kind_of_traffic(demo_run: DemoRun) -> None:
     rows = {}
     for line in demo_run.result.stderr.splitlines():
         cells = [cell for cell in re.split(r"[^\w.%()]+", line) if cell]
-        if cells and cells[0] in _KINDS:
+        # The first rows so named are the traffic table's; step 5's attack rows follow.
+        if cells and cells[0] in _KINDS and cells[0] not in rows:
             rows[cells[0]] = cells
     assert sorted(rows) == sorted(_KINDS), demo_run.result.stderr
     for kind, cells in rows.items():
