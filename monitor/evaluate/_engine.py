@@ -40,6 +40,7 @@ from detectors import (
     Detector,
     DetectorConfig,
     Device,
+    InputKind,
     ModelHashMismatchError,
     OutputKind,
     detect_output_kind,
@@ -173,6 +174,7 @@ class _Setup:
     detector: Detector | None
     events: LabelledEvents
     input_range: tuple[float, float]
+    input_kind: InputKind
     num_classes: int
     correct: np.ndarray
     clean: Detections | None
@@ -274,6 +276,7 @@ def _load(
         detector=detector,
         events=events,
         input_range=input_range,
+        input_kind=signature.input_kind,
         num_classes=num_classes,
         correct=correct,
         clean=_detections(detector, events.inputs),
@@ -281,6 +284,22 @@ def _load(
         budget=budget,
         seed=seed,
     )
+
+
+def _smoothing_range(setup: _Setup, eps: Mapping[Norm, Sequence[float]]) -> tuple[float, float]:
+    """The range whose width scales randomized smoothing's σ and radii.
+
+    For images, the input range. A tabular model's features share no unit, so its σ is
+    the median L2 ε the user gave (the median L∞ ε times √d when only L∞ was given): the
+    range is four times that wide, as σ is a quarter of the width.
+    """
+    if setup.input_kind != "tabular":
+        return setup.input_range
+    if eps.get("l2"):
+        sigma = float(np.median(eps["l2"]))
+    else:
+        sigma = float(np.median(eps["linf"])) * math.sqrt(float(np.prod(setup.input_shape)))
+    return (0.0, 4.0 * sigma)
 
 
 def _median_seconds(call: Callable[[], Any], repeats: int) -> float:
@@ -614,6 +633,14 @@ def evaluate(
         on_bad_line=on_bad_line,
     )
     chosen = parse_attacks(attacks, setup.input_shape, budget)
+    if setup.input_kind == "tabular":
+        unset = sorted({a.norm for a in chosen} - set(given_eps))
+        if unset:
+            raise ValueError(
+                "eps: a tabular model's features share no unit, so ε has no default; give "
+                f"it in the model's input units for {' and '.join(unset)}, e.g. "
+                f"--eps {unset[0]}=0.1,0.5,1"
+            )
     white_box = WhiteBox(None, _NO_WHITE_BOX)
     if any(a.access == "white-box" for a in chosen):
         white_box = white_box_classifier(
@@ -623,7 +650,7 @@ def evaluate(
     black_box = black_box_classifier(setup.model, setup.input_shape, setup.input_range)
     classifiers = {"black-box": black_box, "white-box": white_box.classifier}
     eps_values = default_eps(setup.input_range, int(np.prod(setup.input_shape))) | given_eps
-    smoothing = smoothing_plan(budget, setup.input_range)
+    smoothing = smoothing_plan(budget, _smoothing_range(setup, eps_values))
     steps = _plan(setup, chosen, eps_values, _timing(setup, black_box, white_box), smoothing)
     report_progress.planned(steps)
 

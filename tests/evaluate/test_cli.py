@@ -165,6 +165,8 @@ def test_a_baseline_of_another_model_is_incomparable(
             str(events),
             "--attacks",
             "hopskipjump",
+            "--eps",
+            "l2=10,50",
             "--out",
             str(tmp_path / "out"),
             "--baseline",
@@ -173,6 +175,16 @@ def test_a_baseline_of_another_model_is_incomparable(
     )
     assert result.exit_code == EXIT_INCOMPARABLE, result.output
     assert "incomparable" in result.stderr
+
+
+def test_a_tabular_model_needs_its_eps(tmp_path: Path) -> None:
+    tabular = cancer_tabular(tmp_path)
+    events = tabular.write_events(tmp_path / "labelled.jsonl", *tabular.test)
+    command = ["evaluate", "--model", str(tabular.model_path), "--events", str(events)]
+    result = CliRunner().invoke(main, [*command, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "share no unit" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_broken_baseline_fails_before_any_attack(release: Release, tmp_path: Path) -> None:
