@@ -140,7 +140,7 @@ class SearchAttack:
     name: str
     """Unique among the search's attacks; keys :attr:`SearchCandidate.detection_by_attack`."""
     norm: str
-    """The norm bounding the perturbation (``inf``, ``2``, …)."""
+    """The norm the attack measures its perturbation in (``linf``, ``l2``)."""
     access: str
     """``white-box`` (gradients of the model) or ``black-box`` (its outputs only)."""
     attempted: int
@@ -162,6 +162,9 @@ class SearchCandidate:
     """The threshold calibrated at the target FPR on the benign events not held back."""
     detection_by_attack: dict[str, float]
     """Fraction flagged per attack name (attacks that never succeeded are left out)."""
+    detection_stderr: float = 0.0
+    """Standard error of ``detection_rate`` from the attacks' example counts:
+    ``√(Σ p(1 − p)/n) / attacks`` over each attack's fraction ``p`` of ``n`` examples."""
 
     @property
     def n_squeezers(self) -> int:
@@ -192,9 +195,9 @@ class SqueezerSearch:
     The search holds back part of a bounded sample of the benign events, crafts attacks
     against the model from the held-back part, and keeps the candidate with the best
     detection rate at the target FPR among those whose held-back FPR stays within
-    ``held_back_fpr_limit`` (ties: lower held-back FPR, then fewer squeezers). When it
-    cannot decide (too few events, no attack succeeded) the preset is taken and
-    ``fallback_reason`` says why.
+    ``held_back_fpr_limit``; rates within one standard error of the best are ties, won by
+    the lower held-back FPR, then by fewer squeezers. When it cannot decide (too few
+    events, no attack succeeded) the preset is taken and ``fallback_reason`` says why.
     """
 
     chosen: str
@@ -253,6 +256,7 @@ class SqueezerSearch:
                     "held_back_fpr": c.held_back_fpr,
                     "threshold": c.threshold,
                     "detection_by_attack": dict(c.detection_by_attack),
+                    "detection_stderr": c.detection_stderr,
                 }
                 for c in self.candidates
             ],
@@ -312,6 +316,7 @@ class SqueezerSearch:
                     held_back_fpr=item.rate("held_back_fpr"),
                     threshold=item.number("threshold"),
                     detection_by_attack=rates,
+                    detection_stderr=item.rate("detection_stderr"),
                 )
             )
             item.done()

@@ -9,6 +9,7 @@ logs to MLflow. Exit statuses are those of :mod:`monitor.evaluate._gate`: 0 pass
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from monitor.cli._console import console, print_table, user_errors
-from monitor.cli.offline import _BadLineReporter, device_option
+from monitor.cli.offline import _BadLineReporter, _parse_range, device_option
 from monitor.settings import Settings
 
 __all__ = ["evaluate", "headline_table"]
@@ -96,6 +97,42 @@ class _RichProgress:
         self._progress.stop_task(task)
 
 
+def _not_nan(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if value != value:
+        raise click.BadParameter("must be a number in [0, 1], not nan")
+    return value
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The report's folder exists (or is created) and can be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {out_dir}: {exc.strerror or exc}", param_hint="--out"
+        ) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot write into {out_dir}", param_hint="--out")
+
+
+def _check_baseline_shape(
+    baseline: dict[str, Any], model_path: Path, output_name: str | None
+) -> None:
+    """Exit with the gate's status for an incomparable baseline before any attack when the
+    baseline is for another input shape."""
+    from detectors import inspect_model, load_model
+    from monitor.evaluate import EXIT_INCOMPARABLE
+
+    shape = [None, *inspect_model(load_model(str(model_path)), output_name).input_shape]
+    if list(baseline["model"]["input_shape"]) != shape:
+        console.print(
+            f"release gate incomparable: the baseline is for input shape "
+            f"{baseline['model']['input_shape']}, {model_path} takes {shape}",
+            markup=False,
+        )
+        sys.exit(EXIT_INCOMPARABLE)
+
+
 def _command_line(
     model_path: Path,
     events_path: Path,
@@ -108,6 +145,7 @@ def _command_line(
     seed: int,
     label_field: str,
     output_name: str | None,
+    input_range: tuple[float, float] | None,
 ) -> str:
     """The ``advmon evaluate`` command that reproduces the report, options spelt out."""
     words = ["advmon", "evaluate", "--model", str(model_path), "--events", str(events_path)]
@@ -122,6 +160,8 @@ def _command_line(
         words += ["--label-field", label_field]
     if output_name is not None:
         words += ["--output-name", output_name]
+    if input_range is not None:
+        words += ["--input-range", f"{input_range[0]!r},{input_range[1]!r}"]
     return shlex.join([*words, "--out", str(out_dir)])
 
 
@@ -227,6 +267,15 @@ def headline_table(report: dict[str, Any]) -> Table:
     help="The events' field holding the true class.",
 )
 @click.option(
+    "--input-range",
+    callback=_parse_range,
+    default=None,
+    metavar="LOW,HIGH",
+    help="The model's valid input range; the attacks clip to it and ε defaults scale with "
+    "it. Default: the detector's; else for images the usual range ([0,1], [0,255] or "
+    "[-1,1]) holding the events' values, for tabular inputs the values' range.",
+)
+@click.option(
     "--output-name",
     default=None,
     metavar="NAME",
@@ -243,6 +292,7 @@ def headline_table(report: dict[str, Any]) -> Table:
 @click.option(
     "--max-drop",
     type=click.FloatRange(0, 1),
+    callback=_not_nan,
     default=0.02,
     show_default=True,
     help="Largest drop the release gate allows, as a fraction (0.02 = two points).",
@@ -267,6 +317,7 @@ def evaluate(
     budget: Any,
     seed: int,
     label_field: str,
+    input_range: tuple[float, float] | None,
     output_name: str | None,
     baseline_path: Path | None,
     max_drop: float,
@@ -281,6 +332,7 @@ def evaluate(
     release gate: exit 3 on a regression, 4 when the baseline cannot be compared.
     """
     from monitor.evaluate import (
+        check_mlflow_run,
         compare,
         load_report,
         log_to_mlflow,
@@ -290,10 +342,17 @@ def evaluate(
         evaluate as run_evaluation,
     )
 
+    if not events_path.is_file():
+        raise click.BadParameter("must be a regular file, read twice", param_hint="--events")
     bad = _BadLineReporter(events_path)
     with user_errors():
-        # A bad baseline fails before minutes of attacks, not after.
+        # Whatever can fail after minutes of attacks is checked before them.
         baseline = load_report(baseline_path) if baseline_path is not None else None
+        _check_out_dir(out_dir)
+        if mlflow_run_id is not None:
+            check_mlflow_run(mlflow_run_id)
+        if baseline is not None:
+            _check_baseline_shape(baseline, model_path, output_name)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -315,6 +374,7 @@ def evaluate(
                     label_field=label_field,
                     device=device or settings.scoring.device,
                     output_name=output_name,
+                    input_range=input_range,
                     command=_command_line(
                         model_path,
                         events_path,
@@ -326,6 +386,7 @@ def evaluate(
                         seed=seed,
                         label_field=label_field,
                         output_name=output_name,
+                        input_range=input_range,
                     ),
                     on_bad_line=bad,
                     progress=_RichProgress(progress),
@@ -341,9 +402,18 @@ def evaluate(
         if detector is not None:
             console.print(
                 f"detector {escape(detector['squeezers'])}: threshold {detector['threshold']:.4g}, "
-                f"clean FPR {detector['clean_fpr']:.1%} (target {detector['target_fpr']:g}); "
+                f"clean FPR {detector['clean_fpr']:.1%} (target {detector['target_fpr']:.1%}); "
                 f"scoring costs {report['cost']['ratio']:.2f}× the bare model"
             )
+        low, high = report["model"]["input_range"]
+        origin = (
+            "given"
+            if input_range is not None
+            else "the detector's"
+            if detector is not None
+            else "assumed from the events' values; --input-range sets it"
+        )
+        console.print(f"input range [{low:g}, {high:g}] ({origin})")
         console.print(
             f"white-box attacks: {escape(report['settings']['white_box'])}; "
             f"{report['seconds']:.0f} s. Report written to [bold]{escape(str(files.html))}[/], "

@@ -31,7 +31,7 @@ from monitor.evaluate._gate import (
     compare,
     rows_at_largest_eps,
 )
-from monitor.evaluate._mlflow import MlflowLoggingError, log_to_mlflow
+from monitor.evaluate._mlflow import MlflowLoggingError, check_mlflow_run, log_to_mlflow
 from monitor.evaluate._progress import EvaluationProgress, NoProgress, PlannedStep
 from monitor.evaluate._report import (
     ReportError,
@@ -56,6 +56,7 @@ __all__ = [
     "Regression",
     "ReportError",
     "ReportFiles",
+    "check_mlflow_run",
     "compare",
     "evaluate",
     "load_report",

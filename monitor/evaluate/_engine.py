@@ -219,20 +219,23 @@ def _load(
     label_field: str,
     device: Device,
     output_name: str | None,
+    input_range: tuple[float, float] | None,
     on_bad_line: Callable[[BadLine], None] | None,
 ) -> _Setup:
     model_file = Path(model_path)
     model = load_model(str(model_file))
     detector: Detector | None = None
     if detector_path is not None:
-        config = DetectorConfig.load(detector_path)
-        detector = Detector(config, load_model(config.model_path), device=device, spin_wait=False)
-        if detector.config.model_sha256 != file_sha256(model_file):
+        # The model given is the one scored: the detector file only has to name the same
+        # bytes (its own copy of the model may be elsewhere, or gone).
+        config = DetectorConfig.load(detector_path, verify_model=False)
+        if config.model_sha256 != file_sha256(model_file):
             raise ModelHashMismatchError(
                 f"the detector {detector_path} was calibrated for another model "
-                f"({detector.config.model_path}), not {model_file}; give the model it "
+                f"(sha256 {config.model_sha256[:12]}…), not {model_file}; give the model it "
                 "was calibrated for, or calibrate a detector for this one"
             )
+        detector = Detector(config, model, device=device, spin_wait=False)
         output_name = output_name or detector.config.output_name
     signature = inspect_model(model, output_name)
     num_classes = _num_classes(model, signature.num_classes, signature.input_shape)
@@ -250,7 +253,13 @@ def _load(
             f"{label_field!r} ({len(events.bad_lines)} bad lines)"
         )
     output_kind: OutputKind
+    given_range = input_range
     if detector is not None:
+        if given_range is not None and tuple(given_range) != tuple(detector.config.input_range):
+            raise ValueError(
+                f"input_range: {list(given_range)} is not the detector's "
+                f"{list(detector.config.input_range)}; leave it out to use the detector's"
+            )
         low, high = detector.config.input_range
         if signature.input_kind == "tabular":
             # Tabular events may leave the range seen in calibration; the attacks clip to
@@ -260,7 +269,16 @@ def _load(
         input_range = (low, high)
         output_kind = detector.config.output_kind
     else:
-        input_range = default_input_range(signature.input_kind, events.observed_range)
+        if given_range is not None:
+            low, high = events.observed_range
+            if low < given_range[0] or high > given_range[1]:
+                raise ValueError(
+                    f"input_range: the events' values span [{low:g}, {high:g}], outside "
+                    f"the given range {list(given_range)}"
+                )
+            input_range = (float(given_range[0]), float(given_range[1]))
+        else:
+            input_range = default_input_range(signature.input_kind, events.observed_range)
         output_kind = signature.output_kind or detect_output_kind(
             model, signature.output_name, events.inputs[:_CHECK_ROWS]
         )
@@ -284,6 +302,21 @@ def _load(
         budget=budget,
         seed=seed,
     )
+
+
+def _check_eps_fit(setup: _Setup, eps: Mapping[Norm, Sequence[float]]) -> None:
+    """Refuse an ε no perturbation inside the input range can reach: the whole range in
+    every element (L∞: its width; L2: its width times √d)."""
+    width = setup.input_range[1] - setup.input_range[0]
+    largest = {"linf": width, "l2": width * math.sqrt(float(np.prod(setup.input_shape)))}
+    for norm, values in eps.items():
+        beyond = [value for value in values if value > largest[norm] * (1 + 1e-9)]
+        if beyond:
+            raise ValueError(
+                f"eps: {norm} ε {beyond[0]:g} is larger than any perturbation inside the "
+                f"input range [{setup.input_range[0]:g}, {setup.input_range[1]:g}] "
+                f"({largest[norm]:.4g}); give ε in the model's input units"
+            )
 
 
 def _smoothing_range(setup: _Setup, eps: Mapping[Norm, Sequence[float]]) -> tuple[float, float]:
@@ -554,6 +587,7 @@ def evaluate(
     label_field: str = "label",
     device: Device = "cpu",
     output_name: str | None = None,
+    input_range: tuple[float, float] | None = None,
     command: str = "",
     on_bad_line: Callable[[BadLine], None] | None = None,
     progress: EvaluationProgress | None = None,
@@ -581,6 +615,10 @@ def evaluate(
         Seeds the sample of events, the attacks and the smoothing noise.
     device
         ONNX Runtime's device for the model and the detector (torch follows it).
+    input_range
+        The model's valid input range (the attacks clip to it; ε defaults scale with it).
+        By default the detector's, else for images the usual range ([0, 1], [0, 255] or
+        [-1, 1]) that holds the events' values, for tabular inputs the values' range.
     command
         The command line, recorded in the report's settings.
     on_bad_line
@@ -630,6 +668,7 @@ def evaluate(
         label_field=label_field,
         device=device,
         output_name=output_name,
+        input_range=input_range,
         on_bad_line=on_bad_line,
     )
     chosen = parse_attacks(attacks, setup.input_shape, budget)
@@ -650,6 +689,7 @@ def evaluate(
     black_box = black_box_classifier(setup.model, setup.input_shape, setup.input_range)
     classifiers = {"black-box": black_box, "white-box": white_box.classifier}
     eps_values = default_eps(setup.input_range, int(np.prod(setup.input_shape))) | given_eps
+    _check_eps_fit(setup, eps_values)
     smoothing = smoothing_plan(budget, _smoothing_range(setup, eps_values))
     steps = _plan(setup, chosen, eps_values, _timing(setup, black_box, white_box), smoothing)
     report_progress.planned(steps)

@@ -23,6 +23,7 @@ Exit statuses of ``advmon evaluate --baseline`` (the CLI exits with these)::
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -149,7 +150,12 @@ class GateResult:
     only_in_baseline, only_in_current
         The attack rows that only one report has; not compared.
     incomparable
-        Why the reports cannot be compared at all, else ``None``.
+        Why the reports cannot be compared at all, else ``None``: another input shape or
+        number of classes, an (attack, norm, ε) of the baseline missing from the new
+        report, or a detector measured in the baseline only.
+    notes
+        Settings that differ (events file, budget, samples, seed): the figures may move
+        by that alone.
     """
 
     max_drop: float
@@ -158,6 +164,7 @@ class GateResult:
     only_in_baseline: tuple[AttackKey, ...]
     only_in_current: tuple[AttackKey, ...]
     incomparable: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -190,9 +197,10 @@ class GateResult:
         lines = [f"release gate {self.verdict}"]
         lines.extend(f"  {regression}" for regression in self.regressions)
         if self.only_in_baseline:
-            lines.append("  only in the baseline: " + _keys(self.only_in_baseline))
+            lines.append("  only in the baseline: " + _some_keys(self.only_in_baseline))
         if self.only_in_current:
-            lines.append("  only in the new report: " + _keys(self.only_in_current))
+            lines.append("  only in the new report: " + _some_keys(self.only_in_current))
+        lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -235,22 +243,18 @@ def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], max_drop: f
     if not 0.0 <= max_drop <= 1.0:  # also refuses NaN
         raise ValueError(f"max_drop must be a fraction in [0, 1], got {max_drop!r}")
 
-    baseline_rows = _rows_by_key(baseline["attacks"])
-    current_rows = _rows_by_key(current["attacks"])
+    baseline_rows = _RowIndex(baseline["attacks"])
+    current_rows = _RowIndex(current["attacks"])
     pairs = [
         (key, baseline_row, current_row)
-        for key, current_row in current_rows
-        for baseline_key, baseline_row in baseline_rows
-        if key.matches(baseline_key)
+        for key, current_row in current_rows.rows
+        if (baseline_row := baseline_rows.find(key)) is not None
     ]
-    only_in_baseline = tuple(
-        key for key, _ in baseline_rows if not any(key.matches(k) for k, _ in current_rows)
-    )
-    only_in_current = tuple(
-        key for key, _ in current_rows if not any(key.matches(k) for k, _ in baseline_rows)
-    )
+    only_in_baseline = tuple(key for key, _ in baseline_rows.rows if current_rows.find(key) is None)
+    only_in_current = tuple(key for key, _ in current_rows.rows if baseline_rows.find(key) is None)
 
-    incomparable = _why_incomparable(baseline, current, shared=len(pairs))
+    incomparable = _why_incomparable(baseline, current, shared=len(pairs), missing=only_in_baseline)
+    notes = _differences(baseline, current)
     if incomparable is not None:
         return GateResult(
             max_drop=max_drop,
@@ -259,6 +263,7 @@ def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], max_drop: f
             only_in_baseline=only_in_baseline,
             only_in_current=only_in_current,
             incomparable=incomparable,
+            notes=notes,
         )
 
     regressions: list[Regression] = []
@@ -284,6 +289,7 @@ def compare(baseline: Mapping[str, Any], current: Mapping[str, Any], max_drop: f
         compared=len(pairs),
         only_in_baseline=only_in_baseline,
         only_in_current=only_in_current,
+        notes=notes,
     )
 
 
@@ -316,18 +322,55 @@ def rows_at_largest_eps(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(strongest.values())
 
 
-def _rows_by_key(rows: Iterable[Mapping[str, Any]]) -> list[tuple[AttackKey, Mapping[str, Any]]]:
-    """Rows with their keys, the first of any repeated (attack, norm, ε) only."""
-    keyed: list[tuple[AttackKey, Mapping[str, Any]]] = []
-    for row in rows:
-        key = AttackKey(row["name"], row["norm"], float(row["eps"]))
-        if not any(key.matches(seen) for seen, _ in keyed):
-            keyed.append((key, row))
-    return keyed
+class _RowIndex:
+    """A report's attack rows by (attack, norm), sorted by ε: finding a row is a binary
+    search, so comparing two reports takes O(n log n) however many rows they hold."""
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.rows: list[tuple[AttackKey, Mapping[str, Any]]] = []
+        self._by_attack: dict[tuple[str, str], list[tuple[float, Mapping[str, Any]]]] = {}
+        for row in rows:
+            key = AttackKey(row["name"], row["norm"], float(row["eps"]))
+            if self.find(key) is None:  # the first of any repeated (attack, norm, ε)
+                self.rows.append((key, row))
+                bisect.insort(
+                    self._by_attack.setdefault((key.name, key.norm), []),
+                    (key.eps, row),
+                    key=lambda item: item[0],
+                )
+
+    def find(self, key: AttackKey) -> Mapping[str, Any] | None:
+        """The row of ``key``, its ε matched within :data:`EPS_REL_TOL`."""
+        column = self._by_attack.get((key.name, key.norm), [])
+        at = bisect.bisect_left(column, key.eps, key=lambda item: item[0])
+        for eps, row in column[max(at - 1, 0) : at + 1]:
+            if math.isclose(eps, key.eps, rel_tol=EPS_REL_TOL):
+                return row
+        return None
+
+
+def _differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
+    """Settings that differ between the reports: the figures may differ by that alone."""
+    notes = []
+    old_events, new_events = baseline.get("events", {}), current.get("events", {})
+    if old_events.get("sha256") != new_events.get("sha256"):
+        notes.append("the reports attacked different events files (sha256 differs)")
+    old_settings, new_settings = baseline.get("settings", {}), current.get("settings", {})
+    for name in ("budget", "samples", "seed"):
+        if old_settings.get(name) != new_settings.get(name):
+            notes.append(
+                f"{name} differs: {old_settings.get(name)} in the baseline, "
+                f"{new_settings.get(name)} now"
+            )
+    return tuple(notes)
 
 
 def _why_incomparable(
-    baseline: Mapping[str, Any], current: Mapping[str, Any], *, shared: int
+    baseline: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    shared: int,
+    missing: Sequence[AttackKey],
 ) -> str | None:
     old_model, new_model = baseline["model"], current["model"]
     if list(old_model["input_shape"]) != list(new_model["input_shape"]):
@@ -345,6 +388,14 @@ def _why_incomparable(
             "the baseline shares no (attack, norm, ε) with the new report; "
             "run the new evaluation with the baseline's --attacks and --eps"
         )
+    if missing:
+        return (
+            f"the new report lacks {len(missing)} (attack, norm, ε) of the baseline "
+            f"({_some_keys(missing)}); run the new "
+            "evaluation with the baseline's --attacks and --eps"
+        )
+    if baseline.get("detector") is not None and current.get("detector") is None:
+        return "the baseline measured a detector and the new report has none; give --detector"
     return None
 
 
@@ -372,3 +423,8 @@ def _shape(shape: Sequence[int | None]) -> str:
 
 def _keys(keys: Sequence[AttackKey]) -> str:
     return ", ".join(str(key) for key in keys)
+
+
+def _some_keys(keys: Sequence[AttackKey], shown: int = 5) -> str:
+    more = len(keys) - shown
+    return _keys(keys[:shown]) + (f" and {more} more" if more > 0 else "")

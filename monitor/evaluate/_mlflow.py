@@ -19,9 +19,10 @@ or ``-`` replaced by ``_``. The three files go to the run's artifacts under
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from yarl import URL
@@ -30,7 +31,13 @@ from monitor.errors import MlflowLoggingError
 from monitor.evaluate._gate import rows_at_largest_eps
 from monitor.evaluate._report import ReportFiles
 
-__all__ = ["ARTIFACT_PATH", "MlflowLoggingError", "log_to_mlflow", "report_metrics"]
+__all__ = [
+    "ARTIFACT_PATH",
+    "MlflowLoggingError",
+    "check_mlflow_run",
+    "log_to_mlflow",
+    "report_metrics",
+]
 
 ARTIFACT_PATH = "robustness_report"
 """The folder of the run's artifacts that holds report.json, report.html and report.md."""
@@ -40,6 +47,14 @@ _NO_SUCH_RUN = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 """MLflow's error codes for a run id that names no run (or is no run id at all)."""
 _MAX_NAME_CHARS = 200
 """Of an attack's name in a metric name; MLflow takes names of up to 250 characters."""
+
+
+def check_mlflow_run(run_id: str, tracking_uri: str | None = None) -> None:
+    """Raise :class:`MlflowLoggingError` unless ``run_id`` names an active MLflow run that
+    :func:`log_to_mlflow` can log to: checked before an evaluation, not after it.
+    """
+    with _mlflow_errors(run_id, tracking_uri) as (client, where):
+        _active_run(client, run_id, where)
 
 
 def log_to_mlflow(
@@ -64,8 +79,25 @@ def log_to_mlflow(
     MlflowLoggingError
         MLflow is not installed, there is no such run, or MLflow refused to log.
     """
-    try:
+    with _mlflow_errors(run_id, tracking_uri) as (client, where):
         from mlflow.entities import Metric
+
+        _active_run(client, run_id, where)
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key=name, value=value, timestamp=timestamp, step=0)
+            for name, value in report_metrics(report).items()
+        ]
+        client.log_batch(run_id, metrics=metrics)
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH)
+
+
+@contextlib.contextmanager
+def _mlflow_errors(run_id: str, tracking_uri: str | None) -> Iterator[tuple[Any, str]]:
+    """An MLflow client and where it points; MLflow's and the OS's errors become
+    :class:`MlflowLoggingError`, with any credentials of the URI left out."""
+    try:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
     except ImportError:
@@ -77,28 +109,7 @@ def log_to_mlflow(
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
         where = _redacted(client.tracking_uri)
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code not in _NO_SUCH_RUN:
-                raise
-            raise MlflowLoggingError(
-                f"no MLflow run {run_id!r} at {where}: {exc.message}; "
-                "give the id of an existing run (--mlflow-run-id)"
-            ) from None
-        if run.info.lifecycle_stage != "active":
-            raise MlflowLoggingError(
-                f"MLflow run {run_id!r} at {where} is {run.info.lifecycle_stage}; restore it "
-                "or give another run"
-            )
-        timestamp = int(time.time() * 1000)
-        metrics = [
-            Metric(key=name, value=value, timestamp=timestamp, step=0)
-            for name, value in report_metrics(report).items()
-        ]
-        client.log_batch(run_id, metrics=metrics)
-        for path in files:
-            client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH)
+        yield client, where
     except (MlflowException, OSError) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         if tracking_uri is not None:
@@ -106,6 +117,25 @@ def log_to_mlflow(
         raise MlflowLoggingError(
             f"cannot log the robustness report to MLflow run {run_id!r} at {where}: {message}"
         ) from None
+
+
+def _active_run(client: Any, run_id: str, where: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in _NO_SUCH_RUN:
+            raise
+        raise MlflowLoggingError(
+            f"no MLflow run {run_id!r} at {where}: {exc.message}; "
+            "give the id of an existing run (--mlflow-run-id)"
+        ) from None
+    if run.info.lifecycle_stage != "active":
+        raise MlflowLoggingError(
+            f"MLflow run {run_id!r} at {where} is {run.info.lifecycle_stage}; restore it "
+            "or give another run"
+        )
 
 
 def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:

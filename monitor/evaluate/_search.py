@@ -22,8 +22,10 @@
    lets through many more benign events than calibrated also flags more attacks, and
    would win for the wrong reason. Among those (all, if none stays within it), the
    highest detection rate (the mean over attacks of the fraction of each attack's
-   examples scored above the candidate's threshold) wins; ties go to the lower held-back
-   FPR, then to fewer squeezers, then to the earlier candidate (the preset comes first).
+   examples scored above the candidate's threshold) wins. Rates within one standard
+   error of the best are ties (the data cannot tell them apart), won by the lower
+   held-back FPR, then by fewer squeezers, then by the earlier candidate (the preset
+   comes first).
 
 When the search cannot decide (too few events, inputs of several shapes, no attack
 succeeded) the preset is taken and :attr:`SqueezerSearch.fallback_reason` says why.
@@ -324,7 +326,8 @@ def evaluate_candidates(
     ``squeezer_distances`` output holds them. Each candidate's threshold is calibrated at
     ``fpr`` on ``threshold_distances``; its held-back FPR and its detection rate per
     attack are the fractions of ``held_back_distances`` and of each attack's distances
-    scored strictly above it. Attacks without examples are left out.
+    scored strictly above it. Attacks without examples are left out. The detection rate is
+    the mean over attacks; its standard error is ``√(Σ p(1 − p)/n) / attacks``.
 
     Examples
     --------
@@ -348,6 +351,7 @@ def evaluate_candidates(
             for name, distances in attack_distances.items()
             if len(distances)
         }
+        variance = sum(p * (1.0 - p) / len(attack_distances[name]) for name, p in by_attack.items())
         candidates.append(
             SearchCandidate(
                 spec=spec,
@@ -355,6 +359,7 @@ def evaluate_candidates(
                 held_back_fpr=float(np.mean(held_back > threshold)) if len(held_back) else 0.0,
                 threshold=float(threshold),
                 detection_by_attack=by_attack,
+                detection_stderr=math.sqrt(variance) / len(by_attack) if by_attack else 0.0,
             )
         )
     return tuple(candidates)
@@ -380,44 +385,58 @@ def held_back_fpr_limit(fpr: float, threshold_events: int, held_back_events: int
 def rank_candidates(
     candidates: Sequence[SearchCandidate], fpr_limit: float = 1.0
 ) -> list[SearchCandidate]:
-    """The candidates best first: those whose held-back FPR is at most ``fpr_limit`` before
-    the others, then by highest detection rate, lowest held-back FPR, fewest squeezers,
-    and their order in ``candidates``.
+    """The candidates, best first.
+
+    Those whose held-back FPR is at most ``fpr_limit`` come first (all compete when none
+    is). Among them, the ones whose detection rate is within one standard error
+    (:attr:`SearchCandidate.detection_stderr`) of the highest are tied, and ranked by lower
+    held-back FPR, then fewer squeezers, then their order in ``candidates``; the rest
+    follow by highest detection rate, then the same keys.
 
     Examples
     --------
-    >>> a = SearchCandidate("bit_depth:2", 0.8, 0.05, 0.1, {})
-    >>> b = SearchCandidate("bit_depth:1,median:2", 0.8, 0.04, 0.2, {})
-    >>> c = SearchCandidate("median:2", 0.8, 0.04, 0.3, {})
-    >>> d = SearchCandidate("median:3", 0.9, 0.2, 0.3, {})
-    >>> [x.spec for x in rank_candidates([a, b, c, d], 0.1)]
-    ['median:2', 'bit_depth:1,median:2', 'bit_depth:2', 'median:3']
+    >>> a = SearchCandidate("bit_depth:2", 0.80, 0.05, 0.1, {}, detection_stderr=0.03)
+    >>> b = SearchCandidate("bit_depth:1,median:2", 0.78, 0.04, 0.2, {})
+    >>> c = SearchCandidate("median:2", 0.70, 0.03, 0.3, {})
+    >>> d = SearchCandidate("median:3", 0.90, 0.20, 0.3, {})
+    >>> [x.spec for x in rank_candidates([a, b, c, d], fpr_limit=0.1)]
+    ['bit_depth:1,median:2', 'bit_depth:2', 'median:2', 'median:3']
     """
-    ranked = sorted(
-        enumerate(candidates),
-        key=lambda item: (
-            item[1].held_back_fpr > fpr_limit,
-            -item[1].detection_rate,
-            item[1].held_back_fpr,
-            item[1].n_squeezers,
-            item[0],
-        ),
-    )
-    return [candidate for _, candidate in ranked]
+
+    def rank(group: list[tuple[int, SearchCandidate]]) -> list[SearchCandidate]:
+        if not group:
+            return []
+        best = max(group, key=lambda item: (item[1].detection_rate, -item[0]))[1]
+        floor = best.detection_rate - best.detection_stderr
+        tied = [item for item in group if item[1].detection_rate >= floor]
+        rest = [item for item in group if item[1].detection_rate < floor]
+        tied.sort(key=lambda item: (item[1].held_back_fpr, item[1].n_squeezers, item[0]))
+        rest.sort(
+            key=lambda item: (
+                -item[1].detection_rate,
+                item[1].held_back_fpr,
+                item[1].n_squeezers,
+                item[0],
+            )
+        )
+        return [candidate for _, candidate in tied + rest]
+
+    numbered = list(enumerate(candidates))
+    within = [item for item in numbered if item[1].held_back_fpr <= fpr_limit]
+    above = [item for item in numbered if item[1].held_back_fpr > fpr_limit]
+    return rank(within) + rank(above)
 
 
 def choose_candidate(
     candidates: Sequence[SearchCandidate], fpr_limit: float = 1.0
 ) -> SearchCandidate:
-    """The best candidate (:func:`rank_candidates`): among those whose held-back FPR is at
-    most ``fpr_limit`` (all of them when none is), the highest detection rate, then the
-    lowest held-back FPR, then the fewest squeezers, then the earliest.
+    """The first candidate of :func:`rank_candidates`.
 
     Examples
     --------
     >>> a = SearchCandidate("bit_depth:2", 0.8, 0.05, 0.1, {})
     >>> d = SearchCandidate("median:3", 0.9, 0.2, 0.3, {})
-    >>> choose_candidate([a, d]).spec, choose_candidate([a, d], 0.1).spec
+    >>> choose_candidate([a, d]).spec, choose_candidate([a, d], fpr_limit=0.1).spec
     ('median:3', 'bit_depth:2')
     """
     if not candidates:

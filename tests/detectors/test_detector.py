@@ -292,8 +292,10 @@ def _evidence(chosen: str = "bit_depth:2") -> SqueezerSearch:
             SearchAttack("deepfool", "l2", "white-box", 50, 50),
         ),
         candidates=(
-            SearchCandidate("bit_depth:2", 0.57, 0.071, 0.23, {"square": 0.84, "deepfool": 0.3}),
-            SearchCandidate("median:2", 0.05, 0.04, 1.9, {"square": 0.1, "deepfool": 0.0}),
+            SearchCandidate(
+                "bit_depth:2", 0.57, 0.071, 0.23, {"square": 0.84, "deepfool": 0.3}, 0.04
+            ),
+            SearchCandidate("median:2", 0.05, 0.04, 1.9, {"square": 0.1, "deepfool": 0.0}, 0.02),
         ),
         held_back_fpr_limit=0.0911,
     )
@@ -313,6 +315,7 @@ def test_detector_file_round_trips_the_squeezer_search(
         "held_back_fpr": 0.071,
         "threshold": 0.23,
         "detection_by_attack": {"square": 0.84, "deepfool": 0.3},
+        "detection_stderr": 0.04,
     }
     assert content["squeezer_search"]["attacks"][0] == {
         "name": "square",
@@ -377,6 +380,7 @@ def _set(content: dict[str, Any], path: str, value: Any) -> None:
         ("squeezer_search.candidates[1].spec", "blur:3", "unknown squeezer 'blur'"),
         ("squeezer_search.candidates[0].detection_rate", "high", "expected a finite number"),
         ("squeezer_search.candidates[0].held_back_fpr", -0.1, "between 0 and 1"),
+        ("squeezer_search.candidates[1].detection_stderr", ..., "candidates[1].detection_stderr"),
         ("squeezer_search.candidates[0].threshold", None, "candidates[0].threshold"),
         ("squeezer_search.candidates[0].detection_by_attack.cw", 0.5, "did not run: cw"),
         ("squeezer_search.candidates[0].extra", 1, "candidates[0]' has unknown fields: extra"),

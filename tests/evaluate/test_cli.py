@@ -184,7 +184,7 @@ def test_a_tabular_model_needs_its_eps(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*command, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "share no unit" in result.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_a_broken_baseline_fails_before_any_attack(release: Release, tmp_path: Path) -> None:
@@ -205,6 +205,9 @@ def test_a_broken_baseline_fails_before_any_attack(release: Release, tmp_path: P
         (["--attacks", "nosuchattack"], "nosuchattack"),
         (["--max-drop", "2"], "max-drop"),
         (["--budget", "huge"], "budget"),
+        (["--max-drop", "nan"], "not nan"),
+        (["--eps", "linf=2"], "larger than any perturbation"),
+        (["--input-range", "0,0.5"], "is not the detector's"),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -238,3 +241,22 @@ def test_logs_to_an_mlflow_run(
         "robustness_report/report.html",
         "robustness_report/report.md",
     }
+
+
+def test_what_would_fail_after_the_attacks_fails_before_them(
+    release: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    occupied = tmp_path / "file"
+    occupied.write_text("")
+    result = _evaluate(release, occupied / "out")
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.stderr
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    result = _evaluate(release, tmp_path / "out", "--mlflow-run-id", "0" * 32)
+    assert result.exit_code == 1, result.output
+    assert "no MLflow run" in result.stderr
+    # Neither got as far as the plan of attacks.
+    assert "steps, estimated" not in result.stderr
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -150,9 +150,18 @@ def test_eps_beyond_the_tolerance_is_another_attack_row(
 
     result = compare(baseline, current, max_drop=0.02)
 
-    assert result.compared == 8
     assert result.only_in_baseline == (AttackKey("square", "linf", 0.1),)
     assert result.only_in_current == (AttackKey("square", "linf", 0.1 * (1 + 1e-6)),)
+    # A row of the baseline the new report lacks cannot pass by being left out.
+    assert result.exit_code == EXIT_INCOMPARABLE
+    assert "lacks 1 (attack, norm, ε) of the baseline (square linf ε=0.1)" in str(result)
+
+
+def test_a_baseline_of_many_rows_is_compared(baseline: dict[str, Any]) -> None:
+    rows = [dict(_row(baseline, "square", 0.1), eps=1 + i / 1000) for i in range(20_000)]
+    big = dict(baseline, attacks=rows)
+    result = compare(big, copy.deepcopy(big), max_drop=0.02)
+    assert result.compared == 20_000
     assert result.passed
 
 
@@ -183,8 +192,20 @@ def test_detection_rates_are_compared_only_where_both_reports_have_one(
 ) -> None:
     without_detector = sample_report(detector=False)
 
-    assert compare(baseline, without_detector, max_drop=0.0).passed
     assert compare(without_detector, baseline, max_drop=0.0).passed
+    # Leaving the detector out cannot pass a gate its detection rates would fail.
+    result = compare(baseline, without_detector, max_drop=0.0)
+    assert result.exit_code == EXIT_INCOMPARABLE
+    assert "give --detector" in str(result)
+
+
+def test_different_settings_are_noted(baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    current["settings"] = dict(current["settings"], budget="full", samples=500)
+    current["events"] = dict(current["events"], sha256="0" * 64)
+    notes = compare(baseline, current, max_drop=0.02).notes
+    assert any("different events files" in note for note in notes)
+    assert any(note.startswith("budget differs") for note in notes)
+    assert any(note.startswith("samples differs") for note in notes)
 
 
 def test_reports_sharing_no_attack_row_are_incomparable(

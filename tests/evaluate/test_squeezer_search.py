@@ -43,6 +43,7 @@ from monitor.evaluate._search import (
     choose_candidate,
     evaluate_candidates,
     held_back_fpr_limit,
+    rank_candidates,
     search_squeezers,
 )
 from monitor.offline import calibrate_file
@@ -135,6 +136,10 @@ def test_candidates_are_scored_from_per_squeezer_distances() -> None:
         # An attack without a single success is left out, not counted as undetected.
         assert candidate.detection_by_attack == expected
         assert candidate.detection_rate == pytest.approx(np.mean(list(expected.values())))
+        fgsm, cw = expected["fgsm"], expected["cw"]
+        assert candidate.detection_stderr == pytest.approx(
+            np.sqrt(fgsm * (1 - fgsm) / 40 + cw * (1 - cw) / 30) / 2
+        )
 
 
 def test_one_fused_graph_scores_each_candidate_as_its_own_detector_would(
@@ -158,8 +163,8 @@ def test_one_fused_graph_scores_each_candidate_as_its_own_detector_would(
         )
 
 
-def _candidate(spec: str, detection: float, fpr: float) -> SearchCandidate:
-    return SearchCandidate(spec, detection, fpr, 0.5, {})
+def _candidate(spec: str, detection: float, fpr: float, stderr: float = 0.0) -> SearchCandidate:
+    return SearchCandidate(spec, detection, fpr, 0.5, {}, stderr)
 
 
 def test_the_best_detection_rate_wins_and_ties_go_to_fewer_false_positives_then_squeezers() -> None:
@@ -181,6 +186,24 @@ def test_the_best_detection_rate_wins_and_ties_go_to_fewer_false_positives_then_
         _candidate("median:2", 0.7, 0.05),
     ]
     assert choose_candidate(tied).spec == "median:3"  # fewer squeezers, then the earlier one
+
+
+def test_detection_rates_within_one_standard_error_of_the_best_are_ties() -> None:
+    best = _candidate("bit_depth:3", 0.539, 0.062, stderr=0.024)
+    close = _candidate("bit_depth:1,median:3", 0.537, 0.054, stderr=0.024)
+    lower = _candidate("bit_depth:1", 0.515, 0.049, stderr=0.024)
+    far = _candidate("bit_depth:2", 0.5, 0.01, stderr=0.024)
+    ranked = rank_candidates([best, close, lower, far], fpr_limit=0.09)
+    # 0.515 is within 0.024 of 0.539: the three tie and the lowest held-back FPR wins.
+    assert [c.spec for c in ranked] == [
+        "bit_depth:1",
+        "bit_depth:1,median:3",
+        "bit_depth:3",
+        "bit_depth:2",
+    ]
+    assert choose_candidate([best, close, far], fpr_limit=0.09).spec == "bit_depth:1,median:3"
+    exact = _candidate("bit_depth:3", 0.539, 0.062)
+    assert choose_candidate([exact, close, lower], fpr_limit=0.09).spec == "bit_depth:3"
 
 
 def test_a_candidate_whose_threshold_lets_through_too_many_benign_events_cannot_win() -> None:
