@@ -237,8 +237,10 @@ def headline_table(report: dict[str, Any]) -> Table:
     "--attacks",
     default=None,
     metavar="SPEC",
-    help="Comma-separated attacks, e.g. square,hopskipjump,simba,fgsm,pgd. Default: every "
-    "attack that applies to the model (white-box ones need the advmon[attacks] extra).",
+    help="Comma-separated attacks: square, hopskipjump, simba, boundary (black-box); fgsm, "
+    "pgd, cw, deepfool, autoattack (white-box, the advmon[attacks] extra); NAME:linf or "
+    "NAME:l2 picks the norm. Default: every attack that applies to the model and budget "
+    "(docs/robustness-report.md).",
 )
 @click.option(
     "--eps",
