@@ -268,7 +268,7 @@ def calibrate(
 
 def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
     """The search's evidence: the split, the attacks and the best candidates."""
-    from monitor.evaluate._search import PAPER_MNIST_SPEC, rank_candidates
+    from monitor.evaluate._search import PAPER_MNIST_SPEC, rank_candidates, tie_floor
 
     split = found.split
     console.print(
@@ -317,6 +317,13 @@ def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
             ", ".join(note),
         )
     console.print(table)
+    competing = [c for c in found.candidates if limit is None or c.held_back_fpr <= limit]
+    competing = competing or list(found.candidates)
+    best = max(c.detection_rate for c in competing)
+    console.print(
+        f"detection rates from {tie_floor(competing):.3f} to {best:.3f} (the best, less one "
+        "standard error) tie; the lowest held-back FPR among them wins"
+    )
     if len(shown) < len(ranked):
         console.print(
             f"{len(shown)} of {len(ranked)} candidates shown; all are in the detector file"

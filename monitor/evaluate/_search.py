@@ -82,6 +82,7 @@ __all__ = [
     "held_back_fpr_limit",
     "rank_candidates",
     "search_squeezers",
+    "tie_floor",
 ]
 
 #: The configuration Xu, Evans and Qi (NDSS 2018) used on MNIST.
@@ -406,8 +407,7 @@ def rank_candidates(
     def rank(group: list[tuple[int, SearchCandidate]]) -> list[SearchCandidate]:
         if not group:
             return []
-        best = max(group, key=lambda item: (item[1].detection_rate, -item[0]))[1]
-        floor = best.detection_rate - best.detection_stderr
+        floor = tie_floor([candidate for _, candidate in group])
         tied = [item for item in group if item[1].detection_rate >= floor]
         rest = [item for item in group if item[1].detection_rate < floor]
         tied.sort(key=lambda item: (item[1].held_back_fpr, item[1].n_squeezers, item[0]))
@@ -425,6 +425,19 @@ def rank_candidates(
     within = [item for item in numbered if item[1].held_back_fpr <= fpr_limit]
     above = [item for item in numbered if item[1].held_back_fpr > fpr_limit]
     return rank(within) + rank(above)
+
+
+def tie_floor(candidates: Sequence[SearchCandidate]) -> float:
+    """The lowest detection rate that ties with the best of ``candidates``: the best rate
+    less its standard error.
+
+    Examples
+    --------
+    >>> tie_floor([SearchCandidate("bit_depth:1", 0.6, 0.05, 0.7, {}, detection_stderr=0.03)])
+    0.57
+    """
+    best = max(candidates, key=lambda candidate: candidate.detection_rate)
+    return best.detection_rate - best.detection_stderr
 
 
 def choose_candidate(

@@ -16,20 +16,23 @@ _FILES = [
     "inference_event.schema.json",
     "score_record.schema.json",
 ]
+#: Written by hand, not generated from a pydantic model: advmon evaluate's report.json.
+_HAND_WRITTEN = ["robustness_report.schema.json"]
 
 
 def test_committed_schemas_match_the_models(tmp_path: Path) -> None:
     write_json_schemas(tmp_path)
     generated = sorted(path.name for path in tmp_path.iterdir())
     committed = sorted(path.name for path in JSON_SCHEMA_DIR.glob("*.json"))
-    assert generated == committed == _FILES
+    assert generated == _FILES
+    assert committed == sorted(_FILES + _HAND_WRITTEN)
     for name in generated:
         assert (JSON_SCHEMA_DIR / name).read_bytes() == (tmp_path / name).read_bytes(), (
             f"schemas/json/{name} is stale; regenerate with `python -m schemas.export`"
         )
 
 
-@pytest.mark.parametrize("name", _FILES)
+@pytest.mark.parametrize("name", _FILES + _HAND_WRITTEN)
 def test_schema_documents_are_self_describing(name: str) -> None:
     text = (JSON_SCHEMA_DIR / name).read_text(encoding="utf-8")
     document = json.loads(text)
