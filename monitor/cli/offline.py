@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -68,13 +69,19 @@ class _BadLineReporter:
     def __call__(self, bad: BadLine) -> None:
         self.count += 1
         if self.count <= _MAX_BAD_LINES_SHOWN:
-            console.print(f"[yellow]skipped[/] {self.path}:{bad.line_number}: {bad.reason}")
+            # The path and the reason quote what the file holds: never Rich markup.
+            console.print(
+                f"[yellow]skipped[/] {escape(str(self.path))}:{bad.line_number}: "
+                f"{escape(bad.reason)}"
+            )
         elif self.count == _MAX_BAD_LINES_SHOWN + 1:
             console.print("[yellow]… more bad lines; the total is printed at the end[/]")
 
     def summary(self) -> None:
         if self.count:
-            console.print(f"[yellow]{self.count} bad line(s) skipped[/] in {self.path}")
+            console.print(
+                f"[yellow]{self.count} bad line(s) skipped[/] in {escape(str(self.path))}"
+            )
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,7 @@ def calibrate(
     else:
         how = ""
     table = Table(show_header=False, box=None)
-    table.add_row("model", f"{config.model_path}  sha256 {config.model_sha256[:12]}…")
+    table.add_row("model", f"{escape(config.model_path)}  sha256 {config.model_sha256[:12]}…")
     table.add_row(
         "input",
         f"{config.input_kind} {list(config.input_shape)}, "
@@ -263,7 +270,7 @@ def calibrate(
     if found is not None:
         _print_search(found, config)
     console.print(f"calibrated in {report.seconds:.1f} s")
-    console.print(f"detector written to [bold]{out_path}[/]")
+    console.print(f"detector written to [bold]{escape(str(out_path))}[/]")
 
 
 def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
@@ -288,7 +295,7 @@ def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
         )
     if found.fallback_reason is not None:
         console.print(
-            f"[yellow]squeezer search fell back to the preset:[/] {found.fallback_reason}"
+            f"[yellow]squeezer search fell back to the preset:[/] {escape(found.fallback_reason)}"
         )
         return
     limit = found.held_back_fpr_limit
@@ -384,4 +391,4 @@ def score(
         f"scored {report.scored} events on {report.provider} "
         f"({report.events_per_second:,.0f} events/s): {report.flagged} flagged ({rate:.1%})"
     )
-    console.print(f"scores written to [bold]{out_path}[/]")
+    console.print(f"scores written to [bold]{escape(str(out_path))}[/]")

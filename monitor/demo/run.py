@@ -157,7 +157,8 @@ def run_demo(
     )
 
     console.print(
-        f"3. advmon calibrate --model {model_path} --events {benign_path} --out {detector_path}"
+        f"3. advmon calibrate --model {model_path} --events {benign_path} --squeezers preset "
+        f"--out {detector_path}"
     )
     calibration = calibrate_file(model_path, benign_path, detector_path, device=device)
     config = calibration.config

@@ -260,3 +260,18 @@ def test_what_would_fail_after_the_attacks_fails_before_them(
     # Neither got as far as the plan of attacks.
     assert "steps, estimated" not in result.stderr
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_event_text_is_never_read_as_console_markup(release: Release, tmp_path: Path) -> None:
+    lines = release.events.read_bytes().splitlines()[:20]
+    hostile = tmp_path / "d[red]x" / "events.jsonl"
+    hostile.parent.mkdir()
+    bad_label = dict(json.loads(lines[0]), label="[/]")
+    hostile.write_bytes(b"\n".join([*lines, json.dumps(bad_label).encode()]))
+    command = ["evaluate", "--model", str(release.model), "--events", str(hostile)]
+    result = CliRunner().invoke(
+        main, [*command, "--attacks", "fgsm", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "d[red]x" in result.stderr
+    assert "[/]" in result.stderr

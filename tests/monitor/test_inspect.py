@@ -817,6 +817,8 @@ def test_cli_exports_decoded_traffic_that_calibrates_a_detector(
             str(exported),
             "--out",
             str(calibrated),
+            "--squeezers",
+            "preset",
             "--device",
             "cpu",
         ],

@@ -67,7 +67,15 @@ def _run_both(
     *options: str,
 ) -> None:
     detector = tmp_path / "detector.json"
-    calibrate = ["calibrate", "--model", str(demo_model.path), "--events", str(benign_events)]
+    calibrate = [
+        "calibrate",
+        "--model",
+        str(demo_model.path),
+        "--events",
+        str(benign_events),
+        "--squeezers",
+        "preset",
+    ]
     result = runner.invoke(main, [*calibrate, "--out", str(detector), *options])
     assert result.exit_code == 0, result.output
     score = ["score", "--detector", str(detector), "--events", str(traffic.path)]
@@ -169,7 +177,15 @@ def calibrated_for_settings(
 ) -> Path:
     """A detector for the settings tests (calibrated with default settings)."""
     detector = tmp_path_factory.mktemp("settings") / "detector.json"
-    args = ["calibrate", "--model", str(demo_model.path), "--events", str(benign_events)]
+    args = [
+        "calibrate",
+        "--model",
+        str(demo_model.path),
+        "--events",
+        str(benign_events),
+        "--squeezers",
+        "preset",
+    ]
     result = CliRunner().invoke(main, [*args, "--out", str(detector), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     return detector
