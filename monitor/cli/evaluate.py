@@ -56,13 +56,16 @@ def _parse_eps(
         if norm in parsed:
             raise click.BadParameter(f"{norm} is given twice")
         try:
-            eps = [float(part) for part in numbers.split(",")]
+            parsed[norm] = [float(part) for part in numbers.split(",")]
         except ValueError:
             raise click.BadParameter(f"{value!r}: ε values must be numbers") from None
-        if not eps or any(not (e > 0 and e < float("inf")) for e in eps):
-            raise click.BadParameter(f"{value!r}: ε values must be positive and finite")
-        parsed[norm] = sorted(set(eps))
-    return parsed
+    # The values themselves are checked (and sorted) by the evaluation's own rules.
+    from monitor.evaluate._engine import check_eps
+
+    try:
+        return {str(norm): values for norm, values in check_eps(parsed).items()}
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 class _RichProgress:

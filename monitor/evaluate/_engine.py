@@ -86,7 +86,7 @@ from monitor.evaluate._smoothing import (
 from monitor.evaluate._types import AttackScores, Evaluation
 from monitor.offline import BadLine
 
-__all__ = ["evaluate"]
+__all__ = ["check_eps", "evaluate"]
 
 _REPORT_FORMAT = "advmon-robustness-report"
 _REPORT_FORMAT_VERSION = 1
@@ -105,8 +105,9 @@ def _advmon_version() -> str:
         return "unknown"
 
 
-def _check_eps(eps: Mapping[str, Sequence[float]] | None) -> dict[Norm, list[float]]:
-    """The ε values given, ascending and without repeats, per norm."""
+def check_eps(eps: Mapping[str, Sequence[float]] | None) -> dict[Norm, list[float]]:
+    """The ε values given, ascending and without repeats, per norm; ``ValueError`` for
+    an unknown norm or a value that is not a finite positive number."""
     if eps is None:
         return {}
     if not isinstance(eps, Mapping):
@@ -170,6 +171,7 @@ class _Setup:
     """Everything loaded and measured before the first attack."""
 
     model_path: Path
+    model_sha256: str
     model: OnnxClassifier
     detector: Detector | None
     events: LabelledEvents
@@ -224,12 +226,13 @@ def _load(
 ) -> _Setup:
     model_file = Path(model_path)
     model = load_model(str(model_file))
+    model_sha256 = file_sha256(model_file)
     detector: Detector | None = None
     if detector_path is not None:
         # The model given is the one scored: the detector file only has to name the same
         # bytes (its own copy of the model may be elsewhere, or gone).
         config = DetectorConfig.load(detector_path, verify_model=False)
-        if config.model_sha256 != file_sha256(model_file):
+        if config.model_sha256 != model_sha256:
             raise ModelHashMismatchError(
                 f"the detector {detector_path} was calibrated for another model "
                 f"(sha256 {config.model_sha256[:12]}…), not {model_file}; give the model it "
@@ -290,6 +293,7 @@ def _load(
     )
     return _Setup(
         model_path=model_file,
+        model_sha256=model_sha256,
         model=bare,
         detector=detector,
         events=events,
@@ -534,7 +538,7 @@ def _report(
         "advmon_version": _advmon_version(),
         "model": {
             "path": str(model_path),
-            "sha256": file_sha256(setup.model_path),
+            "sha256": setup.model_sha256,
             "input_shape": [None, *signature.input_shape],
             "num_classes": setup.num_classes,
             "input_kind": signature.input_kind,
@@ -656,7 +660,7 @@ def evaluate(
     budget = check_budget(budget)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    given_eps = _check_eps(eps)
+    given_eps = check_eps(eps)
     report_progress: EvaluationProgress = progress if progress is not None else NoProgress()
 
     setup = _load(
