@@ -65,6 +65,17 @@ from detectors.graph import (
     load_model,
 )
 from detectors.inputs import input_from_bytes, input_from_nested_list, validate_input
+from detectors.queries import (
+    Fingerprints,
+    FingerprintSpec,
+    QueryCalibrator,
+    QueryHistory,
+    QueryObservation,
+    QuerySettings,
+    QueryStateError,
+    fingerprints,
+    request_digest,
+)
 from detectors.runtime import Device, SqueezeScorer, SqueezeScores, create_session
 from detectors.squeezers import (
     PRESETS,
@@ -104,6 +115,8 @@ __all__ = [
     "DriftVerdict",
     "ExecutionProviderError",
     "FeatureStats",
+    "FingerprintSpec",
+    "Fingerprints",
     "InputKind",
     "InvalidInputError",
     "MedianFilter",
@@ -113,6 +126,11 @@ __all__ = [
     "OutputKind",
     "QuantileGrid",
     "Quantize",
+    "QueryCalibrator",
+    "QueryHistory",
+    "QueryObservation",
+    "QuerySettings",
+    "QueryStateError",
     "RoundDecimals",
     "SearchAttack",
     "SearchBudget",
@@ -133,6 +151,7 @@ __all__ = [
     "default_signals",
     "detect_output_kind",
     "file_sha256",
+    "fingerprints",
     "format_squeezer_spec",
     "input_from_bytes",
     "input_from_nested_list",
@@ -140,6 +159,7 @@ __all__ = [
     "load_model",
     "parse_squeezer_spec",
     "preset_for",
+    "request_digest",
     "signal_columns",
     "validate_input",
 ]

@@ -43,6 +43,7 @@ from detectors.graph import (
     inspect_model,
     load_model,
 )
+from detectors.queries import FingerprintSpec, QueryCalibrator, QuerySettings
 from detectors.runtime import Device, SqueezeScorer, SqueezeScores, create_session
 from detectors.squeezers import (
     PRESETS,
@@ -466,6 +467,18 @@ class DetectorConfig:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     squeezer_search: SqueezerSearch | None = None
     """The evidence the squeezers were chosen on; ``None`` when they were given."""
+    query_attacks: QuerySettings | None = None
+    """How the model's queries are fingerprinted, and the per-source threshold measured
+    on the benign events (:mod:`detectors.queries`); ``None`` in files written before
+    query-attack detection (images then get the defaults)."""
+
+    @property
+    def query_settings(self) -> QuerySettings | None:
+        """The stored query-attack settings, else the defaults for images; ``None`` for a
+        tabular model calibrated without them (re-run calibrate)."""
+        if self.query_attacks is not None:
+            return self.query_attacks
+        return QuerySettings.default_for(self.input_kind, self.input_range)
 
     @property
     def accepted_range(self) -> tuple[float, float] | None:
@@ -520,6 +533,8 @@ class DetectorConfig:
         }
         if self.squeezer_search is not None:
             content["squeezer_search"] = self.squeezer_search.to_dict()
+        if self.query_attacks is not None:
+            content["query_attacks"] = self.query_attacks.to_dict()
         return content
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -540,6 +555,7 @@ class DetectorConfig:
                 f"(it reads format {FORMAT_VERSION}); re-run advmon calibrate"
             )
         search = data.get("squeezer_search")
+        queries = data.get("query_attacks")
         try:
             model, cal = data["model"], data["calibration"]
             low, high = model["input_range"]
@@ -567,6 +583,7 @@ class DetectorConfig:
                 advmon_version=str(data.get("advmon_version", "unknown")),
                 created_at=str(data.get("created_at", "")),
                 squeezer_search=None if search is None else SqueezerSearch.from_dict(search),
+                query_attacks=None if queries is None else QuerySettings.from_dict(queries),
             )
         except KeyError as exc:
             raise DetectorFileError(f"detector file lacks the field {exc.args[0]!r}") from None
@@ -803,7 +820,13 @@ def calibrate_detector(
 
     graph = build_squeeze_graph(model, squeezers, output_kind=kind, output_name=output_name)
     scorer = SqueezeScorer(graph, device=device)
-    scores = np.concatenate([scorer.score(batch).score for batch in benign_batches()])
+    queries = _query_calibrator(signature.input_kind, input_range, stats)
+    scores_by_batch = []
+    for batch in benign_batches():
+        scores_by_batch.append(scorer.score(batch).score)
+        if queries is not None:
+            queries.update(batch)
+    scores = np.concatenate(scores_by_batch)
     if len(scores) != stats.count:
         raise CalibrationError(
             "the benign events changed between the two calibration passes "
@@ -833,4 +856,20 @@ def calibrate_detector(
             observed_max=observed[1],
             provider=scorer.provider,
         ),
+        query_attacks=None if queries is None else queries.result(),
     )
+
+
+def _query_calibrator(
+    input_kind: InputKind, input_range: tuple[float, float], stats: FeatureStats
+) -> QueryCalibrator | None:
+    """What measures the benign events' query links; ``None`` when inputs vary in shape."""
+    shape = stats.input_shape
+    if shape is None:
+        return None
+    elements = int(np.prod(shape))
+    if input_kind == "image":
+        spec = FingerprintSpec.for_image(input_range)
+    else:
+        spec = FingerprintSpec.for_tabular(stats.mean, stats.std)
+    return QueryCalibrator(spec, elements)

@@ -11,6 +11,7 @@ Example::
       signals: advmon-signals             # keyed by model (drift signals)
       oip_halves: advmon-oip-halves       # keyed by CloudEvent id (OIP v2 join)
       joined: advmon-joined-events        # joined OIP v2 events (native format)
+      query_prints: advmon-query-prints   # keyed by model and source (query attacks)
     batching:
       max_events: 64             # events scored per run of the fused graph, at most
       max_wait_ms: 5             # how long a partial batch waits for more events
@@ -24,6 +25,11 @@ Example::
         topics: [inference-events]
         format: native           # native | oip-v2 | sagemaker | mapped (docs/formats.md)
         policy: enforce          # observe: never more than "flag"
+        query_attacks:           # optional; docs/query-attacks.md
+          min_linked: 8          # default: the detector file's calibrated threshold
+          history_size: 256
+          max_age_seconds: 86400
+          decision_seconds: 3600
         drift:                   # optional; defaults shown in docs/drift.md
           cooldown_seconds: 600
           warmup: 100
@@ -57,6 +63,7 @@ __all__ = [
     "OipV2Config",
     "Policy",
     "QuarantineConfig",
+    "QueryAttackConfig",
     "TopicsConfig",
     "load_config",
 ]
@@ -94,11 +101,16 @@ class TopicsConfig(_Strict):
         min_length=1,
         description="Internal: OIP v2 requests joined with their responses, as native events.",
     )
+    query_prints: str = Field(
+        default="advmon-query-prints",
+        min_length=1,
+        description="Internal: query fingerprints re-keyed by model and source.",
+    )
 
     @property
     def internal(self) -> list[str]:
         """The topics only advmon reads and writes."""
-        return [self.source_flags, self.signals, self.oip_halves, self.joined]
+        return [self.source_flags, self.signals, self.oip_halves, self.joined, self.query_prints]
 
     def for_app(self, app_id: str) -> TopicsConfig:
         """Internal topics not named in the config, named after the worker's app id.
@@ -120,6 +132,7 @@ _INTERNAL_SUFFIXES = {
     "signals": "signals",
     "oip_halves": "oip-halves",
     "joined": "joined-events",
+    "query_prints": "query-prints",
 }
 
 
@@ -148,6 +161,37 @@ class QuarantineConfig(_Strict):
     limit: int = Field(default=20, ge=1)
     window_seconds: int = Field(default=60, ge=1)
     ttl_seconds: int = Field(default=900, ge=1)
+
+
+class QueryAttackConfig(_Strict):
+    """Per-source detection of black-box query attacks for one model (docs/query-attacks.md).
+
+    Unset values come from the detector file, which ``advmon calibrate`` writes with a
+    threshold measured on the benign events.
+    """
+
+    enabled: bool = True
+    min_linked: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Flag a source when a query is linked to this many of its held queries.",
+    )
+    history_size: int | None = Field(
+        default=None, ge=1, le=4096, description="Queries held per source and model, at most."
+    )
+    max_age_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=30 * 86_400,
+        description="Held queries older than this (event time) are dropped.",
+    )
+    decision_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 86_400,
+        description="How long a source's query-attack decision (quarantine or flag) lasts.",
+    )
 
 
 class DriftSignalConfig(_Strict):
@@ -269,6 +313,7 @@ class ModelConfig(_Strict):
     )
     policy: Policy = "observe"
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    query_attacks: QueryAttackConfig = Field(default_factory=QueryAttackConfig)
 
     @model_validator(mode="after")
     def _mapping_for_mapped(self) -> ModelConfig:

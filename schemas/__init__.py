@@ -49,10 +49,12 @@ from schemas._limits import (
     MAX_TENSOR_ELEMENTS,
     TOO_LARGE,
 )
+from schemas._queries import FINGERPRINT_BYTES, QueryPrints, query_key
 from schemas._scores import ScoreRecord
 from schemas._signals import SignalBatch
 
 __all__ = [
+    "FINGERPRINT_BYTES",
     "MAX_ID_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_OUTPUT_VALUES",
@@ -69,6 +71,7 @@ __all__ = [
     "InferenceEvent",
     "InvalidEventError",
     "OipHalf",
+    "QueryPrints",
     "Reason",
     "SchemaError",
     "Scope",
@@ -79,6 +82,7 @@ __all__ = [
     "TensorPayload",
     "decode_event",
     "fast_event",
+    "query_key",
     "validate_event",
 ]
 

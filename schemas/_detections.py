@@ -18,6 +18,7 @@ class DetectionKind(StrEnum):
     ADVERSARIAL = "adversarial"
     DRIFT = "drift"
     QUARANTINE = "quarantine"
+    QUERY_ATTACK = "query_attack"
 
 
 class Detection(WireModel):
@@ -26,6 +27,12 @@ class Detection(WireModel):
     A drift detection names the event at which the drift detector signalled; its
     ``score`` is the size of the shift of the signal's mean (recent against before),
     ``threshold`` is 0 and ``details`` holds the window statistics.
+
+    A query-attack detection names the query at which a source's queries crossed the
+    threshold: ``score`` is how many of its held queries are linked to it by matches,
+    ``threshold`` the model's ``min_linked``, ``related_event_ids`` a few of the queries
+    it matched, ``expires_at`` when the source's decision lapses, and ``details`` the
+    direct matches, queries held and the span of the linked queries in seconds.
     """
 
     event_id: NonEmptyStr = Field(description="Id of the flagged event.")
@@ -61,6 +68,11 @@ class Detection(WireModel):
     )
     detector: str | None = Field(
         default=None, description="For drift: the drift detector that signalled (e.g. adwin)."
+    )
+    related_event_ids: list[NonEmptyStr] = Field(
+        default_factory=list,
+        max_length=16,
+        description="For a query attack: earlier queries of the source it matched, newest first.",
     )
     details: dict[str, FiniteFloat] = Field(
         default_factory=dict,
