@@ -455,6 +455,11 @@ class QueryHistory:
         return int(np.count_nonzero(self._seqs >= 0))
 
     @property
+    def newest(self) -> float:
+        """The newest event time seen (``-inf`` before the first query)."""
+        return self._newest
+
+    @property
     def nbytes(self) -> int:
         """Bytes the history's arrays and event ids take."""
         arrays: list[np.ndarray] = [self._seqs, self._times, self._digests, self._requests]

@@ -13,6 +13,9 @@
    batches and with commits of its own; ``score-joined`` is a Faust agent.
 2. ``quarantine``: source flags → windowed count per source → one source-scoped
    decision when a source crosses its limit (and a quarantine detection).
+   ``queries``: query fingerprints, keyed by model and source → each source's query
+   history (table ``query-histories``) → a query-attack detection and a source-scoped
+   decision when its queries link past the threshold.
 3. ``drift``: signals, keyed by model → each model's River detectors (checkpointed in
    a table) → drift detections.
 4. ``incidents``: detections → incidents in the database (retrying while it is down;
@@ -104,6 +107,26 @@ def register(wiring: AdvmonApp) -> None:
                     await wiring.quarantine.observe(value)
                 except Exception:
                     exit_without_commit("counting a source flag")
+
+    if wiring.queries.plans:
+
+        @app.agent(wiring.query_prints, name="advmon.queries")
+        async def queries(stream: Any) -> None:
+            async for events in stream.take_events(256, 0.5):
+                with wiring.finishing(events):
+                    try:
+                        await wiring.know_changelogs()
+                        await wiring.queries.process([e.message.value or b"" for e in events])
+                    except Exception:
+                        exit_without_commit("matching query fingerprints")
+
+        @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
+        async def expire_query_histories() -> None:
+            try:
+                await wiring.know_changelogs()
+                wiring.queries.expire()
+            except Exception:
+                exit_without_commit("expiring query histories")
 
     if wiring.drift.plans:
 

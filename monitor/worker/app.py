@@ -42,6 +42,7 @@ from monitor.worker.consumer import GaplessConsumer
 from monitor.worker.intake import InferenceIntake
 from monitor.worker.metrics import Metrics
 from monitor.worker.models import ModelDetector
+from monitor.worker.queries import query_plans
 from monitor.worker.records import OutputRecord
 from monitor.worker.signals import drift_plans
 from monitor.worker.stages.alerts import AlertingStage
@@ -49,6 +50,7 @@ from monitor.worker.stages.drift import DriftStage
 from monitor.worker.stages.incidents import IncidentStage
 from monitor.worker.stages.join import JoinStage
 from monitor.worker.stages.quarantine import QuarantineStage
+from monitor.worker.stages.queries import QueryStage
 from monitor.worker.stages.scoring import ScoringStage
 
 __all__ = [
@@ -153,12 +155,14 @@ class AdvmonApp:
     inference: faust.TopicT
     source_flags: faust.TopicT
     signals: faust.TopicT
+    query_prints: faust.TopicT
     halves: faust.TopicT
     joined: faust.TopicT
     outputs: dict[str, faust.TopicT]
     scoring: ScoringStage
     intake: InferenceIntake
     quarantine: QuarantineStage
+    queries: QueryStage
     drift: DriftStage
     join: JoinStage | None
     incidents: IncidentStage | None
@@ -469,6 +473,11 @@ def create_app(
 
     drift_states = keyed_table("drift-states")
     plans = drift_plans(models)
+    watched = query_plans(models)
+    query_prints = raw_topic(topics.query_prints, internal=True)
+    if watched:
+        outputs[topics.query_prints] = query_prints
+    query_states = keyed_table("query-histories")
     joining = any(m.format == "oip-v2" for m in config.models)
     halves = raw_topic(topics.oip_halves, internal=True)
     joined = raw_topic(topics.joined, internal=True)
@@ -499,6 +508,7 @@ def create_app(
         intra_op_threads=settings.scoring.intra_op_threads,
         spin_wait=settings.scoring.spin_wait,
         drift=plans,
+        queries=watched,
         max_request_bytes=kafka.max_request_bytes,
     )
     partitioner = DefaultPartitioner()
@@ -536,6 +546,9 @@ def create_app(
         else None
     )
     quarantine = QuarantineStage(config, counts, in_force, metrics, publish)
+    queries = QueryStage(
+        config, watched, query_states, metrics, publish, owner_check(topics.query_prints)
+    )
     intake = InferenceIntake(
         settings,
         config.inference_topics,
@@ -554,12 +567,14 @@ def create_app(
         inference=raw_topic(*config.inference_topics),
         source_flags=source_flags,
         signals=signals,
+        query_prints=query_prints,
         halves=halves,
         joined=joined,
         outputs=outputs,
         scoring=scoring,
         intake=intake,
         quarantine=quarantine,
+        queries=queries,
         drift=drift,
         join=join,
         incidents=(

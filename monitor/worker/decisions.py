@@ -4,7 +4,10 @@ A request decision is made for every scored event (:func:`request_decision`); a 
 event also gets a detection (:func:`adversarial_detection`) and, when it names its
 source, a source flag for the quarantine stage (:func:`source_flag`). A source that
 crosses its limit of flagged events gets a source decision (:func:`source_decision`) and,
-when enforced, a quarantine detection (:func:`quarantine_detection`). All of them are
+when enforced, a quarantine detection (:func:`quarantine_detection`); a source whose
+queries link into a query attack gets a source decision
+(:func:`query_attack_decision`) and a query-attack detection
+(:func:`query_attack_detection`). All of them are
 assembled here, so each topic carries one shape whichever stage decided.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -21,6 +24,7 @@ from pydantic import TypeAdapter
 from monitor.config import Policy
 
 if TYPE_CHECKING:
+    from detectors import QueryObservation
     from monitor.worker.records import InputMessage
 
 from schemas import (
@@ -29,6 +33,7 @@ from schemas import (
     Detection,
     DetectionKind,
     InferenceEvent,
+    QueryPrints,
     Reason,
     Scope,
     SourceFlag,
@@ -36,10 +41,13 @@ from schemas import (
 
 __all__ = [
     "DETECTOR_NAME",
+    "QUERY_ATTACK_NAME",
     "SOURCE_LIMIT_NAME",
     "adversarial_detection",
     "quarantine_detection",
     "quarantine_due",
+    "query_attack_decision",
+    "query_attack_detection",
     "request_action",
     "request_decision",
     "request_decisions",
@@ -52,6 +60,8 @@ DETECTOR_NAME = "feature_squeezing"
 """The reason's detector on request decisions."""
 SOURCE_LIMIT_NAME = "flagged_events_per_source"
 """The reason's detector on source decisions."""
+QUERY_ATTACK_NAME = "query_attack"
+"""The reason's detector on a source decision for a query attack."""
 
 
 def request_action(flagged: bool, policy: Policy) -> Action:
@@ -225,4 +235,68 @@ def quarantine_detection(
         expires_at=expires,
         detected_at=now,
         details={"enforced": 1.0 if flag.enforce else 0.0},
+    )
+
+
+def _when(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def query_attack_decision(
+    prints: QueryPrints,
+    row: int,
+    seen: QueryObservation,
+    min_linked: int,
+    expires: datetime,
+    now: datetime,
+) -> Decision:
+    """The decision for a source whose query ``row`` of ``prints`` linked to ``seen.linked``
+    of its held queries: quarantine when enforced, else flag, until ``expires``."""
+    return Decision(
+        event_id=prints.event_ids[row],
+        source=prints.source,
+        model_id=prints.model_id,
+        model_version=prints.model_version,
+        action=source_action(prints.enforce),
+        scope=Scope.SOURCE,
+        reasons=[Reason(detector=QUERY_ATTACK_NAME, score=seen.linked, threshold=min_linked)],
+        expires_at=expires,
+        decided_at=now,
+    )
+
+
+def query_attack_detection(
+    prints: QueryPrints,
+    row: int,
+    seen: QueryObservation,
+    min_linked: int,
+    expires: datetime,
+    now: datetime,
+) -> Detection:
+    """The detection of a query attack by ``prints.source``, at its query ``row``."""
+    when = prints.times[row]
+    first = seen.first_linked_time if seen.first_linked_time is not None else when
+    return Detection(
+        event_id=prints.event_ids[row],
+        model_id=prints.model_id,
+        model_version=prints.model_version,
+        source=prints.source,
+        kind=DetectionKind.QUERY_ATTACK,
+        score=seen.linked,
+        threshold=min_linked,
+        expires_at=expires,
+        event_ts=_when(when),
+        detected_at=now,
+        topic=prints.topics[row],
+        partition=prints.partitions[row],
+        offset=prints.offsets[row],
+        related_event_ids=list(seen.matched_event_ids),
+        details={
+            "matches": float(seen.matches),
+            "held": float(seen.held),
+            "span_seconds": max(0.0, when - first),
+            "first_linked_ts": first,
+            "enforced": 1.0 if prints.enforce else 0.0,
+            "min_linked": float(min_linked),
+        },
     )

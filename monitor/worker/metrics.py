@@ -81,6 +81,11 @@ class Metrics:
     records_set_aside: Counter
     pipeline_seconds: Counter
     commits_refused: Counter
+    query_fingerprints: Counter
+    query_attacks: Counter
+    query_resets: Counter
+    query_sources_held: Gauge
+    query_decisions_in_force: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -230,8 +235,39 @@ class Metrics:
                 "advmon_pipeline_seconds",
                 "Wall time the hot path spent per step, over all batches: fetch (waiting for "
                 "records), decode, score (the fused graph, in the scoring thread), decide, "
-                "publish (until the broker acknowledged), commit.",
+                "fingerprint (query fingerprints), publish (until the broker acknowledged), "
+                "commit.",
                 ["step"],
+                registry=registry,
+            ),
+            query_fingerprints=Counter(
+                "advmon_query_fingerprints",
+                "Query fingerprints matched against their source's history, by model and "
+                "outcome: new, retry (a held request id), repeat (held input bytes), "
+                "low_information (too few distinct windows to match).",
+                ["model", "outcome"],
+                registry=registry,
+            ),
+            query_attacks=Counter(
+                "advmon_query_attacks",
+                "Query attacks detected: sources whose queries linked past the threshold.",
+                ["model"],
+                registry=registry,
+            ),
+            query_resets=Counter(
+                "advmon_query_history_resets",
+                "Stored query histories that could not be read and started afresh.",
+                ["model", "reason"],
+                registry=registry,
+            ),
+            query_sources_held=Gauge(
+                "advmon_query_sources",
+                "Sources whose query history this worker holds.",
+                registry=registry,
+            ),
+            query_decisions_in_force=Gauge(
+                "advmon_query_attack_decisions",
+                "Query-attack decisions (quarantine or flag) in force on this worker's sources.",
                 registry=registry,
             ),
             commits_refused=Counter(

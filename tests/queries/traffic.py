@@ -12,8 +12,9 @@ client that sends as fast as an attacker. :func:`interleave` merges them in time
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +22,9 @@ from monitor.evaluate._estimators import OnnxClassifier
 
 __all__ = [
     "ATTACKS",
-    "attacker_queries",
     "Query",
-    "QueryBudgetReached",
+    "QueryBudgetSpentError",
+    "attacker_queries",
     "benign_users",
     "interleave",
     "record_attack",
@@ -32,7 +33,7 @@ __all__ = [
 ATTACKS = ("hopskipjump", "boundary", "square", "simba")
 
 
-class QueryBudgetReached(Exception):
+class QueryBudgetSpentError(Exception):
     """Ends an attack once it has sent the queries the test wants."""
 
 
@@ -61,11 +62,12 @@ class _Recorder:
         room = self.limit - len(self.queries)
         self.queries.extend(rows[:room].copy())
         if len(self.queries) >= self.limit:
-            raise QueryBudgetReached
+            raise QueryBudgetSpentError
         return self.model.probabilities(rows)
 
 
-def _attack(name: str, classifier: object, input_range: tuple[float, float], seed: int) -> object:
+def _attack(name: str, classifier: object, input_range: tuple[float, float]) -> Any:
+    """ART's attack ``name`` with its usual settings (ε of Square and SimBA from the range)."""
     from art.attacks.evasion import BoundaryAttack, HopSkipJump, SimBA, SquareAttack
 
     low, high = input_range
@@ -76,12 +78,19 @@ def _attack(name: str, classifier: object, input_range: tuple[float, float], see
             classifier, targeted=False, max_iter=200, num_trial=10, sample_size=10, verbose=False
         )
     if name == "square":
-        return SquareAttack(classifier, norm=np.inf, eps=0.1 * (high - low), max_iter=500,
-                            nb_restarts=1, verbose=False)
+        return SquareAttack(
+            classifier,
+            norm=np.inf,
+            eps=0.1 * (high - low),
+            max_iter=500,
+            nb_restarts=1,
+            verbose=False,
+        )
     if name == "simba":
-        return SimBA(classifier, attack="dct", max_iter=500, epsilon=0.2 * (high - low),
-                     verbose=False)
-    raise ValueError(name)
+        return SimBA(
+            classifier, attack="dct", max_iter=500, epsilon=0.2 * (high - low), verbose=False
+        )
+    raise ValueError(f"unknown attack {name!r}")
 
 
 @contextlib.contextmanager
@@ -114,9 +123,9 @@ def record_attack(
         nb_classes=int(model.signature.num_classes or 0),
         clip_values=input_range,
     )
-    attack = _attack(name, classifier, input_range, seed)
-    with _seeded(seed), contextlib.suppress(QueryBudgetReached):
-        attack.generate(x=x0[None].astype(np.float32))  # type: ignore[attr-defined]
+    attack = _attack(name, classifier, input_range)
+    with _seeded(seed), contextlib.suppress(QueryBudgetSpentError):
+        attack.generate(x=x0[None].astype(np.float32))
     return np.stack(recorder.queries)
 
 
@@ -124,12 +133,14 @@ def _shifted(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A frame of the same scene: moved by up to one pixel each way, a little noise."""
     dy, dx = rng.integers(-1, 2, size=2)
     moved = np.roll(image, (int(dy), int(dx)), axis=(-2, -1))
-    return moved + rng.normal(0.0, 0.01, size=image.shape).astype(np.float32)
+    noisy: np.ndarray = moved + rng.normal(0.0, 0.01, size=image.shape).astype(np.float32)
+    return noisy
 
 
 def _jittered(row: np.ndarray, scale: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A tabular "frame": the same record measured again, 2 % of a std off per feature."""
-    return row + (rng.normal(0.0, 0.02, size=row.shape) * scale).astype(np.float32)
+    jittered: np.ndarray = row + (rng.normal(0.0, 0.02, size=row.shape) * scale).astype(np.float32)
+    return jittered
 
 
 def benign_users(
@@ -203,10 +214,14 @@ def attacker_queries(
 ) -> list[Query]:
     """An attacker's recorded queries, one every ``interval`` seconds from ``start``."""
     return [
-        Query(source, x, start + k * interval, f"{source}-r{k + 1}", f"{source}-e{k + 1}",
-              attacker=True, number=k + 1)
+        Query(
+            source,
+            x,
+            start + k * interval,
+            f"{source}-r{k + 1}",
+            f"{source}-e{k + 1}",
+            attacker=True,
+            number=k + 1,
+        )
         for k, x in enumerate(queries)
     ]
-
-
-Scorer = Callable[[list[Query]], dict[str, int | None]]

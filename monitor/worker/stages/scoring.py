@@ -11,7 +11,8 @@ topic), :meth:`ScoringStage.process`
 3. decides (:mod:`monitor.worker.decisions`): a decision per event on the decisions
    topic; for flagged events a detection, and a source flag re-keyed by source for
    :mod:`monitor.worker.stages.quarantine`; each batch's drift signals, keyed by model,
-   for :mod:`monitor.worker.stages.drift`;
+   for :mod:`monitor.worker.stages.drift`; the query fingerprints of the events that
+   name a source, keyed by model and source, for :mod:`monitor.worker.stages.queries`;
 4. publishes all of it and returns once the broker acknowledged every record.
 
 :class:`ScoringPipeline` holds steps 1 and 3 as pure functions over plain data, testable
@@ -56,6 +57,7 @@ from monitor.worker.decisions import (
 )
 from monitor.worker.metrics import Metrics, observe_many
 from monitor.worker.models import ModelDetector
+from monitor.worker.queries import QueryPlan, query_records
 from monitor.worker.records import (
     InputMessage,
     OutputRecord,
@@ -350,12 +352,14 @@ class ScoringStage(mode.Service):
         intra_op_threads: int | None = None,
         spin_wait: bool = False,
         drift: Mapping[str, DriftPlan] | None = None,
+        queries: Mapping[str, QueryPlan] | None = None,
         max_request_bytes: int = 1_048_576,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.pipeline = ScoringPipeline(config, models, max_half_bytes=max_request_bytes)
         self.drift = dict(drift or {})
+        self.queries = dict(queries or {})
         self.metrics = metrics
         self.publish = publish
         self.publish_in_order = publish_in_order
@@ -451,7 +455,7 @@ class ScoringStage(mode.Service):
         timed: list[tuple[str, list[float | None]]] = []
         actions: list[Action] = []
         pending = list(decoded.batches)
-        scoring = deciding = 0.0
+        scoring = deciding = fingerprinting = 0.0
         while pending:
             batch = pending.pop(0)
             detector = self.detectors[batch.model_id]
@@ -500,9 +504,27 @@ class ScoringStage(mode.Service):
                 outputs.append(
                     OutputRecord.of(self.pipeline.config.topics.signals, plan.model_id, signals)
                 )
-            deciding += clock() - scored
+            done = clock()
+            deciding += done - scored
+            watched = self.queries.get(batch.model_id)
+            if watched is not None:
+                now = time.time()
+                outputs.extend(
+                    query_records(
+                        watched,
+                        self.pipeline.config.topics.query_prints,
+                        batch.events,
+                        batch.messages,
+                        # An event time ahead of the clock would age out the source's
+                        # history: the clock bounds it.
+                        [now if t is None else min(t, now) for t in times],
+                        inputs,
+                    )
+                )
+                fingerprinting += clock() - done
         steps.labels("score").inc(scoring)
         steps.labels("decide").inc(deciding)
+        steps.labels("fingerprint").inc(fingerprinting)
         started = clock()
         if self.publish_in_order is not None:
             await self.publish_in_order(outputs, after, queued)
