@@ -4,10 +4,12 @@
 module          reads                                      writes
 ==============  =========================================  ======================================
 ``scoring``     inference topics (through the intake,      decisions, detections, dead letters;
-                :mod:`monitor.worker.intake`), the         source flags, signals, OIP v2 halves
-                internal joined topic
+                :mod:`monitor.worker.intake`), the         source flags, signals, OIP v2
+                internal joined topic                      halves, query fingerprints
 ``join``        OIP v2 halves (keyed by CloudEvent id)     native events on the joined topic
 ``quarantine``  source flags (keyed by source)             source decisions, quarantine detections
+``queries``     query fingerprints (keyed by model and     source decisions, query-attack
+                source)                                    detections
 ``drift``       signals (keyed by model)                   drift detections
 ``incidents``   detections                                 incidents in the database
 ``alerts``      the incident store                         alerts in Alertmanager
