@@ -122,3 +122,19 @@ async def test_replayed_fingerprints_are_never_counted_twice(watched_cnn: Watche
     # The same records again (a crash before the commit): all repeats, no new decision.
     again = await run_through_stage(queries, config, plan, table=table)
     assert again.detections == []
+
+
+@pytest.mark.parametrize("model", ["cnn", "tabular"])
+async def test_one_client_sending_every_held_out_input_is_not_flagged(
+    model: str, watched_cnn: Watched, watched_tabular: Watched
+) -> None:
+    watched = watched_cnn if model == "cnn" else watched_tabular
+    case = watched.case
+    pool = np.concatenate([case.test.x, case.calibration.x])
+    bulk = [
+        Query("bulk", x, 0.01 * k, f"bulk-r{k}", f"bulk-e{k}", number=k + 1)
+        for k, x in enumerate(pool)
+    ]
+    config, plan = watched_model(watched.detector)
+    run = await run_through_stage(bulk, config, plan)
+    assert run.first_flagged == {}
