@@ -196,8 +196,21 @@ class QueryStage:
 
     async def process(self, raw_records: Sequence[bytes]) -> None:
         """Apply fingerprints records in order; returns once the detections and decisions
-        are acknowledged and the new states are written to the table."""
+        are acknowledged and the new states are written to the table.
+
+        Should anything fail first (the stage stopped while publishing), the histories it
+        changed are forgotten with the table left as it was, so that the records, read
+        again, are applied again to the stored histories.
+        """
         pending = self._records(raw_records)
+        try:
+            await self._apply(pending)
+        except BaseException:
+            for key in pending:
+                self._cache.pop(key, None)
+            raise
+
+    async def _apply(self, pending: Mapping[str, list[tuple[QueryPrints, np.ndarray]]]) -> None:
         now = datetime.now(UTC)
         states: dict[str, QueryState] = {}
         alarms: list[_Alarm] = []

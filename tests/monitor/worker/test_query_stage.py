@@ -258,3 +258,35 @@ async def test_sources_silent_for_longer_than_the_max_age_are_forgotten(
     assert stage.expire(now=1_700_000_001.0 + 30) == 0
     assert stage.expire(now=1_700_000_001.0 + 61) == 1
     assert table == {}
+
+
+async def test_records_applied_again_after_a_failed_publish_still_raise_the_alarm(
+    detector_path: Path,
+) -> None:
+    config = _config(detector_path, min_linked=5)
+    images = _probing(12)
+    prints = [
+        r.value
+        for part in (images[:1], images[1:])
+        for r in await _scored(config, part, ["prober"] * len(part))
+        if r.topic == config.topics.query_prints
+    ]
+    assert len(prints) == 2
+    table: dict[str, bytes] = {}
+    stage, published = _stage(config, table, CollectorRegistry())
+    await stage.process(prints[:1])  # the first batch's record: the history is stored
+    failing = True
+
+    async def publish(records: Sequence[OutputRecord]) -> None:
+        if failing:
+            raise asyncio.CancelledError
+        published.extend(records)
+
+    stage.publish = publish
+    stored = dict(table)
+    with pytest.raises(asyncio.CancelledError):
+        await stage.process(prints[1:])
+    assert table == stored
+    failing = False
+    await stage.process(prints[1:])
+    assert [r.topic for r in published].count(config.topics.detections) == 1
