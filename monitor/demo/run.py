@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detectors import Device
-from monitor.demo.attacks import fgsm, pgd
+from monitor.demo.attacks import fgsm, pgd, record_attack_queries
 from monitor.demo.model import (
     DigitsData,
     MLPClassifierWeights,
@@ -35,6 +35,9 @@ __all__ = ["MALFORMED_LINES", "DemoArtifacts", "demo_event", "run_demo"]
 
 DEMO_MODEL_ID = "digits"
 ATTACK_EPS = 0.1
+#: The held-out digit the streaming demo's query attacker probes, and its queries.
+PROBED_DIGIT = 10
+PROBE_QUERIES = 120
 #: The attacks of the demo's robustness report: every default but CW-L2, the slowest.
 REPORT_ATTACKS = "square,hopskipjump,simba,fgsm,pgd,deepfool"
 
@@ -103,6 +106,9 @@ class DemoArtifacts:
     """PGD digits from the test split that fool the model."""
     adversarial_labels: np.ndarray
     detector_path: Path
+    probe_queries: np.ndarray
+    """ART's HopSkipJump's first queries against one held-out digit, in order: a query
+    attacker's traffic."""
 
 
 def run_demo(
@@ -208,7 +214,18 @@ def run_demo(
     )
     _robustness_report(out_dir, data, model_path, detector_path, device, console)
     fooled = weights.logits(attacks["pgd"]).argmax(axis=1) != data.test_y
-    return DemoArtifacts(data, weights, attacks["pgd"][fooled], data.test_y[fooled], detector_path)
+    from monitor.evaluate._estimators import OnnxClassifier
+
+    probes = record_attack_queries(
+        "hopskipjump",
+        OnnxClassifier(onnx.load(model_path), "logits"),
+        data.test_x[PROBED_DIGIT],
+        (0.0, 1.0),
+        limit=PROBE_QUERIES,
+    )
+    return DemoArtifacts(
+        data, weights, attacks["pgd"][fooled], data.test_y[fooled], detector_path, probes
+    )
 
 
 def _robustness_report(

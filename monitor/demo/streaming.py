@@ -3,8 +3,10 @@
 It starts the local Kafka-protocol broker, an ``advmon worker`` process monitoring the
 demo model under the ``enforce`` policy, and a traffic generator: benign digits from
 twenty users, then a burst of PGD adversarial digits from one attacking source mixed
-into the benign stream, and a few malformed messages. A live panel shows decisions by
-action, dead letters and quarantined sources as they arrive; a summary follows.
+into the benign stream, the queries of a second attacker probing the model with ART's
+HopSkipJump (a black-box query attack), and a few malformed messages. A live panel shows
+decisions by action, dead letters and quarantined sources as they arrive; a summary
+follows.
 """
 
 from __future__ import annotations
@@ -34,16 +36,19 @@ from monitor.incidents.storage.incidents import IncidentStore
 from monitor.incidents.storage.models import Incident, IncidentKind
 from monitor.incidents.storage.schema import upgrade
 from monitor.kafka.local_broker import LocalKafkaBroker, free_loopback_port
+from monitor.worker.decisions import QUERY_ATTACK_NAME, SOURCE_LIMIT_NAME
 from schemas import Action, DeadLetter, Decision, Scope
 
 __all__ = ["run_streaming_demo"]
 
 ATTACKER = "attacker-7"
+PROBER = "prober-3"
 USERS = [f"user-{i}" for i in range(1, 21)]
 QUARANTINE_LIMIT = 10
 WORKER_START_TIMEOUT_S = 60.0
 DECISIONS_TIMEOUT_S = 60.0
 INCIDENTS_TIMEOUT_S = 20.0
+SOURCE_DECISIONS_GRACE_S = 10.0
 EVENTS_PER_SECOND = 250.0
 
 
@@ -53,7 +58,8 @@ class _Tally:
     actions: Counter[str] = field(default_factory=Counter)
     flagged_by_kind: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
-    quarantines: dict[str, Decision] = field(default_factory=dict)
+    quarantines: dict[tuple[str, str], Decision] = field(default_factory=dict)
+    """Source decisions by source and the detector that decided."""
     request_decisions: int = 0
 
     def panel(self, started: float) -> Group:
@@ -69,8 +75,10 @@ class _Tally:
             decided.add_row(action, str(self.actions[action]))
         dead = ", ".join(f"{reason} {n}" for reason, n in sorted(self.dead_letters.items()))
         quarantined = ", ".join(
-            f"[bold red]{source}[/] until {d.expires_at:%H:%M:%S}" if d.expires_at else source
-            for source, d in self.quarantines.items()
+            f"[bold red]{source}[/] ({detector}) until {d.expires_at:%H:%M:%S}"
+            if d.expires_at
+            else source
+            for (source, detector), d in self.quarantines.items()
         )
         return Group(
             f"[dim]{time.monotonic() - started:5.1f} s[/]",
@@ -156,7 +164,7 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
 
 
 def _traffic(artifacts: DemoArtifacts) -> list[tuple[str, bytes]]:
-    """(kind, message) pairs: benign warm-up, then the attack mixed into benign traffic."""
+    """(kind, message) pairs: benign warm-up, then the attacks mixed into benign traffic."""
     clean = artifacts.data.test_x
     messages: list[tuple[str, bytes]] = []
     for i in range(300):
@@ -180,6 +188,19 @@ def _traffic(artifacts: DemoArtifacts) -> list[tuple[str, bytes]]:
                 demo_event(f"benign-{j}", clean[j], as_tensor=False, source=USERS[j % len(USERS)]),
             )
         )
+        if i < len(artifacts.probe_queries):
+            messages.append(
+                (
+                    "probing",
+                    demo_event(
+                        f"probe-{i}",
+                        artifacts.probe_queries[i],
+                        as_tensor=True,
+                        source=PROBER,
+                        request_id=f"probe-request-{i}",
+                    ),
+                )
+            )
         if i % 12 == 0:
             messages.append(("malformed", MALFORMED_LINES[(i // 12) % len(MALFORMED_LINES)]))
     return messages
@@ -210,7 +231,16 @@ async def _stream(bootstrap: str, topic: str, artifacts: DemoArtifacts, console:
             await producer.flush()
 
         async def consume() -> None:
-            while tally.request_decisions < expected:
+            # Source decisions come from stages of their own and may follow the last
+            # request decision; they get a few seconds more.
+            settled: float | None = None
+            while tally.request_decisions < expected or (
+                not {(ATTACKER, SOURCE_LIMIT_NAME), (PROBER, QUERY_ATTACK_NAME)}
+                <= tally.quarantines.keys()
+                and time.monotonic() < (settled or 0.0) + SOURCE_DECISIONS_GRACE_S
+            ):
+                if settled is None and tally.request_decisions >= expected:
+                    settled = time.monotonic()
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
                 for records in batches.values():
                     for record in records:
@@ -244,7 +274,7 @@ def _count(topic: str, value: bytes, tally: _Tally, kinds: dict[str, str]) -> No
     decision = Decision.model_validate_json(value)
     if decision.scope is Scope.SOURCE:
         if decision.source is not None:
-            tally.quarantines[decision.source] = decision
+            tally.quarantines[decision.source, decision.reasons[0].detector] = decision
         return
     tally.request_decisions += 1
     tally.actions[decision.action.value] += 1
@@ -280,8 +310,9 @@ def run_streaming_demo(out_dir: Path, artifacts: DemoArtifacts, console: Console
             )
             console.print(
                 f"7. streaming {len(USERS)} users' benign digits, then {ATTACKER!r} sending PGD "
-                f"digits among them, and malformed messages; quarantine after "
-                f"{QUARANTINE_LIMIT} flagged events per minute"
+                f"digits among them, {PROBER!r} sending HopSkipJump's queries, and malformed "
+                f"messages; quarantine after {QUARANTINE_LIMIT} flagged events per minute, or "
+                "a query attack"
             )
             tally = asyncio.run(_stream(bootstrap, topic, artifacts, console))
             flagged = sum(tally.flagged_by_kind.values())
@@ -293,13 +324,14 @@ def run_streaming_demo(out_dir: Path, artifacts: DemoArtifacts, console: Console
 
 
 def _wait_for_incidents(store: IncidentStore, flagged: int) -> list[Incident]:
-    """The incidents once the worker stored every flagged event and the quarantine."""
+    """The incidents once the worker stored every flagged event, the quarantine and the
+    query attack."""
     deadline = time.monotonic() + INCIDENTS_TIMEOUT_S
     while True:
         incidents, _ = store.find()
         kinds = {incident.kind for incident in incidents}
         stored = sum(i.detection_count for i in incidents if i.kind is IncidentKind.ADVERSARIAL)
-        if IncidentKind.QUARANTINE in kinds and stored >= flagged:
+        if {IncidentKind.QUARANTINE, IncidentKind.QUERY_ATTACK} <= kinds and stored >= flagged:
             return incidents
         if time.monotonic() > deadline:
             return incidents
@@ -337,7 +369,7 @@ def _summary(tally: _Tally, console: Console) -> None:
     table.add_column("traffic")
     table.add_column("sent", justify="right")
     table.add_column("flagged or quarantined", justify="right")
-    for kind in ("benign", "adversarial"):
+    for kind in ("benign", "adversarial", "probing"):
         sent = tally.sent[kind]
         hit = tally.flagged_by_kind[kind]
         table.add_row(kind, str(sent), f"{hit} ({hit / sent:.1%})" if sent else "0")
@@ -347,14 +379,22 @@ def _summary(tally: _Tally, console: Console) -> None:
         f"{sum(tally.dead_letters.values())} dead-lettered",
     )
     console.print(table)
-    for source, decision in tally.quarantines.items():
+    for (source, _), decision in tally.quarantines.items():
+        reason = decision.reasons[0]
+        why = (
+            f"{reason.score:.0f} of its queries linked by near-matches, threshold "
+            f"{reason.threshold:.0f}: a query attack"
+            if reason.detector == "query_attack"
+            else f"{reason.score:.0f} flagged events in the window"
+        )
         console.print(
             f"source [bold]{source}[/]: {decision.action.value} until "
-            f"{decision.expires_at:%Y-%m-%d %H:%M:%S %Z} "
-            f"({decision.reasons[0].score:.0f} flagged events in the window)"
+            f"{decision.expires_at:%Y-%m-%d %H:%M:%S %Z} ({why})"
         )
-    if ATTACKER not in tally.quarantines:
-        console.print(f"[yellow]{ATTACKER} was not quarantined[/]")
+    decided = {source for source, _ in tally.quarantines}
+    for source in (ATTACKER, PROBER):
+        if source not in decided:
+            console.print(f"[yellow]{source} was not quarantined[/]")
     console.print(
         "Decisions are on the advmon-decisions topic (keyed by request id, or source for "
         "quarantines); bad messages on advmon-dead-letter with the reason and original bytes."

@@ -124,10 +124,20 @@ def test_streaming_demo_quarantines_the_attacker_and_dead_letters_bad_messages(
     assert demo_run.result.exit_code == 0, demo_run.result.output
     stderr = normalized(demo_run.result.stderr)
     assert "source attacker-7: quarantine until" in stderr
+    assert re.search(r"source prober-3: quarantine until [^(]*\([^)]*a query attack\)", stderr)
     assert "10 dead-lettered" in stderr
     assert "user-" not in stderr.split("what advmon decided")[-1], "a benign user was quarantined"
     assert (demo_run.out_dir / "advmon.yaml").is_file()
     store = IncidentStore(create_engine(f"sqlite:///{demo_run.out_dir / 'advmon.db'}"))
     incidents, _ = store.find()
     # The attack also shifts the squeeze scores: the drift detectors open an incident.
-    assert sorted(i.kind.value for i in incidents) == ["adversarial", "drift", "quarantine"]
+    assert {i.kind.value for i in incidents} == {
+        "adversarial",
+        "drift",
+        "quarantine",
+        "query_attack",
+    }
+    assert [i.source for i in incidents if i.kind.value == "query_attack"] == ["prober-3"]
+    quarantined = {i.source for i in incidents if i.kind.value == "quarantine"}
+    assert "attacker-7" in quarantined
+    assert quarantined <= {"attacker-7", "prober-3"}

@@ -2,7 +2,7 @@
 send recorded, and benign users with the habits that must not look like an attack.
 
 An attacker attacks one input; each row its model calls hold is one query, recorded in
-the order the attack sent it (a batched call counts as its rows, in row order). Benign
+the order the attack sent it (:func:`monitor.demo.attacks.record_attack_queries`). Benign
 users send inputs from a held-out pool: a plain user, a user who retries (same request
 id, same bytes), a user who resends one input again and again, a user who sends only one
 class, a camera that sends bursts of slightly shifted frames of one scene, and a bulk
@@ -11,30 +11,21 @@ client that sends as fast as an attacker. :func:`interleave` merges them in time
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.evaluate._estimators import OnnxClassifier
+from monitor.demo.attacks import BLACK_BOX_ATTACKS as ATTACKS
+from monitor.demo.attacks import record_attack_queries as record_attack
 
 __all__ = [
     "ATTACKS",
     "Query",
-    "QueryBudgetSpentError",
     "attacker_queries",
     "benign_users",
     "interleave",
     "record_attack",
 ]
-
-ATTACKS = ("hopskipjump", "boundary", "square", "simba")
-
-
-class QueryBudgetSpentError(Exception):
-    """Ends an attack once it has sent the queries the test wants."""
 
 
 @dataclass(frozen=True)
@@ -49,84 +40,6 @@ class Query:
     attacker: bool = False
     number: int = 0
     """The query's number within its source, from 1."""
-
-
-@dataclass
-class _Recorder:
-    model: OnnxClassifier
-    limit: int
-    queries: list[np.ndarray] = field(default_factory=list)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        rows = np.asarray(x, dtype=np.float32)
-        room = self.limit - len(self.queries)
-        self.queries.extend(rows[:room].copy())
-        if len(self.queries) >= self.limit:
-            raise QueryBudgetSpentError
-        return self.model.probabilities(rows)
-
-
-def _attack(name: str, classifier: object, input_range: tuple[float, float]) -> Any:
-    """ART's attack ``name`` with its usual settings (ε of Square and SimBA from the range)."""
-    from art.attacks.evasion import BoundaryAttack, HopSkipJump, SimBA, SquareAttack
-
-    low, high = input_range
-    if name == "hopskipjump":
-        return HopSkipJump(classifier, max_iter=20, max_eval=200, init_eval=20, verbose=False)
-    if name == "boundary":
-        return BoundaryAttack(
-            classifier, targeted=False, max_iter=200, num_trial=10, sample_size=10, verbose=False
-        )
-    if name == "square":
-        return SquareAttack(
-            classifier,
-            norm=np.inf,
-            eps=0.1 * (high - low),
-            max_iter=500,
-            nb_restarts=1,
-            verbose=False,
-        )
-    if name == "simba":
-        return SimBA(
-            classifier, attack="dct", max_iter=500, epsilon=0.2 * (high - low), verbose=False
-        )
-    raise ValueError(f"unknown attack {name!r}")
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def record_attack(
-    name: str,
-    model: OnnxClassifier,
-    x0: np.ndarray,
-    input_range: tuple[float, float],
-    *,
-    limit: int = 200,
-    seed: int = 0,
-) -> np.ndarray:
-    """The first ``limit`` queries (``[limit, *x0.shape]``) ART's ``name`` attack sends
-    while it attacks ``x0`` (fewer if it finishes first)."""
-    from art.estimators.classification import BlackBoxClassifierNeuralNetwork
-
-    recorder = _Recorder(model, limit)
-    classifier = BlackBoxClassifierNeuralNetwork(
-        recorder,
-        input_shape=tuple(x0.shape),
-        nb_classes=int(model.signature.num_classes or 0),
-        clip_values=input_range,
-    )
-    attack = _attack(name, classifier, input_range)
-    with _seeded(seed), contextlib.suppress(QueryBudgetSpentError):
-        attack.generate(x=x0[None].astype(np.float32))
-    return np.stack(recorder.queries)
 
 
 def _shifted(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
