@@ -123,6 +123,21 @@ def _numpy_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
+def _misclassified_start(
+    model: _Recorder, x: np.ndarray, input_range: tuple[float, float], tries: int = 100
+) -> np.ndarray | None:
+    """Uniform noise over the input range that the model classifies unlike ``x``, drawn
+    one query at a time as ART's HopSkipJump and Boundary draw it; ``None`` if none of
+    ``tries`` draws is."""
+    low, high = input_range
+    original = int(model(x).argmax(axis=1)[0])
+    for _ in range(tries):
+        noise = np.random.uniform(low, high, size=x.shape).astype(np.float32)
+        if int(model(noise).argmax(axis=1)[0]) != original:
+            return noise
+    return None
+
+
 def record_attack_queries(
     name: str,
     model: OnnxClassifier,
@@ -145,6 +160,12 @@ def record_attack_queries(
         clip_values=input_range,
     )
     attack = _black_box_attack(name, classifier, input_range)
+    x = x0[None].astype(np.float32)
     with _numpy_seed(seed), contextlib.suppress(_QueryBudgetSpentError):
-        attack.generate(x=x0[None].astype(np.float32))
+        if name in ("hopskipjump", "boundary"):
+            # ART draws their starting points from an unseeded generator: the same search,
+            # seeded, makes the log repeatable.
+            attack.generate(x=x, x_adv_init=_misclassified_start(recorder, x, input_range))
+        else:
+            attack.generate(x=x)
     return np.stack(recorder.queries)

@@ -14,14 +14,14 @@ from tests.queries.traffic import Query, attacker_queries, benign_users, interle
 
 #: The most queries an attacker may send before it is flagged, per model and attack. The
 #: figures measured are in docs/query-attacks.md; HopSkipJump on the tabular model spends
-#: its first ~45 queries on random starts and a gradient estimate of wide random
-#: directions, which no value-based fingerprint links.
+#: its first 60-odd queries on a random search for a misclassified start and a gradient
+#: estimate over wide random directions, which no value-based fingerprint links.
 BOUNDS = {
     ("cnn", "hopskipjump"): 50,
     ("cnn", "boundary"): 50,
     ("cnn", "square"): 50,
     ("cnn", "simba"): 50,
-    ("tabular", "hopskipjump"): 80,
+    ("tabular", "hopskipjump"): 90,
     ("tabular", "boundary"): 50,
 }
 
@@ -84,9 +84,9 @@ async def test_a_restart_in_the_middle_of_an_attack_keeps_its_history(
     flagged_at = uninterrupted.first_flagged["attacker"]
     assert flagged_at > 4
 
-    # Half of the queries before flagging, then a new stage on the same table.
+    # All but the last two queries before flagging, then a new stage on the same table.
     table: dict[str, bytes] = {}
-    half = flagged_at // 2
+    half = flagged_at - 2
     first = await run_through_stage(queries[:half], config, plan, table=table)
     assert first.first_flagged == {}
     second = await run_through_stage(queries[half:], config, plan, table=table)
