@@ -8,11 +8,18 @@ line never stops a run.
 Calibration reads the events file twice (statistics, then scores), or three times when it
 chooses the squeezers by search (:mod:`monitor.evaluate._search`): the first pass then
 also keeps the search's bounded sample of the benign events.
+
+Scoring also replays the file's traffic through per-source query histories
+(:mod:`detectors.queries`), as the worker's query stage watches a stream: every event
+that names a ``source`` is fingerprinted and matched against the earlier queries of its
+source to the same model, in file order, and a source is flagged when a query is linked
+to at least ``min_linked`` of them (see :func:`score_file`).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,14 +36,19 @@ from detectors import (
     Device,
     FeatureStats,
     OutputKind,
+    QueryHistory,
+    QuerySettings,
     SearchBudget,
     SqueezerSearch,
     calibrate_detector,
     check_benign_inputs,
     detect_output_kind,
+    fingerprints,
     inspect_model,
     load_model,
+    request_digest,
 )
+from detectors.queries import DEFAULT_MAX_AGE_SECONDS
 from monitor.decoding import RecordFormat, event_input, record_events
 from monitor.errors import InvalidRecordError
 from schemas import InferenceEvent
@@ -46,6 +58,8 @@ __all__ = [
     "BadLine",
     "CalibrateReport",
     "EventBatch",
+    "QueryAttackSummary",
+    "QueryFlag",
     "ScoreReport",
     "calibrate_file",
     "read_event_batches",
@@ -139,6 +153,40 @@ class CalibrateReport:
         return self.config.squeezer_search
 
 
+@dataclass(frozen=True)
+class QueryFlag:
+    """A source whose queries to a model crossed the query-attack threshold."""
+
+    model_id: str
+    source: str
+    event_id: str
+    """The source's first event that crossed it."""
+    queries: int
+    """Events the source had sent to the model up to and including that one (retries,
+    repeats and low-information queries included)."""
+    linked: int
+    """Held queries of the source that event was linked to."""
+
+
+@dataclass
+class QueryAttackSummary:
+    """What query-attack detection saw in an events file."""
+
+    min_linked: int
+    """The threshold applied: the detector file's, or the one asked for."""
+    min_linked_overridden: bool = False
+    """Whether ``min_linked`` was asked for rather than read from the detector file."""
+    sources: int = 0
+    """Distinct (model, source) pairs watched."""
+    queries: int = 0
+    """Events that named a source."""
+    attack_queries: int = 0
+    """Queries linked to at least ``min_linked`` held queries of their source."""
+    flags: list[QueryFlag] = field(default_factory=list)
+    """Each flagged (model, source) pair once, at its first query over the threshold, in
+    file order."""
+
+
 @dataclass
 class ScoreReport:
     """What ``advmon score`` did."""
@@ -148,6 +196,10 @@ class ScoreReport:
     bad_lines: list[BadLine] = field(default_factory=list)
     provider: str = ""
     seconds: float = 0.0
+    query_attacks: QueryAttackSummary | None = None
+    """Per-source query-attack detection; ``None`` when it was turned off or unavailable."""
+    query_attacks_unavailable: str | None = None
+    """Why query-attack detection did not run although it was asked for."""
 
     @property
     def events_per_second(self) -> float:
@@ -279,6 +331,142 @@ def calibrate_file(
     )
 
 
+@dataclass(slots=True)
+class _Source:
+    """One (model, source) pair's state while a file is replayed."""
+
+    history: QueryHistory | None
+    """Its held queries; ``None`` once all of them are older than the maximum age."""
+    last_time: float
+    queries: int = 0
+    flagged: bool = False
+
+
+class _QueryWatch:
+    """Per-source query histories over an events file, fed batch by batch in file order.
+
+    An event's time is its ``ts``; an event without one is placed one second after the
+    event before it (the first at 0), so a file without timestamps is replayed one event
+    a second. The histories of sources silent for longer than the maximum age are
+    dropped (their queries have all expired), so memory follows the sources active
+    within that age, not every source the file ever names.
+    """
+
+    def __init__(
+        self,
+        settings: QuerySettings,
+        elements: int,
+        min_linked: int | None,
+        max_age_seconds: float,
+    ) -> None:
+        self.settings = settings
+        self.match_bits = settings.fingerprint.match_bits(elements)
+        self.min_linked = settings.min_linked if min_linked is None else min_linked
+        self.max_age_seconds = max_age_seconds
+        self.summary = QueryAttackSummary(self.min_linked, min_linked is not None)
+        self._sources: dict[tuple[str, str], _Source] = {}
+        self._time = -1.0
+        self._newest = -math.inf
+        self._swept = -math.inf
+
+    def observe(
+        self, events: Sequence[InferenceEvent], inputs: np.ndarray
+    ) -> list[dict[str, object]]:
+        """The query fields of each event's score line (empty for one without a source)."""
+        fields: list[dict[str, object]] = [{} for _ in events]
+        times = []
+        for event in events:
+            self._time = event.ts.timestamp() if event.ts is not None else self._time + 1.0
+            times.append(self._time)
+        rows = [i for i, event in enumerate(events) if event.source]
+        if not rows:
+            return fields
+        spec = self.settings.fingerprint
+        prints = fingerprints(spec, inputs if len(rows) == len(events) else inputs[rows])
+        summary = self.summary
+        for j, i in enumerate(rows):
+            event, when = events[i], times[i]
+            assert event.source  # rows hold the events that name one
+            key = (event.model_id, event.source)
+            state = self._sources.get(key)
+            if state is None:
+                state = self._sources[key] = _Source(None, when)
+                summary.sources += 1
+            if state.history is None:
+                state.history = QueryHistory(
+                    self.settings.history_size, self.max_age_seconds, self.match_bits
+                )
+            state.queries += 1
+            state.last_time = max(state.last_time, when)
+            seen = state.history.observe(
+                prints.bitmaps[j],
+                int(prints.windows[j]),
+                int(prints.digests[j]),
+                when,
+                event.event_id,
+                request_digest(event.request_id),
+            )
+            attack = seen.outcome == "new" and seen.linked >= self.min_linked
+            if attack:
+                summary.attack_queries += 1
+                if not state.flagged:
+                    state.flagged = True
+                    summary.flags.append(
+                        QueryFlag(key[0], key[1], event.event_id, state.queries, seen.linked)
+                    )
+            fields[i] = {
+                "query_outcome": seen.outcome,
+                "query_matches": seen.matches,
+                "query_linked": seen.linked,
+                "query_attack": attack,
+                "query_matched_event_ids": seen.matched_event_ids,
+            }
+            self._newest = max(self._newest, when)
+        summary.queries += len(rows)
+        self._sweep()
+        return fields
+
+    def _sweep(self) -> None:
+        """Drop the histories whose every query is older than the maximum age (looked at
+        each time the newest event time moves on by a quarter of that age)."""
+        if self._newest - self._swept < self.max_age_seconds / 4:
+            return
+        self._swept = self._newest
+        oldest = self._newest - self.max_age_seconds
+        for state in self._sources.values():
+            if state.history is not None and state.last_time < oldest:
+                state.history = None
+
+
+def _query_watch(
+    config: DetectorConfig,
+    report: ScoreReport,
+    query_attacks: bool,
+    min_linked: int | None,
+    max_age_seconds: float,
+) -> _QueryWatch | None:
+    if not query_attacks:
+        return None
+    settings = config.query_settings
+    if settings is None:
+        report.query_attacks_unavailable = (
+            "query-attack detection needs a re-calibration: this detector file of a "
+            f"{config.input_kind} model has no query-attack settings (re-run advmon calibrate)"
+        )
+        return None
+    if None in config.input_shape:
+        # As in the worker: one history compares inputs of one size.
+        report.query_attacks_unavailable = (
+            "query-attack detection is off: the model takes inputs of varying shape, "
+            "which cannot be fingerprinted"
+        )
+        return None
+    elements = math.prod(d for d in config.input_shape if d is not None)
+    watch = _QueryWatch(settings, elements, min_linked, max_age_seconds)
+    report.query_attacks = watch.summary
+    return watch
+
+
 def score_file(
     detector_path: Path,
     events_path: Path,
@@ -286,10 +474,31 @@ def score_file(
     *,
     batch_size: int = 256,
     device: Device = "auto",
+    query_attacks: bool = False,
+    min_linked: int | None = None,
+    max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
     on_bad_line: Callable[[BadLine], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ScoreReport:
-    """Score every valid event of ``events_path``; one ``ScoreRecord`` line per event."""
+    """Score every valid event of ``events_path``; one ``ScoreRecord`` line per event.
+
+    With ``query_attacks`` (``advmon score`` turns it on unless told not to), every event
+    that names a ``source`` also goes through its (model, source) pair's query history
+    (:class:`detectors.queries.QueryHistory` of the detector file's ``history_size``
+    queries, at most ``max_age_seconds`` old), in file order, and its line gets the
+    ``query_*`` fields: the query's outcome, the held queries it matches and is linked
+    to, and whether it is linked to at least ``min_linked`` of them (the detector file's
+    threshold unless given). A flagged source's later events are scored and written like
+    any other; :attr:`ScoreReport.query_attacks` lists each flagged pair once, at its
+    first query over the threshold. A detector file without query-attack settings (a
+    tabular model calibrated before they existed), or a model whose inputs vary in
+    shape, scores without them, and :attr:`ScoreReport.query_attacks_unavailable` says
+    why.
+    """
+    if min_linked is not None and min_linked < 1:
+        raise ValueError(f"min_linked must be at least 1, got {min_linked}")
+    if not max_age_seconds > 0:
+        raise ValueError(f"max_age_seconds must be positive, got {max_age_seconds}")
     detector = Detector.from_file(detector_path, device=device)
     report = ScoreReport(provider=detector.provider)
 
@@ -300,6 +509,7 @@ def score_file(
 
     started = time.perf_counter()
     config = detector.config
+    watch = _query_watch(config, report, query_attacks, min_linked, max_age_seconds)
     with open(out_path, "wb") as out:
         # The same checks as the worker: images must lie in the calibrated value range.
         for batch in read_event_batches(
@@ -308,10 +518,16 @@ def score_file(
             result = detector.score(batch.inputs)
             scores = result.scores.score.tolist()
             flagged = result.flagged.tolist()
+            queries = (
+                watch.observe(batch.events, batch.inputs)
+                if watch is not None
+                else [{}] * len(batch.events)
+            )
             out.write(
                 b"".join(
-                    orjson.dumps({"event_id": event.event_id, "score": s, "flagged": f}) + b"\n"
-                    for event, s, f in zip(batch.events, scores, flagged, strict=True)
+                    orjson.dumps({"event_id": event.event_id, "score": s, "flagged": f, **q})
+                    + b"\n"
+                    for event, s, f, q in zip(batch.events, scores, flagged, queries, strict=True)
                 )
             )
             report.scored += len(batch.events)

@@ -2,7 +2,8 @@
 
 Both read JSON-lines event files through :mod:`monitor.offline`; a bad line is reported
 with its line number and skipped, never fatal. Without ``--squeezers``, calibrate chooses
-the squeezers by search (:mod:`monitor.evaluate._search`) and prints the evidence.
+the squeezers by search (:mod:`monitor.evaluate._search`) and prints the evidence. Score
+also watches each source for query attacks and lists the sources it flagged.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from rich.table import Table
 
 from detectors import SEARCH_BUDGETS, DetectorConfig, SearchBudget, SqueezerSearch
 from monitor.cli._console import console, file_option, user_errors
-from monitor.offline import BadLine, calibrate_file, score_file
+from monitor.offline import BadLine, QueryAttackSummary, ScoreReport, calibrate_file, score_file
 from monitor.settings import Settings
 
 __all__ = ["calibrate", "device_option", "score"]
 
 _MAX_BAD_LINES_SHOWN = 20
+#: Flagged sources the score summary lists (all of them are marked in the scores file).
+_FLAGGED_SOURCES_SHOWN = 20
 #: Candidates the search table shows (besides the preset and the paper's configuration).
 _CANDIDATES_SHOWN = 10
 
@@ -265,12 +268,24 @@ def calibrate(
         "false-positive rate",
         f"target {config.target_fpr:g}, on calibration data {config.calibration.achieved_fpr:.4f}",
     )
+    table.add_row("query attacks", _query_threshold(config))
     table.add_row("device", config.calibration.provider)
     console.print(table)
     if found is not None:
         _print_search(found, config)
     console.print(f"calibrated in {report.seconds:.1f} s")
     console.print(f"detector written to [bold]{escape(str(out_path))}[/]")
+
+
+def _query_threshold(config: DetectorConfig) -> str:
+    """The query-attack threshold calibrate stored, and what it measured on benign events."""
+    queries = config.query_attacks
+    if queries is None:
+        return "not calibrated: inputs of varying shape cannot be fingerprinted"
+    return (
+        f"min_linked {queries.min_linked} (benign: {queries.benign_events} events, "
+        f"max linked {queries.benign_max_linked})"
+    )
 
 
 def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
@@ -355,8 +370,23 @@ def _print_search(found: SqueezerSearch, config: DetectorConfig) -> None:
 @file_option(
     "--out",
     "out_path",
-    'Where to write one line per event: {"event_id", "score", "flagged"}.',
+    'Where to write one line per event: {"event_id", "score", "flagged"}, and the query_* '
+    "fields for events that name a source.",
     required=True,
+)
+@click.option(
+    "--min-linked",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Flag a source when one of its queries is linked to N of its earlier queries. "
+    "[default: the threshold in the detector file]",
+)
+@click.option(
+    "--no-query-attacks",
+    is_flag=True,
+    default=False,
+    help="Do not watch sources for query attacks: score each event alone.",
 )
 @_batch_option
 @device_option
@@ -366,14 +396,22 @@ def score(
     detector_path: Path,
     events_path: Path,
     out_path: Path,
+    min_linked: int | None,
+    no_query_attacks: bool,
     batch_size: int | None,
     device: Any,
 ) -> None:
-    """Score events with a calibrated detector.
+    """Score events with a calibrated detector, and watch each source for query attacks.
 
-    An event is flagged when its squeeze score is above the detector's threshold. Bad
-    lines are reported with their line number and skipped.
+    An event is flagged when its squeeze score is above the detector's threshold. Events
+    that name a source are also replayed, in file order, through that source's query
+    history (as the worker keeps it): a source is flagged for a query attack when one of
+    its queries is linked to at least min_linked of its earlier ones (retries, repeats
+    and low-information queries never count). Bad lines are reported with their line
+    number and skipped.
     """
+    if no_query_attacks and min_linked is not None:
+        raise click.UsageError("--min-linked applies only without --no-query-attacks")
     bad = _BadLineReporter(events_path)
     with user_errors(), _file_progress("scoring", events_path.stat().st_size) as progress:
         report = score_file(
@@ -382,6 +420,8 @@ def score(
             out_path,
             batch_size=batch_size or settings.scoring.batch_size,
             device=device or settings.scoring.device,
+            query_attacks=not no_query_attacks,
+            min_linked=min_linked,
             on_bad_line=bad,
             on_progress=progress.advance,
         )
@@ -391,4 +431,47 @@ def score(
         f"scored {report.scored} events on {report.provider} "
         f"({report.events_per_second:,.0f} events/s): {report.flagged} flagged ({rate:.1%})"
     )
+    _print_query_attacks(report)
     console.print(f"scores written to [bold]{escape(str(out_path))}[/]")
+
+
+def _print_query_attacks(report: ScoreReport) -> None:
+    """How many sources were watched, and each flagged one: where and when it crossed."""
+    if report.query_attacks_unavailable is not None:
+        console.print(f"[yellow]{escape(report.query_attacks_unavailable)}[/]")
+    summary = report.query_attacks
+    if summary is None:
+        return
+    origin = "--min-linked" if summary.min_linked_overridden else "detector file"
+    console.print(
+        f"query attacks: {summary.sources} source(s) watched ({summary.queries} queries), "
+        f"min_linked {summary.min_linked} ({origin}): {len(summary.flags)} flagged"
+    )
+    if summary.flags:
+        console.print(_flagged_table(summary))
+    hidden = len(summary.flags) - _FLAGGED_SOURCES_SHOWN
+    if hidden > 0:
+        console.print(
+            f"… and {hidden} more flagged source(s); their queries have query_attack true "
+            "in the scores file"
+        )
+
+
+def _flagged_table(summary: QueryAttackSummary) -> Table:
+    """The flagged sources, the first :data:`_FLAGGED_SOURCES_SHOWN` of them."""
+    several_models = len({flag.model_id for flag in summary.flags}) > 1
+    table = Table(box=None, pad_edge=False)
+    table.add_column("source")
+    if several_models:
+        table.add_column("model")
+    table.add_column("first flagged event")
+    table.add_column("queries until flagged", justify="right")
+    table.add_column("linked", justify="right")
+    for flag in summary.flags[:_FLAGGED_SOURCES_SHOWN]:
+        # Sources, models and event ids are the events' text: never Rich markup.
+        row = [escape(flag.source)]
+        if several_models:
+            row.append(escape(flag.model_id))
+        row += [escape(flag.event_id), str(flag.queries), str(flag.linked)]
+        table.add_row(*row)
+    return table

@@ -28,6 +28,7 @@ from detectors import Detector, inspect_model, load_model, parse_squeezer_spec, 
 from monitor.cli import main
 from monitor.demo.model import mlp_to_onnx
 from monitor.demo.run import demo_event
+from schemas import ScoreRecord
 from tests.monitor.cli_support import (
     N_BENIGN,
     DemoModel,
@@ -37,6 +38,7 @@ from tests.monitor.cli_support import (
     normalized,
     write_events,
 )
+from tests.monitor.test_offline_queries import QUERY_FIELDS
 
 _SKIPPED = re.compile(r"^skipped (?P<path>\S+):(?P<line>\d+): (?P<reason>.+)$")
 
@@ -146,6 +148,17 @@ def test_calibrate_uses_the_preset_when_asked(
     assert f"{preset} (preset for image input)" in stderr
     assert "squeezer search" not in stderr
     assert f"detector written to {calibrated.path}" in stderr
+
+
+def test_calibrate_prints_the_query_attack_threshold(calibrated: Calibrated) -> None:
+    queries = calibrated.content["query_attacks"]
+    benign = queries["benign"]
+    assert benign["events"] == N_BENIGN
+    assert queries["min_linked"] >= benign["max_linked"] + 1
+    assert (
+        f"query attacks min_linked {queries['min_linked']} (benign: {N_BENIGN} events, "
+        f"max linked {benign['max_linked']})" in normalized(calibrated.result.stderr)
+    )
 
 
 def test_calibrate_without_squeezers_searches_and_records_the_evidence(
@@ -293,9 +306,11 @@ def test_score_writes_one_line_per_event(
     result = _score(runner, calibrated.path, traffic.path, out, "--batch-size", "7")
     assert result.exit_code == 0, result.output
     records = _score_lines(out)
-    assert [list(record) for record in records] == [["event_id", "score", "flagged"]] * len(
-        traffic.event_ids
-    )
+    # Every traffic event names a source, so each line has the query fields too.
+    assert [list(record) for record in records] == [
+        ["event_id", "score", "flagged", *QUERY_FIELDS]
+    ] * len(traffic.event_ids)
+    assert all(ScoreRecord.model_validate(record) for record in records)
     assert [record["event_id"] for record in records] == traffic.event_ids
     threshold = calibrated.content["threshold"]
     for record in records:
@@ -489,6 +504,11 @@ def test_score_handles_inputs_of_several_sizes(runner: CliRunner, tmp_path: Path
     assert result.exit_code == 0, result.output
     records = _score_lines(out)
     assert [record["event_id"] for record in records] == [f"e-{i}" for i in range(9)]
+    # One history compares inputs of one size: query-attack detection is off, and says so.
+    assert "query-attack detection is off: the model takes inputs of varying shape" in (
+        normalized(result.stderr)
+    )
+    assert all(list(record) == ["event_id", "score", "flagged"] for record in records)
     library = Detector.from_file(detector, device="cpu")
     expected = [float(library.score(image[np.newaxis]).scores.score[0]) for image in images]
     np.testing.assert_allclose([r["score"] for r in records], expected, rtol=1e-5, atol=1e-6)
@@ -516,6 +536,10 @@ def test_calibrate_on_inputs_of_several_sizes_fails_cleanly_or_succeeds(
         )
         if result.exit_code != 0:
             assert_clean_failure(result)
+        else:
+            assert "query attacks not calibrated: inputs of varying shape" in normalized(
+                result.stderr
+            )
 
 
 # --- errors a user can hit ----------------------------------------------------------------
@@ -707,7 +731,15 @@ _OPTIONS = {
         "--batch-size",
         "--device",
     ],
-    "score": ["--detector", "--events", "--out", "--batch-size", "--device"],
+    "score": [
+        "--detector",
+        "--events",
+        "--out",
+        "--min-linked",
+        "--no-query-attacks",
+        "--batch-size",
+        "--device",
+    ],
 }
 
 
