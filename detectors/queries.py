@@ -100,9 +100,11 @@ DEFAULT_HISTORY_SIZE = 256
 DEFAULT_MAX_AGE_SECONDS = 86_400.0
 MAX_TOP_K = 256
 MAX_WINDOW = 256
-MAX_EVENT_ID_CHARS = 256
-"""Longest event id a history keeps (longer ones are cut): what a source's history can
-weigh is bounded whatever its events carry."""
+MAX_EVENT_ID_CHARS = 500
+"""Longest event id a history keeps (the event contract's limit; longer ones are cut):
+what a source's history can weigh is bounded whatever its events carry."""
+_ENTRY_BYTES = 5 * 8 + BITMAP_WORDS * 8 + 5
+"""Stored bytes of one held query besides its event id (arrays, msgpack framing)."""
 
 _MASK64 = (1 << 64) - 1
 _rng = np.random.Generator(np.random.PCG64(0x61647660))
@@ -568,10 +570,18 @@ class QueryHistory:
             for row, when, event_id, request in zip(rows, times, event_ids, requests, strict=True)
         ]
 
-    def dumps(self) -> bytes:
-        """The history as bytes (held queries only, oldest first)."""
+    def dumps(self, max_bytes: int | None = None) -> bytes:
+        """The history as bytes (held queries only, oldest first).
+
+        With ``max_bytes``, only the newest queries that fit in it are written (the bytes
+        must fit a Kafka record: long event ids in a large history could outgrow one).
+        """
         order = np.flatnonzero(self._seqs >= 0)
         order = order[np.argsort(self._seqs[order], kind="stable")]
+        if max_bytes is not None:
+            sizes = [_ENTRY_BYTES + len(self._event_ids[i].encode()) for i in order[::-1]]
+            fits = int(np.searchsorted(np.cumsum(sizes), max_bytes - 256, side="right"))
+            order = order[len(order) - fits :]
         stored = _Stored(
             format=_STATE_FORMAT,
             next_seq=self.next_seq,

@@ -547,7 +547,13 @@ def create_app(
     )
     quarantine = QuarantineStage(config, counts, in_force, metrics, publish)
     queries = QueryStage(
-        config, watched, query_states, metrics, publish, owner_check(topics.query_prints)
+        config,
+        watched,
+        query_states,
+        metrics,
+        publish,
+        owner_check(topics.query_prints),
+        max_record_bytes=kafka.max_request_bytes,
     )
     intake = InferenceIntake(
         settings,

@@ -63,10 +63,11 @@ class QueryState:
     decided_until: float = 0.0
     """Epoch seconds until which the source's last decision is in force."""
 
-    def dumps(self) -> bytes:
-        """The table record."""
+    def dumps(self, max_bytes: int | None = None) -> bytes:
+        """The table record (at most ``max_bytes``: the newest queries that fit)."""
         header = _HEADER.pack(self.decided_until, self.history.newest)
-        return _STATE_MAGIC + header + self.history.dumps()
+        room = None if max_bytes is None else max_bytes - len(_STATE_MAGIC) - _HEADER.size
+        return _STATE_MAGIC + header + self.history.dumps(room)
 
 
 def _header(raw: bytes) -> tuple[float, float] | None:
@@ -102,6 +103,8 @@ class QueryStage:
         Where the stage reports, and how it sends records (returns once acknowledged).
     owns
         Whether this worker holds a key's partition of the fingerprints topic.
+    max_record_bytes
+        The producer's largest record (``ADVMON_KAFKA__MAX_REQUEST_BYTES``).
     """
 
     def __init__(
@@ -112,8 +115,13 @@ class QueryStage:
         metrics: Metrics,
         publish: Publish,
         owns: Callable[[str], bool] = lambda _key: True,
+        *,
+        max_record_bytes: int = 1_048_576,
     ) -> None:
         self.config = config
+        self.max_record_bytes = max_record_bytes
+        """The largest table record (the producer's limit): a history that would outgrow
+        half of it keeps its newest queries only."""
         self.plans = dict(plans)
         self.table = table
         self.metrics = metrics
@@ -159,7 +167,7 @@ class QueryStage:
         return QueryHistory(plan.history_size, plan.max_age_seconds, plan.match_bits)
 
     def _store(self, key: str, state: QueryState) -> None:
-        raw = state.dumps()
+        raw = state.dumps(self.max_record_bytes // 2)
         self.table[key] = raw
         self._cache[key] = (raw, state)
         self._cache.move_to_end(key)

@@ -290,3 +290,19 @@ async def test_records_applied_again_after_a_failed_publish_still_raise_the_alar
     failing = False
     await stage.process(prints[1:])
     assert [r.topic for r in published].count(config.topics.detections) == 1
+
+
+def test_a_stored_history_fits_its_record_keeping_the_newest_queries() -> None:
+    from detectors import QueryHistory
+    from monitor.worker.stages.queries import QueryState
+
+    history = QueryHistory(4096, 86_400, 28)
+    rng = np.random.default_rng(0)
+    for k in range(4096):
+        bitmap = rng.integers(0, 2**63, size=16, dtype=np.uint64)
+        history.observe(bitmap, 50, k + 1, float(k), "é" * 500 + str(k))
+    raw = QueryState(history).dumps(max_bytes=512 * 1024)
+    assert len(raw) <= 512 * 1024
+    kept = QueryHistory.loads(raw[len(b"advmon-query-state 1\n") + 16 :], 4096, 86_400, 28)
+    assert 0 < len(kept) < 4096
+    assert kept.newest == 4095.0
