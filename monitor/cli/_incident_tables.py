@@ -1,12 +1,14 @@
-"""Rich tables of incidents for ``advmon incidents``: the list, and one incident's history.
+r"""Rich tables of incidents for ``advmon incidents``: the list, and one incident's history.
 
-What an incident shows comes from :mod:`monitor.incidents.postmortem`, as for the markdown
+What an incident shows comes from :mod:`monitor.incidents.views`, as for the markdown
 export; this module only lays it out. Ids, sources and notes come from the traffic or from
-people, so no cell is ever read as rich markup.
+people, so no cell is ever read as rich markup, and control characters in them (line
+breaks, terminal escape sequences, direction overrides) are shown escaped (``\x1b``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from rich.table import Table
@@ -15,12 +17,17 @@ from rich.text import Text
 from monitor.incidents.storage.models import Incident, IncidentStatus
 from monitor.incidents.views import (
     DriftChange,
+    QueryAttack,
+    decision_reason,
     decisions_taken,
     detection_timeline,
     drift_changes,
+    duration_text,
+    query_attacks,
     sample_events,
     score_summary,
     source_counts,
+    source_decision,
     sources_summary,
     timeline_width,
     utc_time,
@@ -35,11 +42,23 @@ _STATUS_STYLE = {
 }
 #: The detections-over-time bar of the busiest bucket.
 _BAR_WIDTH = 20
+#: Characters a terminal would act on rather than show: C0 and C1 controls, DEL, and the
+#: marks and overrides that reorder text on screen.
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(text: str) -> str:
+    r"""``text`` with the characters a terminal would act on written as escapes.
+
+    >>> print(_visible("key\x1b[2J\nnext"))
+    key\x1b[2J\nnext
+    """
+    return _UNSHOWN.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 def _add_row(table: Table, *cells: str | Text) -> None:
     """Add a row whose text is shown as is, never read as markup."""
-    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
+    table.add_row(*(Text(_visible(cell)) if isinstance(cell, str) else cell for cell in cells))
 
 
 def _status_text(status: IncidentStatus) -> Text:
@@ -78,9 +97,19 @@ def incident_list(incidents: Sequence[Incident]) -> Table:
 
 
 def incident_history(incident: Incident) -> list[Table]:
-    """An incident read in detail: a summary, its status changes, detections over time,
-    the decisions taken, what drifted, and sample events."""
-    tables = [_summary(incident), _status_changes(incident), _detections_over_time(incident)]
+    """An incident read in detail: a summary, what linked a query attack's queries, its
+    status changes, detections over time, the decisions taken, what drifted, and sample
+    events."""
+    tables = [_summary(incident)]
+    attacks = query_attacks(incident)
+    for attack in attacks:
+        tables.append(_query_attack(attack))
+    if attacks and incident.detection_count > len(attacks):
+        tables[-1].caption = (
+            f"the newest {len(attacks)} of {incident.detection_count} query-attack detections; "
+            "the API lists them all"
+        )
+    tables += [_status_changes(incident), _detections_over_time(incident)]
     if incident.decisions:
         tables.append(_decisions(incident))
     drifts = drift_changes(incident)
@@ -115,6 +144,49 @@ def _summary(incident: Incident) -> Table:
     if incident.detector_sha256:
         _add_row(summary, "detector", f"sha256 {incident.detector_sha256}")
     return summary
+
+
+def _query_attack(attack: QueryAttack) -> Table:
+    """What linked the queries of one query-attack detection, and the decision taken."""
+    table = Table(
+        show_header=False,
+        box=None,
+        title=f"query attack detected {utc_time(attack.detected_at)} UTC",
+        title_justify="left",
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    _add_row(table, "source", attack.source or "—")
+    _add_row(table, "triggering query", attack.event_id)
+    _add_row(
+        table,
+        "linked queries",
+        f"{attack.linked_queries:g} of the source's held queries, by chains of fingerprint "
+        f"matches (threshold {attack.min_linked:g})",
+    )
+    if attack.matched_directly is not None:
+        held = (
+            f" of the {attack.held_queries:g} queries held for the source"
+            if attack.held_queries is not None
+            else ""
+        )
+        _add_row(table, "matched directly", f"{attack.matched_directly:g}{held}")
+    if attack.span is not None and attack.first_linked_at is not None:
+        until = (
+            f" → triggering query {utc_time(attack.query_at)}"
+            if attack.query_at is not None
+            else ""
+        )
+        _add_row(
+            table,
+            "over",
+            f"{duration_text(attack.span)}: oldest linked query "
+            f"{utc_time(attack.first_linked_at)}{until} (UTC)",
+        )
+    _add_row(table, "matched events", ", ".join(attack.related_event_ids) or "—")
+    lapses = f"{utc_time(attack.expires_at)} UTC" if attack.expires_at is not None else None
+    _add_row(table, "decision", source_decision(attack.action, lapses))
+    return table
 
 
 def _status_changes(incident: Incident) -> Table:
@@ -158,7 +230,7 @@ def _detections_over_time(incident: Incident) -> Table:
 
 def _decisions(incident: Incident) -> Table:
     decisions = Table(title="decisions taken", title_justify="left")
-    for header in ("decided at (UTC)", "action", "scope", "source", "expires at (UTC)"):
+    for header in ("decided at (UTC)", "action", "scope", "source", "expires at (UTC)", "after"):
         decisions.add_column(header)
     for decision in decisions_taken(incident):
         _add_row(
@@ -168,6 +240,7 @@ def _decisions(incident: Incident) -> Table:
             decision.scope or "—",
             decision.source or "—",
             utc_time(decision.expires_at),
+            decision_reason(decision) or "—",
         )
     return decisions
 

@@ -76,7 +76,10 @@ def _filter_options(command: F) -> F:
         click.option(
             "--source",
             metavar="SOURCE",
-            help="Only incidents of this source (quarantine incidents are per source).",
+            help=(
+                "Only incidents of this source (quarantine and query-attack incidents are "
+                "per source)."
+            ),
         ),
         _time_option(
             "--since",
@@ -178,14 +181,18 @@ def _get(store: IncidentStore, incident_id: int) -> Incident:
     "--json",
     "as_json",
     is_flag=True,
-    help="Print the incident as JSON, with status changes, sources and detections per minute.",
+    help=(
+        "Print the incident as JSON, with status changes, sources, detections per minute "
+        "and what linked a query attack's queries."
+    ),
 )
 @click.pass_obj
 def show_incident(settings: Settings, incident_id: int, as_json: bool) -> None:
     """Show one incident and its history.
 
-    What, when and how much; its status changes; detections over time; the decisions
-    taken; sample events.
+    What, when and how much; for a query attack, which source, how many of its queries
+    were linked and over what time, the events matched and the decision; its status
+    changes; detections over time; the decisions taken; sample events.
     """
     with store_for(settings) as store:
         incident = _get(store, incident_id)

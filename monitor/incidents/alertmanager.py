@@ -16,6 +16,7 @@ import aiohttp
 
 from monitor.errors import AlertDeliveryError
 from monitor.incidents.storage.models import Incident, IncidentKind, IncidentStatus
+from monitor.incidents.views import decisions_taken, source_decision
 
 __all__ = ["ALERT_NAMES", "AlertmanagerClient", "incident_alert"]
 
@@ -26,6 +27,7 @@ ALERT_NAMES: dict[IncidentKind, tuple[str, str]] = {
     IncidentKind.ADVERSARIAL: ("AdvmonAdversarialInputs", "critical"),
     IncidentKind.QUARANTINE: ("AdvmonSourceQuarantined", "warning"),
     IncidentKind.DRIFT: ("AdvmonDrift", "warning"),
+    IncidentKind.QUERY_ATTACK: ("AdvmonQueryAttack", "critical"),
 }
 
 
@@ -49,17 +51,20 @@ def incident_alert(
     }
     if incident.source:
         labels["source"] = incident.source
-    who = f" from source {incident.source}" if incident.source else ""
-    summary = (
-        f"{incident.kind.value} incident #{incident.id} on model {incident.model_id}{who}: "
-        f"{incident.detection_count} detections"
-    )
-    description = (
-        f"{incident.detection_count} detections between {incident.first_seen.isoformat()} and "
-        f"{incident.last_seen.isoformat()}; peak score {incident.peak_score:.4g}, mean "
-        f"{incident.mean_score:.4g}, threshold {incident.threshold:.4g}. "
-        f"Status: {incident.status.value}."
-    )
+    if incident.kind is IncidentKind.QUERY_ATTACK:
+        summary, description = _query_attack_text(incident)
+    else:
+        who = f" from source {incident.source}" if incident.source else ""
+        summary = (
+            f"{incident.kind.value} incident #{incident.id} on model {incident.model_id}{who}: "
+            f"{incident.detection_count} detections"
+        )
+        description = (
+            f"{incident.detection_count} detections between {incident.first_seen.isoformat()} "
+            f"and {incident.last_seen.isoformat()}; peak score {incident.peak_score:.4g}, mean "
+            f"{incident.mean_score:.4g}, threshold {incident.threshold:.4g}. "
+            f"Status: {incident.status.value}."
+        )
     if incident.status is IncidentStatus.RESOLVED and incident.resolved_at is not None:
         ends = incident.resolved_at
     else:
@@ -75,6 +80,34 @@ def incident_alert(
         "endsAt": ends.astimezone(UTC).isoformat(),
         "generatorURL": incident_url,
     }
+
+
+def _query_attack_text(incident: Incident) -> tuple[str, str]:
+    """Summary and description of a query-attack incident: who, how many linked queries
+    against the threshold, when, and the decision on the source."""
+    who = f"source {incident.source}" if incident.source else "a source without a name"
+    summary = (
+        f"query_attack incident #{incident.id} on model {incident.model_id} from {who}: "
+        f"{incident.peak_score:g} linked queries (threshold {incident.threshold:g})"
+    )
+    description = (
+        f"The queries of {who} to model {incident.model_id} are linked by chains of "
+        f"fingerprint matches, as a black-box attack's are: up to {incident.peak_score:g} "
+        f"of its held queries linked to one query (threshold {incident.threshold:g}), in "
+        f"{incident.detection_count} detections between {incident.first_seen.isoformat()} "
+        f"and {incident.last_seen.isoformat()}."
+    )
+    decisions = [
+        decision
+        for decision in decisions_taken(incident)
+        if decision.reason == IncidentKind.QUERY_ATTACK.value and decision.source == incident.source
+    ]
+    if decisions:
+        latest = decisions[-1]
+        until = latest.expires_at.isoformat() if latest.expires_at else None
+        description += f" Decision: {source_decision(latest.action or 'flag', until)}."
+    description += f" Status: {incident.status.value}."
+    return summary, description
 
 
 class AlertmanagerClient:

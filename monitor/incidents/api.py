@@ -5,9 +5,11 @@
     parameters: ``model``, ``kind``, ``status``, ``source``, ``since``, ``until`` (ISO 8601
     or a span before now: ``30m``, ``2h``, ``7d``), ``limit`` (1–500, default 50), ``offset``.
 ``GET /api/incidents/{id}``
-    One incident with its status changes, decisions, sources and detections per minute.
+    One incident with its status changes, decisions, sources, detections per minute and,
+    for a query attack, what linked the source's queries (``query_attacks``).
 ``GET /api/incidents/{id}/detections``
-    Its detections, oldest first: ``{items, total, limit, offset}``.
+    Its detections, oldest first: ``{items, total, limit, offset}``; a query attack's
+    with the events it matched (``related_event_ids``) and when its decision lapses.
 ``GET /healthz``
     200 ``{"status": "ok"}`` when the database answers, else 503; never needs a token.
 

@@ -7,8 +7,8 @@
     formula (``=``, ``+``, ``-``, ``@`` first) is prefixed with ``'``: sources and event
     ids come from the traffic being monitored, i.e. possibly from an attacker.
 ``markdown``
-    A postmortem-ready summary per incident: what, when, impact, decisions, timeline,
-    detections over time, sample events.
+    A postmortem-ready summary per incident: what, when, impact, what linked the queries
+    of a query attack, decisions, timeline, detections over time, sample events.
 
 Each reads an incident through :mod:`monitor.incidents.views`, as ``advmon incidents
 show`` and the HTTP API do.
@@ -21,20 +21,25 @@ import io
 import json
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from monitor.incidents.storage.incidents import IncidentFilter
 from monitor.incidents.storage.models import Incident, IncidentKind, IncidentStatus
 from monitor.incidents.views import (
     DecisionTaken,
+    QueryAttack,
+    decision_reason,
     decisions_taken,
     detection_timeline,
+    duration_text,
     filter_dict,
     incident_dict,
+    query_attacks,
     sample_events,
     score_summary,
     source_counts,
+    source_decision,
     sources_summary,
     timeline_width,
     utc_time,
@@ -126,6 +131,9 @@ _WHAT = {
     IncidentKind.ADVERSARIAL: "Adversarial inputs flagged by feature squeezing",
     IncidentKind.DRIFT: "Drift in the model's traffic",
     IncidentKind.QUARANTINE: "A source quarantined for repeated flagged events",
+    IncidentKind.QUERY_ATTACK: (
+        "A black-box query attack: one source's queries linked by fingerprint matches"
+    ),
 }
 
 
@@ -137,21 +145,6 @@ def _md(value: object) -> str:
 
 def _when(moment: datetime | None) -> str:
     return f"{utc_time(moment)} UTC" if moment else "—"
-
-
-def _duration(span: timedelta) -> str:
-    """``span`` as ``1d 2h 3m 4s``, leaving out zero parts.
-
-    >>> _duration(timedelta(seconds=3690))
-    '1h 1m 30s'
-    """
-    seconds = round(span.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return " ".join(parts) or "0s"
 
 
 def _score_line(incident: Incident) -> str:
@@ -169,9 +162,44 @@ def _decision_text(decision: DecisionTaken) -> str:
         text += f" ({_md(decision.scope)})"
     if decision.expires_at is not None:
         text += f" until {_when(decision.expires_at)}"
-    if decision.flagged_events is not None:
-        text += f" after {decision.flagged_events:g} flagged events"
+    reason = decision_reason(decision)
+    if reason is not None:
+        text += f" after {reason}"
     return text
+
+
+def _query_attack_paragraph(attack: QueryAttack) -> str:
+    """What linked one query attack's queries, and what was decided, in a few sentences."""
+    source = f"source {_md(attack.source)}" if attack.source else "a source without a name"
+    when = (
+        f"sent {_when(attack.query_at)}"
+        if attack.query_at is not None
+        else f"detected {_when(attack.detected_at)}"
+    )
+    text = (
+        f"Query {_md(attack.event_id)} from {source}, {when}, was linked by chains of "
+        f"fingerprint matches to {attack.linked_queries:g} of the source's held queries "
+        f"(threshold {attack.min_linked:g})"
+    )
+    if attack.span is not None and attack.first_linked_at is not None:
+        text += (
+            f", the oldest sent {duration_text(attack.span)} before it "
+            f"({_when(attack.first_linked_at)})"
+        )
+    text += "."
+    matched = ", ".join(_md(event_id) for event_id in attack.related_event_ids)
+    if attack.matched_directly is not None:
+        held = (
+            f" of the {attack.held_queries:g} queries held for the source"
+            if attack.held_queries is not None
+            else ""
+        )
+        text += f" It matched {attack.matched_directly:g}{held} directly"
+        text += f", among them {matched} (newest first)." if matched else "."
+    elif matched:
+        text += f" It matched {matched} (newest first)."
+    until = _when(attack.expires_at) if attack.expires_at is not None else None
+    return text + f" Decision: {source_decision(attack.action, until)}."
 
 
 def _timeline_rows(incident: Incident) -> list[tuple[datetime, str]]:
@@ -204,7 +232,7 @@ def _incident_markdown(incident: Incident) -> list[str]:
         f"- Status: {incident.status.value}",
         f"- First seen: {_when(incident.first_seen)}",
         f"- Last seen: {_when(incident.last_seen)} "
-        f"({_duration(incident.last_seen - incident.first_seen)} after the first)",
+        f"({duration_text(incident.last_seen - incident.first_seen)} after the first)",
     ]
     if incident.resolved_at:
         lines.append(f"- Resolved: {_when(incident.resolved_at)}")
@@ -220,6 +248,11 @@ def _incident_markdown(incident: Incident) -> list[str]:
     if sources:
         named = [(_md(source) if source else "(no source)", count) for source, count in sources]
         lines.append(f"- Sources: {sources_summary(named, most=10)}")
+    attacks = query_attacks(incident)
+    if attacks:
+        lines += ["", "### Query attack", ""]
+        for number, attack in enumerate(attacks):
+            lines += [*([""] if number else []), _query_attack_paragraph(attack)]
     lines += ["", "### Decisions taken", ""]
     decisions = decisions_taken(incident)
     if decisions:
@@ -231,7 +264,7 @@ def _incident_markdown(incident: Incident) -> list[str]:
     width = timeline_width(incident)
     lines += [
         "",
-        f"### Detections over time (per {_duration(width)})",
+        f"### Detections over time (per {duration_text(width)})",
         "",
         "| from | detections | peak score |",
         "|---|---:|---:|",

@@ -3,9 +3,9 @@
 ``advmon incidents``, the HTTP API and the exports (:mod:`monitor.incidents.exports`) all
 describe an incident with :func:`incident_dict`, so the three never disagree.
 ``advmon incidents show`` and the markdown export read what they show of an incident
-(scores, sources, decisions, drift, sample events, detections over time) from the
-functions under "what an incident shows"; each only lays it out. :func:`parse_time` reads
-the times the CLI and the API accept in their filters.
+(scores, sources, decisions, drift, query attacks, sample events, detections over time)
+from the functions under "what an incident shows"; each only lays it out.
+:func:`parse_time` reads the times the CLI and the API accept in their filters.
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from monitor.incidents.storage.incidents import IncidentFilter
+from monitor.incidents.storage.incidents import (
+    EXPIRES_AT_KEY,
+    RELATED_EVENT_IDS_KEY,
+    IncidentFilter,
+)
 from monitor.incidents.storage.models import (
     DetectionRow,
     Incident,
+    IncidentKind,
     StatusChange,
 )
 
@@ -29,17 +34,26 @@ __all__ = [
     "DecisionTaken",
     "DetectionBucket",
     "DriftChange",
+    "QueryAttack",
     "SampleEvent",
+    "decision_reason",
     "decisions_taken",
+    "detection_details",
     "detection_dict",
+    "detection_expires_at",
     "detection_timeline",
     "drift_changes",
+    "duration_text",
     "filter_dict",
     "incident_dict",
     "parse_time",
+    "query_attack_dict",
+    "query_attacks",
+    "related_event_ids",
     "sample_events",
     "score_summary",
     "source_counts",
+    "source_decision",
     "sources_summary",
     "timeline_width",
     "utc_time",
@@ -95,9 +109,11 @@ def _iso(moment: datetime | None) -> str | None:
 def incident_dict(incident: Incident, *, detail: bool = False) -> dict[str, Any]:
     """An incident as JSON-ready data: the one shape the CLI, the API and exports share.
 
-    ``detail`` adds ``status_changes``, ``sources`` (detections per source, most first)
-    and ``timeline`` (detections per minute); it needs an incident read with
-    :meth:`IncidentStore.get`, which loads its status changes and detections.
+    ``detail`` adds ``status_changes``, ``sources`` (detections per source, most first),
+    ``timeline`` (detections per minute) and ``query_attacks`` (what linked the queries
+    of each query-attack detection, :func:`query_attack_dict`; empty for other kinds); it
+    needs an incident read with :meth:`IncidentStore.get`, which loads its status changes
+    and detections.
     """
     data: dict[str, Any] = {
         "id": incident.id,
@@ -125,6 +141,7 @@ def incident_dict(incident: Incident, *, detail: bool = False) -> dict[str, Any]
             for source, count in source_counts(incident.detections)
         ]
         data["timeline"] = [bucket.as_dict() for bucket in detection_timeline(incident.detections)]
+        data["query_attacks"] = [query_attack_dict(attack) for attack in query_attacks(incident)]
     return data
 
 
@@ -138,7 +155,9 @@ def _change_dict(change: StatusChange) -> dict[str, Any]:
 
 
 def detection_dict(detection: DetectionRow) -> dict[str, Any]:
-    """One stored detection as JSON-ready data."""
+    """One stored detection as JSON-ready data, shaped as the detection it stores:
+    ``details`` holds its numeric details; ``related_event_ids`` and ``expires_at`` are
+    beside them."""
     return {
         "event_id": detection.event_id,
         "kind": detection.kind.value,
@@ -152,8 +171,30 @@ def detection_dict(detection: DetectionRow) -> dict[str, Any]:
         "offset": detection.offset,
         "signal": detection.signal,
         "detector": detection.detector,
-        "details": detection.details,
+        "details": detection_details(detection) or None,
+        "related_event_ids": related_event_ids(detection),
+        "expires_at": _iso(detection_expires_at(detection)),
     }
+
+
+def detection_details(detection: DetectionRow) -> dict[str, float]:
+    """The numeric details of a stored detection (its ``details`` JSON holds more)."""
+    return {
+        name: float(value)
+        for name, value in (detection.details or {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def related_event_ids(detection: DetectionRow) -> list[str]:
+    """The earlier events a stored query-attack detection matched, newest first."""
+    ids = (detection.details or {}).get(RELATED_EVENT_IDS_KEY)
+    return [str(event_id) for event_id in ids] if isinstance(ids, list) else []
+
+
+def detection_expires_at(detection: DetectionRow) -> datetime | None:
+    """When the source decision of a stored detection lapses, if it carries one."""
+    return _stored_time((detection.details or {}).get(EXPIRES_AT_KEY))
 
 
 def filter_dict(filters: IncidentFilter) -> dict[str, Any]:
@@ -275,13 +316,23 @@ class DecisionTaken:
     decided_at: datetime | None
     expires_at: datetime | None
     flagged_events: float | None
+    #: Why, when not the source's flagged events: ``query_attack``.
+    reason: str | None = None
+    #: For a query attack: the source's queries linked to the one that crossed the threshold.
+    linked_queries: float | None = None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def decisions_taken(incident: Incident) -> list[DecisionTaken]:
     """The decisions recorded on the incident, in the order they were recorded."""
     decisions = []
     for decision in incident.decisions:
-        flagged = decision.get("flagged_events")
+        reason = decision.get("reason")
         decisions.append(
             DecisionTaken(
                 action=decision.get("action"),
@@ -289,10 +340,29 @@ def decisions_taken(incident: Incident) -> list[DecisionTaken]:
                 source=decision.get("source"),
                 decided_at=_stored_time(decision.get("decided_at")),
                 expires_at=_stored_time(decision.get("expires_at")),
-                flagged_events=float(flagged) if flagged is not None else None,
+                flagged_events=_number(decision.get("flagged_events")),
+                reason=str(reason) if reason is not None else None,
+                linked_queries=_number(decision.get("linked_queries")),
             )
         )
     return decisions
+
+
+def decision_reason(decision: DecisionTaken) -> str | None:
+    """What the decision followed, in words, or ``None`` if it does not say.
+
+    >>> decision_reason(DecisionTaken("quarantine", "source", "k", None, None, 10.0))
+    '10 flagged events'
+    >>> decision_reason(DecisionTaken("flag", "source", "k", None, None, None,
+    ...                               reason="query_attack", linked_queries=12.0))
+    '12 linked queries (query attack)'
+    """
+    if decision.reason == IncidentKind.QUERY_ATTACK.value:
+        linked = decision.linked_queries
+        return f"{linked:g} linked queries (query attack)" if linked is not None else "query attack"
+    if decision.flagged_events is not None:
+        return f"{decision.flagged_events:g} flagged events"
+    return None
 
 
 @dataclass(frozen=True)
@@ -325,6 +395,148 @@ def drift_changes(incident: Incident, most: int = 20) -> list[DriftChange]:
             )
         )
     return changes
+
+
+def duration_text(span: timedelta) -> str:
+    """``span`` as ``1d 2h 3m 4s``, leaving out zero parts, to the second.
+
+    >>> duration_text(timedelta(seconds=3690))
+    '1h 1m 30s'
+    >>> duration_text(timedelta(seconds=0.4))
+    '0s'
+    """
+    seconds = round(span.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return " ".join(parts) or "0s"
+
+
+@dataclass(frozen=True)
+class QueryAttack:
+    """What one query-attack detection found: the query at which a source's queries
+    crossed the threshold, the source's held queries linked to it by chains of
+    fingerprint matches, and the decision taken on the source."""
+
+    #: The query at which the source crossed the threshold.
+    event_id: str
+    source: str | None
+    detected_at: datetime
+    #: The source's held queries linked to the query (the detection's score).
+    linked_queries: float
+    #: How many linked queries make a query attack (the detection's threshold).
+    min_linked: float
+    #: The held queries the query matched directly.
+    matched_directly: float | None
+    #: The queries held for the source when it was detected.
+    held_queries: float | None
+    #: When the oldest linked query was sent.
+    first_linked_at: datetime | None
+    #: When the query was sent: the end of the span of the linked queries.
+    query_at: datetime | None
+    #: From the oldest linked query to the query.
+    span: timedelta | None
+    #: A few of the earlier queries the query matched, newest first.
+    related_event_ids: tuple[str, ...]
+    #: ``quarantine`` when the policy enforced it, else ``flag``.
+    action: str
+    #: When the decision on the source lapses.
+    expires_at: datetime | None
+
+
+def _moment(epoch_seconds: float | None) -> datetime | None:
+    if epoch_seconds is None or not math.isfinite(epoch_seconds):
+        return None
+    try:
+        return datetime.fromtimestamp(epoch_seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _span(seconds: float | None) -> timedelta | None:
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+
+
+def _query_attack(detection: DetectionRow) -> QueryAttack:
+    details = detection_details(detection)
+    first = _moment(details.get("first_linked_ts"))
+    span = _span(details.get("span_seconds"))
+    query_at = None
+    if first is not None and span is not None:
+        try:
+            query_at = first + span
+        except OverflowError:
+            query_at = None
+    return QueryAttack(
+        event_id=detection.event_id,
+        source=detection.source,
+        detected_at=detection.detected_at,
+        linked_queries=detection.score,
+        min_linked=detection.threshold,
+        matched_directly=details.get("matches"),
+        held_queries=details.get("held"),
+        first_linked_at=first,
+        query_at=query_at,
+        span=span,
+        related_event_ids=tuple(related_event_ids(detection)),
+        # As the store records the decision: quarantine unless the detection says not.
+        action="quarantine" if details.get("enforced", 1.0) > 0 else "flag",
+        expires_at=detection_expires_at(detection),
+    )
+
+
+def query_attacks(incident: Incident, most: int = 20) -> list[QueryAttack]:
+    """The newest ``most`` query-attack detections of the incident, oldest first."""
+    attacks = [d for d in incident.detections if d.kind is IncidentKind.QUERY_ATTACK]
+    return [_query_attack(detection) for detection in attacks[max(len(attacks) - most, 0) :]]
+
+
+def source_decision(action: str, until: str | None) -> str:
+    """The decision on a query attack's source, in words; ``until`` is when it lapses,
+    written as the caller writes times.
+
+    >>> source_decision("quarantine", "2026-05-01 13:00:00 UTC")
+    'source quarantined until 2026-05-01 13:00:00 UTC'
+    >>> source_decision("flag", None)
+    'source flagged, not quarantined (the policy does not enforce)'
+    """
+    if action == "quarantine":
+        return "source quarantined" + (f" until {until}" if until else "")
+    text = "source flagged, not quarantined (the policy does not enforce)"
+    return text + (f", until {until}" if until else "")
+
+
+def _count(value: float | None) -> float | int | None:
+    """A count as JSON: an integer when it is whole."""
+    if value is None:
+        return None
+    return int(value) if value.is_integer() else value
+
+
+def query_attack_dict(attack: QueryAttack) -> dict[str, Any]:
+    """One query-attack detection's explanation as JSON-ready data."""
+    return {
+        "event_id": attack.event_id,
+        "source": attack.source,
+        "detected_at": _iso(attack.detected_at),
+        "linked_queries": _count(attack.linked_queries),
+        "min_linked": _count(attack.min_linked),
+        "matched_directly": _count(attack.matched_directly),
+        "held_queries": _count(attack.held_queries),
+        "first_linked_at": _iso(attack.first_linked_at),
+        "query_at": _iso(attack.query_at),
+        "span_seconds": attack.span.total_seconds() if attack.span is not None else None,
+        "related_event_ids": list(attack.related_event_ids),
+        "action": attack.action,
+        "expires_at": _iso(attack.expires_at),
+    }
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,11 @@ def test_detection_json_fields() -> None:
         "offset",
         "signal",
         "detector",
+        "related_event_ids",
         "details",
     ]
     assert data["kind"] == "adversarial"
+    assert data["related_event_ids"] == []
     assert data["event_ts"] == "2024-05-01T11:59:59+02:00"
     assert data["detected_at"] == "2024-05-01T12:00:00Z"
 
@@ -134,6 +136,32 @@ def test_minimal_drift_detection() -> None:
     assert Detection.model_validate_json(detection.model_dump_json()) == detection
 
 
+def test_query_attack_detection_round_trip() -> None:
+    detection = _detection(
+        event_id="q-17",
+        kind="query_attack",
+        score=12,
+        threshold=8,
+        prediction=None,
+        detector_sha256=None,
+        related_event_ids=[f"q-{n}" for n in range(16, 0, -1)],
+        expires_at=_DECIDED + timedelta(minutes=30),
+        details={
+            "matches": 5,
+            "held": 40,
+            "span_seconds": 90.5,
+            "first_linked_ts": 1714564709.5,
+            "enforced": 1.0,
+            "min_linked": 8,
+        },
+    )
+    assert detection.kind is DetectionKind.QUERY_ATTACK
+    data = orjson.loads(detection.model_dump_json())
+    assert data["kind"] == "query_attack"
+    assert data["related_event_ids"] == [f"q-{n}" for n in range(16, 0, -1)]
+    assert Detection.model_validate_json(detection.model_dump_json()) == detection
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -144,12 +172,19 @@ def test_minimal_drift_detection() -> None:
         ({"kind": "probe"}, "kind"),
         ({"offset": -1}, "offset"),
         ({"model_id": ""}, "model_id"),
+        ({"related_event_ids": [f"q-{n}" for n in range(17)]}, "related_event_ids"),
     ],
 )
 def test_invalid_detection(fields: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         _detection(**fields)
     assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def test_related_event_ids_are_not_empty() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _detection(related_event_ids=["q-1", ""])
+    assert caught.value.errors()[0]["loc"] == ("related_event_ids", 1)
 
 
 # --- Decision -----------------------------------------------------------------------------

@@ -2,8 +2,15 @@
 
 Every write is keyed: a detection is stored once per ``(kind, model_id, event_id)``, so
 a replayed batch changes no count and adds no row. Grouping: a detection joins the newest
-unresolved incident of the same kind and model (and source, for per-source kinds) whose
-last detection is at most ``gap`` earlier; otherwise it opens a new incident.
+unresolved incident of the same kind and model (and source, for the per-source kinds:
+quarantine and query attack) whose last detection is at most ``gap`` earlier; otherwise it
+opens a new incident. A source decision (a quarantine, or the decision on a query attack)
+is also recorded among the decisions of every unresolved incident of the model.
+
+A detection's ``details`` are stored in its row's ``details`` JSON, together with its
+``related_event_ids`` (the earlier queries a query attack matched) and ``expires_at`` (when
+a source decision lapses) when it carries them, under those two names, which no numeric
+detail uses.
 
 A detection with a value the database cannot hold (text with a NUL character, text
 longer than its column, an integer outside its column's range) is refused before any
@@ -33,6 +40,8 @@ from monitor.incidents.storage.models import (
 from schemas import Detection, DetectionKind
 
 __all__ = [
+    "EXPIRES_AT_KEY",
+    "RELATED_EVENT_IDS_KEY",
     "SYSTEM_ACTOR",
     "GroupingPolicy",
     "IncidentFilter",
@@ -43,7 +52,14 @@ __all__ = [
 ]
 
 SYSTEM_ACTOR = "advmon"
-_PER_SOURCE = {IncidentKind.QUARANTINE}
+RELATED_EVENT_IDS_KEY = "related_event_ids"
+"""Key of a stored detection's ``details`` that holds its ``related_event_ids`` (a list)."""
+EXPIRES_AT_KEY = "expires_at"
+"""Key of a stored detection's ``details`` that holds its ``expires_at`` (ISO 8601)."""
+#: Kinds whose incidents are per source: each is about what one source did.
+_PER_SOURCE = {IncidentKind.QUARANTINE, IncidentKind.QUERY_ATTACK}
+#: Kinds whose detections carry a decision on their source.
+_SOURCE_DECISIONS = {IncidentKind.QUARANTINE, IncidentKind.QUERY_ATTACK}
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,9 @@ _STORED_FIELDS: dict[str, ColumnElement[Any]] = {
 
 def unstorable(detection: Detection) -> tuple[str, str] | None:
     """Why the database cannot hold ``detection`` (reason, problem), or ``None`` if it can.
+
+    Only the values stored in bounded columns are checked: ``related_event_ids`` are kept
+    in JSON, which holds any text, so one odd earlier event never keeps a query attack out.
 
     Examples
     --------
@@ -203,8 +222,8 @@ class IncidentStore:
                     with session.begin_nested():
                         incident, is_new = self._group(session, kind, detection)
                         session.add(self._row(incident, kind, detection))
-                        if kind is IncidentKind.QUARANTINE:
-                            self._note_quarantine(session, detection)
+                        if kind in _SOURCE_DECISIONS:
+                            self._note_decision(session, kind, detection)
                         session.flush()
                 except IntegrityError:
                     if not self._stored(session, kind, detection):
@@ -261,8 +280,18 @@ class IncidentStore:
             offset=detection.offset,
             signal=detection.signal,
             detector=detection.detector,
-            details=dict(detection.details) or None,
+            details=IncidentStore._details(detection),
         )
+
+    @staticmethod
+    def _details(detection: Detection) -> dict[str, Any] | None:
+        """What the row's ``details`` JSON keeps of ``detection`` (``None`` if nothing)."""
+        details: dict[str, Any] = dict(detection.details)
+        if detection.related_event_ids:
+            details[RELATED_EVENT_IDS_KEY] = list(detection.related_event_ids)
+        if detection.expires_at is not None:
+            details[EXPIRES_AT_KEY] = detection.expires_at.isoformat()
+        return details or None
 
     def _open_incident_for(
         self, session: Session, kind: IncidentKind, detection: Detection
@@ -336,17 +365,23 @@ class IncidentStore:
             sample["signal"] = detection.signal
         return sample
 
-    def _note_quarantine(self, session: Session, detection: Detection) -> None:
-        """Record a source quarantine among the decisions of the model's open incidents."""
+    def _note_decision(self, session: Session, kind: IncidentKind, detection: Detection) -> None:
+        """Record a source decision (a quarantine, or the decision on a query attack) among
+        the decisions of the model's open incidents."""
         enforced = detection.details.get("enforced", 1.0) > 0
-        decision = {
+        decision: dict[str, Any] = {
             "action": "quarantine" if enforced else "flag",
             "scope": "source",
             "source": detection.source,
             "decided_at": detection.detected_at.isoformat(),
             "expires_at": detection.expires_at.isoformat() if detection.expires_at else None,
-            "flagged_events": detection.score,
         }
+        if kind is IncidentKind.QUERY_ATTACK:
+            decision["reason"] = kind.value
+            decision["event_id"] = detection.event_id
+            decision["linked_queries"] = detection.score
+        else:
+            decision["flagged_events"] = detection.score
         for incident in session.scalars(
             select(Incident).where(
                 Incident.model_id == detection.model_id,

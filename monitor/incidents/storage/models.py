@@ -71,6 +71,7 @@ class IncidentKind(enum.StrEnum):
     ADVERSARIAL = "adversarial"
     DRIFT = "drift"
     QUARANTINE = "quarantine"
+    QUERY_ATTACK = "query_attack"
 
 
 class IncidentStatus(enum.StrEnum):
@@ -186,7 +187,10 @@ class DetectionRow(Base):
     detector: Mapped[str | None] = mapped_column(String(100))
     """For drift: the drift detector that signalled."""
     details: Mapped[dict[str, Any] | None] = mapped_column()
-    """The detection's details: distances per squeezer, or a drift's window statistics."""
+    """The detection's details: distances per squeezer, a drift's window statistics, or
+    what linked a query attack's queries; with ``related_event_ids`` (the earlier events
+    a query attack matched, newest first) and ``expires_at`` (when a source decision
+    lapses, ISO 8601) when the detection carries them."""
 
     incident: Mapped[Incident] = relationship(back_populates="detections")
 

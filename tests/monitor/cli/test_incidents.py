@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -29,6 +30,7 @@ from monitor.incidents.views import (
 )
 from tests.monitor.cli_support import assert_clean_failure
 from tests.monitor.database_support import detection
+from tests.monitor.incidents.query_attacks import query_attack
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -48,6 +50,25 @@ def store(engine: Engine) -> IncidentStore:
     """The incident store on the migrated schema (gap 10 minutes)."""
     upgrade(engine)
     return IncidentStore(engine, GroupingPolicy(gap=timedelta(minutes=10)))
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.integration), "sqlite"])
+def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[IncidentStore]:
+    """The incident store the CLI is pointed at: on PostgreSQL (``store``), then on a
+    SQLite file, as the demo keeps it."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("store")
+        return
+    url = f"sqlite:///{tmp_path / 'advmon.db'}"
+    monkeypatch.setenv("ADVMON_DATABASE__URL", url)
+    engine = create_engine(url)
+    try:
+        upgrade(engine)
+        yield IncidentStore(engine, GroupingPolicy(gap=timedelta(minutes=10)))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -262,7 +283,14 @@ def test_show_prints_the_history(store: IncidentStore) -> None:
         ["2026-05-01 12:00:00", "2", "0.75", "█" * 20],
         ["2026-05-01 12:01:00", "1", "1", "█" * 10],
         # decisions: the quarantine of key-z, decided while the incident was open
-        ["2026-05-01 14:00:00", "quarantine", "source", "key-z", "2026-05-01 15:00:00"],
+        [
+            "2026-05-01 14:00:00",
+            "quarantine",
+            "source",
+            "key-z",
+            "2026-05-01 15:00:00",
+            "12 flagged events",
+        ],
         # sample events
         ["a1", "0.5", "key-a", "2026-05-01 12:00:00"],
         ["a2", "0.75", "key-a", "2026-05-01 12:00:20"],
@@ -316,6 +344,216 @@ def test_show_says_what_drifted(store: IncidentStore) -> None:
         "mean_recent": 0.9,
         "events_seen": 1375.0,
     }
+
+
+def _record_attack(
+    store: IncidentStore, event_id: str = "q-17", source: str = "key-z", **fields: Any
+) -> int:
+    """An adversarial incident of digits, then the query attack of ``source``: quarantined
+    at 12:01 (query ``event_id``), only flagged at 12:03 (q-40). The query attack's id."""
+    store.record([detection("a1", T0)])
+    (attack,) = store.record(
+        [
+            query_attack(event_id, T0 + timedelta(minutes=1), source=source, **fields),
+            query_attack(
+                "q-40",
+                T0 + timedelta(minutes=3),
+                source=source,
+                linked=14,
+                enforced=False,
+                related=[],
+            ),
+        ]
+    ).opened
+    return attack
+
+
+def _block(lines: list[str], title: str) -> list[str]:
+    """The lines of the borderless table titled ``title``, up to the next title."""
+    start = lines.index(title)
+    end = next(
+        (n for n in range(start + 1, len(lines)) if not lines[n].startswith(" ")), len(lines)
+    )
+    return lines[start + 1 : end]
+
+
+def test_show_explains_a_query_attack(any_store: IncidentStore) -> None:
+    attack = _record_attack(any_store)
+    stdout = _ok("incidents", "show", str(attack)).stdout
+    lines = [line.rstrip() for line in stdout.splitlines()]
+    assert _block(lines, f"incident {attack}") == [
+        " kind        query_attack",
+        " model       digits (version v3)",
+        " source      key-z",
+        " status      open",
+        " first seen  2026-05-01 12:01:00 UTC",
+        " last seen   2026-05-01 12:03:00 UTC",
+        " detections  2",
+        " score       peak 14, mean 13, threshold 8",
+        " sources     key-z (2)",
+    ]
+    assert _block(lines, "query attack detected 2026-05-01 12:01:00 UTC") == [
+        " source            key-z",
+        " triggering query  q-17",
+        " linked queries    12 of the source's held queries, by chains of fingerprint matches "
+        "(threshold 8)",
+        " matched directly  5 of the 40 queries held for the source",
+        " over              1m 30s: oldest linked query 2026-05-01 11:59:29 → triggering query "
+        "2026-05-01 12:00:59 (UTC)",
+        " matched events    q-16, q-15, q-11",
+        " decision          source quarantined until 2026-05-01 13:01:00 UTC",
+    ]
+    assert _block(lines, "query attack detected 2026-05-01 12:03:00 UTC") == [
+        " source            key-z",
+        " triggering query  q-40",
+        " linked queries    14 of the source's held queries, by chains of fingerprint matches "
+        "(threshold 8)",
+        " matched directly  5 of the 40 queries held for the source",
+        " over              1m 30s: oldest linked query 2026-05-01 12:01:29 → triggering query "
+        "2026-05-01 12:02:59 (UTC)",
+        " matched events    —",
+        " decision          source flagged, not quarantined (the policy does not enforce), "
+        "until 2026-05-01 13:03:00 UTC",
+    ]
+    # The explanation comes right after the summary, before the history.
+    assert lines.index("query attack detected 2026-05-01 12:03:00 UTC") < lines.index(
+        "status changes"
+    )
+    rows = _table_rows(stdout)
+    assert [
+        "2026-05-01 12:01:00",
+        "open",
+        "advmon",
+        "opened by query_attack detection of event q-17",
+    ] in rows
+    decisions = [row for row in rows if row[-1].endswith("(query attack)")]
+    assert decisions == [
+        [
+            "2026-05-01 12:01:00",
+            "quarantine",
+            "source",
+            "key-z",
+            "2026-05-01 13:01:00",
+            "12 linked queries (query attack)",
+        ],
+        [
+            "2026-05-01 12:03:00",
+            "flag",
+            "source",
+            "key-z",
+            "2026-05-01 13:03:00",
+            "14 linked queries (query attack)",
+        ],
+    ]
+    # The model's adversarial incident shows the decisions on key-z, and no explanation.
+    (adversarial,) = [i.id for i in any_store.find()[0] if i.kind.value == "adversarial"]
+    other = _ok("incidents", "show", str(adversarial)).stdout
+    assert "query attack detected" not in other
+    assert [row for row in _table_rows(other) if row[-1].endswith("(query attack)")] == decisions
+
+
+def test_show_json_explains_a_query_attack(any_store: IncidentStore) -> None:
+    attack = _record_attack(any_store)
+    document = json.loads(_ok("incidents", "show", str(attack), "--json").stdout)
+    assert document == incident_dict(any_store.get(attack), detail=True)
+    assert [
+        (
+            a["event_id"],
+            a["source"],
+            a["linked_queries"],
+            a["min_linked"],
+            a["matched_directly"],
+            a["held_queries"],
+            a["first_linked_at"],
+            a["query_at"],
+            a["span_seconds"],
+            a["related_event_ids"],
+            a["action"],
+            a["expires_at"],
+        )
+        for a in document["query_attacks"]
+    ] == [
+        (
+            "q-17",
+            "key-z",
+            12,
+            8,
+            5,
+            40,
+            "2026-05-01T11:59:29+00:00",
+            "2026-05-01T12:00:59+00:00",
+            90.0,
+            ["q-16", "q-15", "q-11"],
+            "quarantine",
+            "2026-05-01T13:01:00+00:00",
+        ),
+        (
+            "q-40",
+            "key-z",
+            14,
+            8,
+            5,
+            40,
+            "2026-05-01T12:01:29+00:00",
+            "2026-05-01T12:02:59+00:00",
+            90.0,
+            [],
+            "flag",
+            "2026-05-01T13:03:00+00:00",
+        ),
+    ]
+
+
+def test_show_prints_what_a_query_attacker_sent_as_it_is(any_store: IncidentStore) -> None:
+    related = ["[bold]x[/]", "[red]", "esc\x1b[2Jclear", "line\nbreak", "rtl\u202eexe.txt"]
+    attack = _record_attack(any_store, source="[red]key[/red]", event_id="[/]q", related=related)
+    stdout = _ok("incidents", "show", str(attack)).stdout
+    assert "\x1b" not in stdout
+    assert "\u202e" not in stdout
+    lines = [line.rstrip() for line in stdout.splitlines()]
+    shown = _block(lines, "query attack detected 2026-05-01 12:01:00 UTC")
+    assert shown[:2] == [" source            [red]key[/red]", " triggering query  [/]q"]
+    assert shown[5] == (
+        " matched events    [bold]x[/], [red], esc\\x1b[2Jclear, line\\nbreak, rtl\\u202eexe.txt"
+    )
+    assert " source      [red]key[/red]" in lines
+    assert ["[/]q", "12", "[red]key[/red]", "2026-05-01 12:01:00"] in _table_rows(stdout)
+    document = json.loads(_ok("incidents", "show", str(attack), "--json").stdout)
+    assert document["query_attacks"][0]["related_event_ids"] == related
+    assert document["query_attacks"][0]["source"] == "[red]key[/red]"
+
+
+def test_list_and_export_a_query_attack(any_store: IncidentStore) -> None:
+    attack = _record_attack(any_store)
+    result = _ok("incidents", "list", "--kind", "query_attack")
+    assert _table_rows(result.stdout) == [
+        [
+            str(attack),
+            "query_attack",
+            "digits",
+            "key-z",
+            "open",
+            "2026-05-01 12:01:00",
+            "2026-05-01 12:03:00",
+            "2",
+            "14",
+        ]
+    ]
+    by_source = json.loads(_ok("incidents", "list", "--json", "--source", "key-z").stdout)
+    assert [item["id"] for item in by_source["items"]] == [attack]
+
+    text = _ok("incidents", "export", "--kind", "query_attack").stdout
+    assert f"## Incident {attack}: query_attack on model digits, source key-z\n" in text
+    assert (
+        "\n### Query attack\n\nQuery q-17 from source key-z, sent 2026-05-01 12:00:59 UTC, "
+        "was linked by chains of fingerprint matches to 12 of the source's held queries "
+        "(threshold 8), the oldest sent 1m 30s before it (2026-05-01 11:59:29 UTC). It "
+        "matched 5 of the 40 queries held for the source directly, among them q-16, q-15, "
+        "q-11 (newest first). Decision: source quarantined until 2026-05-01 13:01:00 UTC.\n"
+    ) in text
+    document = json.loads(_ok("incidents", "export", "--format", "json").stdout)
+    (exported,) = [i for i in document["incidents"] if i["id"] == attack]
+    assert exported == incident_dict(any_store.get(attack), detail=True)
 
 
 def test_show_unknown_incident(store: IncidentStore) -> None:

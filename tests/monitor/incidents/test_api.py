@@ -35,6 +35,7 @@ from monitor.incidents.views import (
     incident_dict,
 )
 from tests.monitor.database_support import detection, fresh_schema
+from tests.monitor.incidents.query_attacks import query_attack
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TOKEN = "s3cret-token-for-tests"
@@ -150,7 +151,10 @@ async def test_list_filters_and_pages(
 @pytest.mark.parametrize(
     ("query", "error"),
     [
-        ("kind=evil", "kind must be one of adversarial, drift, quarantine, got 'evil'"),
+        (
+            "kind=evil",
+            "kind must be one of adversarial, drift, quarantine, query_attack, got 'evil'",
+        ),
         ("status=closed", "status must be one of open, acknowledged, resolved, got 'closed'"),
         (
             "since=yesterday",
@@ -215,6 +219,79 @@ async def test_one_incident_with_its_history(client: Client, store: IncidentStor
         ("open", "advmon", "opened by drift detection of event d1"),
         ("acknowledged", "alice", "looking"),
     ]
+
+
+async def test_a_query_attack_incident_explains_itself(pg_url: str) -> None:
+    with _fresh_schema(pg_url) as (engine, _):
+        store = IncidentStore(engine, GroupingPolicy(gap=timedelta(minutes=10)))
+        store.record([detection("a1", T0)])
+        hostile = ["[/]", "<script>alert(1)</script>", "q-11"]
+        (attack,) = store.record(
+            [
+                query_attack("q-17", T0 + timedelta(minutes=1), related=hostile),
+                query_attack("q-40", T0 + timedelta(minutes=3), linked=14, enforced=False),
+            ]
+        ).opened
+        async with TestClient(TestServer(create_api(store, None))) as client:
+            page = await _json(client, "/api/incidents?kind=query_attack&source=key-z")
+            assert [item["id"] for item in page["items"]] == [attack]
+            assert (page["items"][0]["peak_score"], page["items"][0]["threshold"]) == (14, 8)
+
+            data = await _json(client, f"/api/incidents/{attack}")
+            assert data == incident_dict(store.get(attack), detail=True)
+            assert data["source"] == "key-z"
+            assert data["query_attacks"] == [
+                {
+                    "event_id": "q-17",
+                    "source": "key-z",
+                    "detected_at": "2026-05-01T12:01:00+00:00",
+                    "linked_queries": 12,
+                    "min_linked": 8,
+                    "matched_directly": 5,
+                    "held_queries": 40,
+                    "first_linked_at": "2026-05-01T11:59:29+00:00",
+                    "query_at": "2026-05-01T12:00:59+00:00",
+                    "span_seconds": 90.0,
+                    "related_event_ids": hostile,
+                    "action": "quarantine",
+                    "expires_at": "2026-05-01T13:01:00+00:00",
+                },
+                {
+                    "event_id": "q-40",
+                    "source": "key-z",
+                    "detected_at": "2026-05-01T12:03:00+00:00",
+                    "linked_queries": 14,
+                    "min_linked": 8,
+                    "matched_directly": 5,
+                    "held_queries": 40,
+                    "first_linked_at": "2026-05-01T12:01:29+00:00",
+                    "query_at": "2026-05-01T12:02:59+00:00",
+                    "span_seconds": 90.0,
+                    "related_event_ids": ["q-16", "q-15", "q-11"],
+                    "action": "flag",
+                    "expires_at": "2026-05-01T13:03:00+00:00",
+                },
+            ]
+            assert [(d["action"], d["reason"], d["linked_queries"]) for d in data["decisions"]] == [
+                ("quarantine", "query_attack", 12),
+                ("flag", "query_attack", 14),
+            ]
+
+            detections = await _json(client, f"/api/incidents/{attack}/detections")
+            assert [
+                (d["event_id"], d["related_event_ids"], d["expires_at"])
+                for d in detections["items"]
+            ] == [
+                ("q-17", hostile, "2026-05-01T13:01:00+00:00"),
+                ("q-40", ["q-16", "q-15", "q-11"], "2026-05-01T13:03:00+00:00"),
+            ]
+            assert detections["items"][0]["details"]["matches"] == 5
+
+            # The adversarial incident of the model records the decisions on key-z too.
+            (adversarial,) = [i for i in store.find()[0] if i.kind.value == "adversarial"]
+            shown = await _json(client, f"/api/incidents/{adversarial.id}")
+            assert [d["source"] for d in shown["decisions"]] == ["key-z", "key-z"]
+            assert shown["query_attacks"] == []
 
 
 async def test_detections_of_an_incident_page_oldest_first(

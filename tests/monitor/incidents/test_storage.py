@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,6 +34,7 @@ from monitor.incidents.storage.incidents import (
     RefusedDetection,
 )
 from monitor.incidents.storage.models import (
+    Base,
     DetectionRow,
     Incident,
     IncidentKind,
@@ -45,7 +48,9 @@ from monitor.incidents.storage.schema import (
     head_revision,
     upgrade,
 )
+from monitor.incidents.views import detection_dict
 from schemas import Detection
+from tests.monitor.incidents.query_attacks import query_attack
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 POLICY = GroupingPolicy(
@@ -66,6 +71,22 @@ def store(engine: Engine) -> IncidentStore:
     """An incident store on the migrated schema; gap 10 min, quiet 30 min, 3 samples."""
     upgrade(engine)
     return IncidentStore(engine, POLICY)
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.integration), "sqlite"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IncidentStore]:
+    """The incident store on a migrated database: a PostgreSQL schema, then a SQLite file
+    (the demo's)."""
+    if request.param == "postgresql":
+        pg_url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("schema")
+        engine = create_engine(pg_url, connect_args={"options": f"-csearch_path={schema}"})
+    else:
+        engine = create_engine(f"sqlite:///{tmp_path / 'incidents.db'}")
+    try:
+        upgrade(engine)
+        yield IncidentStore(engine, POLICY)
+    finally:
+        engine.dispose()
 
 
 def detection(
@@ -189,6 +210,168 @@ def test_quarantine_incidents_are_per_source(store: IncidentStore) -> None:
         ("quarantine", "key-b", expires.isoformat()),
         ("quarantine", "key-a", expires.isoformat()),
     ]
+
+
+def _minutes(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def test_query_attack_incidents_are_per_model_and_source(any_store: IncidentStore) -> None:
+    store = any_store
+    (adversarial,) = store.record([detection("e1", 0, source="key-a")]).opened
+    result = store.record(
+        [
+            query_attack("q1", _minutes(1), source="key-a", linked=9),
+            query_attack("q2", _minutes(2), source="key-b", linked=14, enforced=False),
+            query_attack("q3", _minutes(4), source="key-a", linked=11),
+            query_attack("q4", _minutes(5), source="key-a", model_id="other"),
+            query_attack("q5", _minutes(30), source="key-a"),  # after the gap
+            query_attack("q6", _minutes(31), source=None),
+        ]
+    )
+    assert (result.stored, result.duplicates, len(result.opened)) == (6, 0, 5)
+
+    attacks, total = store.find(IncidentFilter(kind=IncidentKind.QUERY_ATTACK))
+    assert total == 5
+    grouped = {
+        (i.model_id, i.source, i.first_seen): [d.event_id for d in store.get(i.id).detections]
+        for i in attacks
+    }
+    assert grouped == {
+        ("digits", "key-a", _minutes(1)): ["q1", "q3"],
+        ("digits", "key-b", _minutes(2)): ["q2"],
+        ("other", "key-a", _minutes(5)): ["q4"],
+        ("digits", "key-a", _minutes(30)): ["q5"],
+        ("digits", None, _minutes(31)): ["q6"],
+    }
+    key_a = store.get(
+        next(
+            i.id
+            for i in attacks
+            if (i.model_id, i.source, i.first_seen) == ("digits", "key-a", _minutes(1))
+        )
+    )
+    assert (key_a.detection_count, key_a.peak_score, key_a.threshold) == (2, 11, 8)
+    assert key_a.mean_score == 10
+    assert key_a.model_version == "v3"
+    assert [(c.status, c.by, c.note) for c in key_a.changes] == [
+        (IncidentStatus.OPEN, SYSTEM_ACTOR, "opened by query_attack detection of event q1")
+    ]
+
+    # Every open incident of the model records the decisions taken on its sources, as for
+    # a quarantine; the other model's attack is not among them.
+    def decision(event_id: str, source: str | None, minutes: float, linked: int) -> Any:
+        return {
+            "action": "flag" if event_id == "q2" else "quarantine",
+            "scope": "source",
+            "source": source,
+            "decided_at": _minutes(minutes).isoformat(),
+            "expires_at": (_minutes(minutes) + timedelta(hours=1)).isoformat(),
+            "reason": "query_attack",
+            "event_id": event_id,
+            "linked_queries": linked,
+        }
+
+    assert store.get(adversarial).decisions == [
+        decision("q1", "key-a", 1, 9),
+        decision("q2", "key-b", 2, 14),
+        decision("q3", "key-a", 4, 11),
+        decision("q5", "key-a", 30, 12),
+        decision("q6", None, 31, 12),
+    ]
+    (other,), _ = store.find(IncidentFilter(model_id="other"))
+    assert other.decisions == [decision("q4", "key-a", 5, 12)]
+
+
+def test_a_replayed_query_attack_is_stored_once(any_store: IncidentStore) -> None:
+    store = any_store
+    batch = [query_attack("q1", _minutes(1)), query_attack("q2", _minutes(2))]
+    first = store.record([*batch, batch[0]])
+    assert (first.stored, first.duplicates, len(first.opened)) == (2, 1, 1)
+    before = {i.id: incident_state(i) for i in store.find()[0]}
+    assert store.record(batch) == RecordResult(stored=0, duplicates=2, opened=[], touched=[])
+    assert {i.id: incident_state(i) for i in store.find()[0]} == before
+    (incident,) = store.find()[0]
+    assert incident.detection_count == len(store.get(incident.id).detections) == 2
+    assert [d["event_id"] for d in incident.decisions] == ["q1", "q2"]
+
+
+def test_the_events_a_query_attack_matched_survive_storage(any_store: IncidentStore) -> None:
+    # Event ids come from the attacker: markup, a NUL character, the longest id an event
+    # may have. None of them keeps the detection out.
+    related = ["[/]", "[red]q-9[/red]", "q\x00nul", "é" * 500, *(f"q-{n}" for n in range(12))]
+    attack = query_attack("q-17", _minutes(1), source="[bold]key[/]", related=related)
+    result = store_one(any_store, attack)
+    (row,) = any_store.get(result).detections
+    assert row.details == {
+        "matches": 5.0,
+        "held": 40.0,
+        "span_seconds": 90.0,
+        "first_linked_ts": attack.details["first_linked_ts"],
+        "enforced": 1.0,
+        "min_linked": 8.0,
+        "related_event_ids": related,
+        "expires_at": "2026-05-01T13:01:00+00:00",
+    }
+    data = detection_dict(row)
+    assert data["related_event_ids"] == related
+    assert data["expires_at"] == "2026-05-01T13:01:00+00:00"
+    assert data["details"] == {
+        "matches": 5.0,
+        "held": 40.0,
+        "span_seconds": 90.0,
+        "first_linked_ts": attack.details["first_linked_ts"],
+        "enforced": 1.0,
+        "min_linked": 8.0,
+    }
+    assert (data["kind"], data["source"], data["score"], data["threshold"]) == (
+        "query_attack",
+        "[bold]key[/]",
+        12.0,
+        8.0,
+    )
+
+
+def store_one(store: IncidentStore, one: Detection) -> int:
+    """Store one detection that opens an incident; the incident's id."""
+    result = store.record([one])
+    assert (result.stored, result.refused) == (1, [])
+    (incident_id,) = result.opened
+    return incident_id
+
+
+def test_a_detection_without_extras_keeps_its_details_as_they_were(
+    any_store: IncidentStore,
+) -> None:
+    drift = detection("d1", 0, kind="drift", source=None, details={"mean_before": 0.5})
+    (row,) = any_store.get(store_one(any_store, drift)).detections
+    assert row.details == {"mean_before": 0.5}
+    data = detection_dict(row)
+    assert (data["details"], data["related_event_ids"], data["expires_at"]) == (
+        {"mean_before": 0.5},
+        [],
+        None,
+    )
+    (row,) = any_store.get(store_one(any_store, detection("e1", 1))).detections
+    assert row.details is None
+    assert detection_dict(row)["details"] is None
+
+
+def test_the_migrations_build_the_models_tables_and_hold_every_kind(
+    any_store: IncidentStore,
+) -> None:
+    # The kind columns are VARCHAR(20) without a CHECK constraint: a new kind needs no
+    # migration, as long as its name fits.
+    engine = any_store.engine
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        for table in ("incidents", "detections"):
+            assert inspect(connection).get_check_constraints(table) == []
+    for number, kind in enumerate(IncidentKind):
+        assert len(kind.value) <= 20
+        store_one(any_store, detection(f"k{number}", number * 30, kind=kind.value))
+    assert {i.kind for i in any_store.find()[0]} == set(IncidentKind)
 
 
 # --- idempotence --------------------------------------------------------------------

@@ -28,12 +28,17 @@ from monitor.incidents.views import (
     DecisionTaken,
     DetectionBucket,
     DriftChange,
+    QueryAttack,
     SampleEvent,
+    decision_reason,
     decisions_taken,
+    detection_dict,
     detection_timeline,
     drift_changes,
     incident_dict,
     parse_time,
+    query_attack_dict,
+    query_attacks,
     sample_events,
     score_summary,
     source_counts,
@@ -214,6 +219,7 @@ def test_incident_dict_in_detail_adds_history_sources_and_timeline() -> None:
         {"start": "2026-05-01T12:01:00+00:00", "count": 1, "peak_score": 1.0},
         {"start": "2026-05-01T12:02:00+00:00", "count": 1, "peak_score": 0.25},
     ]
+    assert data["query_attacks"] == []
     # The summary fields are the same as without detail.
     assert {k: v for k, v in data.items() if k in incident_dict(_incident())} == incident_dict(
         _incident()
@@ -442,3 +448,310 @@ def test_render_export_picks_the_format() -> None:
     assert render_export(
         incidents, "markdown", filters=filters, generated_at=NOW
     ) == render_markdown(incidents, filters=filters, generated_at=NOW)
+
+
+# --- query attacks ------------------------------------------------------------------
+
+#: When query q-17 was served: the end of the 90 seconds its linked queries span.
+SERVED = T0 + timedelta(minutes=1, seconds=59)
+
+
+def _attack_row(
+    event_id: str,
+    seconds: float,
+    *,
+    source: str | None = "key-z",
+    related: list[str] | None = None,
+    enforced: float = 1.0,
+    **details: float,
+) -> DetectionRow:
+    """A stored query-attack detection, ``seconds`` after T0 + 2 minutes."""
+    detected = T0 + timedelta(minutes=2, seconds=seconds)
+    served = detected - timedelta(seconds=1)
+    stored: dict[str, Any] = {
+        "matches": 5.0,
+        "held": 40.0,
+        "span_seconds": 90.0,
+        "first_linked_ts": served.timestamp() - 90.0,
+        "enforced": enforced,
+        "min_linked": 8.0,
+        **details,
+        "related_event_ids": ["q-16", "q-15", "q-11"] if related is None else related,
+        "expires_at": (detected + timedelta(hours=1)).isoformat(),
+    }
+    return DetectionRow(
+        kind=IncidentKind.QUERY_ATTACK,
+        event_id=event_id,
+        model_id="digits",
+        source=source,
+        score=12.0,
+        threshold=8.0,
+        detected_at=detected,
+        topic="inference",
+        partition=0,
+        offset=17,
+        details=stored,
+    )
+
+
+def _attack_incident(*rows: DetectionRow, **overrides: Any) -> Incident:
+    """Incident 9: the query attack of source key-z, quarantined until 13:02."""
+    rows = rows or (_attack_row("q-17", 0),)
+    values: dict[str, Any] = {
+        "id": 9,
+        "kind": IncidentKind.QUERY_ATTACK,
+        "model_id": "digits",
+        "model_version": "v3",
+        "source": rows[0].source,
+        "status": IncidentStatus.OPEN,
+        "first_seen": rows[0].detected_at,
+        "last_seen": rows[-1].detected_at,
+        "detection_count": len(rows),
+        "peak_score": 12.0,
+        "score_sum": 12.0 * len(rows),
+        "threshold": 8.0,
+        "detector_sha256": None,
+        "sample_events": [
+            {
+                "event_id": row.event_id,
+                "score": row.score,
+                "source": row.source,
+                "detected_at": row.detected_at.isoformat(),
+            }
+            for row in rows
+        ],
+        "decisions": [
+            {
+                "action": "quarantine",
+                "scope": "source",
+                "source": rows[0].source,
+                "decided_at": rows[0].detected_at.isoformat(),
+                "expires_at": (rows[0].detected_at + timedelta(hours=1)).isoformat(),
+                "reason": "query_attack",
+                "event_id": rows[0].event_id,
+                "linked_queries": 12.0,
+            }
+        ],
+        "resolved_at": None,
+        "alert_sent_at": None,
+    }
+    values.update(overrides)
+    incident = Incident(**values)
+    incident.changes = [
+        StatusChange(
+            status=IncidentStatus.OPEN,
+            at=rows[0].detected_at,
+            by="advmon",
+            note=f"opened by query_attack detection of event {rows[0].event_id}",
+        )
+    ]
+    incident.detections = list(rows)
+    return incident
+
+
+def test_a_query_attack_says_what_linked_the_queries() -> None:
+    assert query_attacks(_attack_incident()) == [
+        QueryAttack(
+            event_id="q-17",
+            source="key-z",
+            detected_at=T0 + timedelta(minutes=2),
+            linked_queries=12.0,
+            min_linked=8.0,
+            matched_directly=5.0,
+            held_queries=40.0,
+            first_linked_at=SERVED - timedelta(seconds=90),
+            query_at=SERVED,
+            span=timedelta(seconds=90),
+            related_event_ids=("q-16", "q-15", "q-11"),
+            action="quarantine",
+            expires_at=T0 + timedelta(hours=1, minutes=2),
+        )
+    ]
+    flagged = query_attacks(_attack_incident(_attack_row("q-17", 0, enforced=0.0)))
+    assert [attack.action for attack in flagged] == ["flag"]
+    # Other kinds have none.
+    assert query_attacks(_incident()) == []
+
+
+def test_a_query_attack_without_its_times_still_says_the_rest() -> None:
+    row = _attack_row("q-17", 0, related=[])
+    assert row.details is not None
+    for name in ("first_linked_ts", "span_seconds", "matches", "held", "expires_at"):
+        del row.details[name]
+    (attack,) = query_attacks(_attack_incident(row))
+    assert (attack.first_linked_at, attack.query_at, attack.span) == (None, None, None)
+    assert (attack.matched_directly, attack.held_queries, attack.expires_at) == (None, None, None)
+    assert (attack.linked_queries, attack.min_linked, attack.related_event_ids) == (12, 8, ())
+    huge = _attack_row("q-18", 0, first_linked_ts=1e300, span_seconds=1e300)
+    (attack,) = query_attacks(_attack_incident(huge))
+    assert (attack.first_linked_at, attack.query_at, attack.span) == (None, None, None)
+
+
+def test_only_the_newest_query_attacks_are_shown() -> None:
+    rows = [_attack_row(f"q-{n}", n) for n in range(5)]
+    shown = query_attacks(_attack_incident(*rows), most=2)
+    assert [attack.event_id for attack in shown] == ["q-3", "q-4"]
+
+
+def test_incident_dict_in_detail_explains_a_query_attack() -> None:
+    data = incident_dict(_attack_incident(), detail=True)
+    assert data["kind"] == "query_attack"
+    assert data["source"] == "key-z"
+    assert data["query_attacks"] == [
+        {
+            "event_id": "q-17",
+            "source": "key-z",
+            "detected_at": "2026-05-01T12:02:00+00:00",
+            "linked_queries": 12,
+            "min_linked": 8,
+            "matched_directly": 5,
+            "held_queries": 40,
+            "first_linked_at": "2026-05-01T12:00:29+00:00",
+            "query_at": "2026-05-01T12:01:59+00:00",
+            "span_seconds": 90.0,
+            "related_event_ids": ["q-16", "q-15", "q-11"],
+            "action": "quarantine",
+            "expires_at": "2026-05-01T13:02:00+00:00",
+        }
+    ]
+    assert data["query_attacks"] == [
+        query_attack_dict(a) for a in query_attacks(_attack_incident())
+    ]
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_a_stored_query_attack_detection_keeps_the_wire_shape() -> None:
+    data = detection_dict(_attack_row("q-17", 0))
+    assert data["details"] == {
+        "matches": 5.0,
+        "held": 40.0,
+        "span_seconds": 90.0,
+        "first_linked_ts": (SERVED - timedelta(seconds=90)).timestamp(),
+        "enforced": 1.0,
+        "min_linked": 8.0,
+    }
+    assert data["related_event_ids"] == ["q-16", "q-15", "q-11"]
+    assert data["expires_at"] == "2026-05-01T13:02:00+00:00"
+
+
+def test_a_query_attack_decision_says_why() -> None:
+    (decision,) = decisions_taken(_attack_incident())
+    assert decision == DecisionTaken(
+        action="quarantine",
+        scope="source",
+        source="key-z",
+        decided_at=T0 + timedelta(minutes=2),
+        expires_at=T0 + timedelta(hours=1, minutes=2),
+        flagged_events=None,
+        reason="query_attack",
+        linked_queries=12.0,
+    )
+    assert decision_reason(decision) == "12 linked queries (query attack)"
+    (quarantine,) = decisions_taken(_incident())
+    assert decision_reason(quarantine) == "10 flagged events"
+
+
+def test_markdown_export_explains_a_query_attack() -> None:
+    text = render_markdown([_attack_incident()], filters=IncidentFilter(), generated_at=NOW)
+    assert text == (
+        "# advmon incident report\n"
+        "\n"
+        "Generated 2026-05-01 13:00:00 UTC; 1 incident(s).\n"
+        "\n"
+        "## Incident 9: query_attack on model digits, source key-z\n"
+        "\n"
+        "**What:** A black-box query attack: one source's queries linked by fingerprint "
+        "matches against model digits (version v3).\n"
+        "\n"
+        "- Status: open\n"
+        "- First seen: 2026-05-01 12:02:00 UTC\n"
+        "- Last seen: 2026-05-01 12:02:00 UTC (0s after the first)\n"
+        "\n"
+        "### Impact\n"
+        "\n"
+        "- Detections: 1 from 1 source(s)\n"
+        "- Score: peak 12, mean 12, threshold 8 (peak 1.50× the threshold)\n"
+        "- Sources: key-z (1)\n"
+        "\n"
+        "### Query attack\n"
+        "\n"
+        "Query q-17 from source key-z, sent 2026-05-01 12:01:59 UTC, was linked by chains "
+        "of fingerprint matches to 12 of the source's held queries (threshold 8), the "
+        "oldest sent 1m 30s before it (2026-05-01 12:00:29 UTC). It matched 5 of the 40 "
+        "queries held for the source directly, among them q-16, q-15, q-11 (newest first). "
+        "Decision: source quarantined until 2026-05-01 13:02:00 UTC.\n"
+        "\n"
+        "### Decisions taken\n"
+        "\n"
+        "- 2026-05-01 12:02:00 UTC: quarantine of source key-z until 2026-05-01 13:02:00 UTC "
+        "after 12 linked queries (query attack)\n"
+        "\n"
+        "### Timeline\n"
+        "\n"
+        "| time | what |\n"
+        "|---|---|\n"
+        "| 2026-05-01 12:02:00 UTC | first detection |\n"
+        "| 2026-05-01 12:02:00 UTC | last detection |\n"
+        "| 2026-05-01 12:02:00 UTC | opened by advmon: opened by query\\_attack detection of "
+        "event q-17 |\n"
+        "| 2026-05-01 12:02:00 UTC | decision: quarantine of source key-z until "
+        "2026-05-01 13:02:00 UTC after 12 linked queries (query attack) |\n"
+        "\n"
+        "### Detections over time (per 1m)\n"
+        "\n"
+        "| from | detections | peak score |\n"
+        "|---|---:|---:|\n"
+        "| 2026-05-01 12:02:00 UTC | 1 | 12 |\n"
+        "\n"
+        "### Sample events\n"
+        "\n"
+        "| event id | score | source | detected at |\n"
+        "|---|---:|---|---|\n"
+        "| q-17 | 12 | key-z | 2026-05-01 12:02:00 UTC |\n"
+    )
+
+
+def test_markdown_says_when_the_source_was_only_flagged() -> None:
+    rows = (_attack_row("q-17", 0, enforced=0.0), _attack_row("q-40", 60, related=[]))
+    text = render_markdown([_attack_incident(*rows)], filters=IncidentFilter(), generated_at=NOW)
+    section = text[text.index("### Query attack\n") : text.index("### Decisions taken")]
+    assert section == (
+        "### Query attack\n"
+        "\n"
+        "Query q-17 from source key-z, sent 2026-05-01 12:01:59 UTC, was linked by chains "
+        "of fingerprint matches to 12 of the source's held queries (threshold 8), the "
+        "oldest sent 1m 30s before it (2026-05-01 12:00:29 UTC). It matched 5 of the 40 "
+        "queries held for the source directly, among them q-16, q-15, q-11 (newest first). "
+        "Decision: source flagged, not quarantined (the policy does not enforce), until "
+        "2026-05-01 13:02:00 UTC.\n"
+        "\n"
+        "Query q-40 from source key-z, sent 2026-05-01 12:02:59 UTC, was linked by chains "
+        "of fingerprint matches to 12 of the source's held queries (threshold 8), the "
+        "oldest sent 1m 30s before it (2026-05-01 12:01:29 UTC). It matched 5 of the 40 "
+        "queries held for the source directly. Decision: source quarantined until "
+        "2026-05-01 13:03:00 UTC.\n"
+        "\n"
+    )
+
+
+def test_markdown_escapes_what_a_query_attacker_sent() -> None:
+    row = _attack_row("q|1\n## owned", 0, source="[/]*x*", related=["<img src=x>", "a`b`"])
+    text = render_markdown([_attack_incident(row)], filters=IncidentFilter(), generated_at=NOW)
+    section = text[text.index("### Query attack\n") : text.index("### Decisions taken")]
+    # Line breaks are folded: the id cannot start a heading or a table row of its own.
+    assert section.startswith(
+        "### Query attack\n\nQuery q\\|1 ## owned from source \\[/\\]\\*x\\*, sent"
+    )
+    assert "among them \\<img src=x\\>, a\\`b\\` (newest first)" in section
+    assert "\n## owned" not in text
+
+
+def test_csv_export_carries_a_query_attack_decision() -> None:
+    row = next(csv.DictReader(io.StringIO(render_csv([_attack_incident()]))))
+    assert (row["kind"], row["source"], row["peak_score"], row["threshold"]) == (
+        "query_attack",
+        "key-z",
+        "12.0",
+        "8.0",
+    )
+    assert json.loads(row["decisions"]) == _attack_incident().decisions
