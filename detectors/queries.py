@@ -22,10 +22,10 @@ Security 2022). This module is the computation, usable alone; the worker's query
    tabular windows include their position, features having no order to slide along;
 3. keep the ``top_k`` smallest distinct hashes (a bottom-k sketch: the same consistent
    sample of windows is kept from two similar inputs) and set one bit per kept hash in a
-   1,024-bit map.
+   1,024-bit map, by its bottom 10 bits.
 
 Two queries *match* when their maps share at least ``match_bits`` set bits, by default
-55 % of ``top_k`` (28 of 50; Blacklight's is 25 of 50). Kept hashes that share a bit by chance add
+half of ``top_k`` (25 of 50, as Blacklight). Kept hashes that share a bit by chance add
 about ``top_k² / 1024`` bits, 2.4 for 50: far below the threshold. A popcount over
 1,024 bits compares a query with a whole history at numpy speed (about 40 µs for 1,000
 fingerprints on one core), where comparing the kept hashes themselves would cost twenty
@@ -84,7 +84,9 @@ __all__ = [
 BITMAP_BITS = 1024
 """Bits of a fingerprint's map: one per kept window hash (by its top 10 bits)."""
 BITMAP_WORDS = BITMAP_BITS // 64
-_BIT_SHIFT = np.uint64(64 - int(math.log2(BITMAP_BITS)))
+_BIT_MASK = np.uint64(BITMAP_BITS - 1)
+_MAX_SEQ = 1 << 62
+"""Sequence numbers a stored history may hold (far beyond any history's lifetime)."""
 
 DEFAULT_IMAGE_LEVELS = 8
 """Image quantisation: the input range split into this many steps."""
@@ -92,7 +94,7 @@ DEFAULT_IMAGE_WINDOW = 10
 """Image windows: this many consecutive values of the flattened input."""
 DEFAULT_TABULAR_STEP = 0.125
 """Tabular quantisation: steps of this size on ``asinh`` of the standardised feature."""
-DEFAULT_MATCH_FRACTION = 0.55
+DEFAULT_MATCH_FRACTION = 0.5
 DEFAULT_TOP_K = 50
 DEFAULT_MIN_LINKED = 8
 """A source is flagged when a query is linked to this many of its held queries."""
@@ -222,8 +224,7 @@ class FingerprintSpec:
             "match_fraction": self.match_fraction,
             "bitmap_bits": BITMAP_BITS,
         }
-        if self.kind == "image":
-            out["low"] = self.low
+        out["low"] = self.low
         if self.center is not None and self.scale is not None:
             out["center"] = list(self.center)
             out["scale"] = list(self.scale)
@@ -250,13 +251,19 @@ class FingerprintSpec:
                 top_k=_integer(data.get("top_k", DEFAULT_TOP_K), "top_k"),
                 match_fraction=float(data.get("match_fraction", DEFAULT_MATCH_FRACTION)),
                 low=float(data.get("low", 0.0)),
-                center=None if center is None else tuple(float(v) for v in center),
-                scale=None if scale is None else tuple(float(v) for v in scale),
+                center=None if center is None else _floats(center, "center"),
+                scale=None if scale is None else _floats(scale, "scale"),
             )
         except KeyError as exc:
             raise ValueError(f"query fingerprint lacks the field {exc.args[0]!r}") from None
-        except TypeError as exc:
+        except (TypeError, OverflowError) as exc:
             raise ValueError(f"query fingerprint has a malformed field: {exc}") from None
+
+
+def _floats(values: object, name: str) -> tuple[float, ...]:
+    if not isinstance(values, list | tuple):
+        raise ValueError(f"query fingerprint {name} must be a list of numbers")
+    return tuple(float(v) for v in values)
 
 
 def _integer(value: object, name: str) -> int:
@@ -322,7 +329,8 @@ def fingerprints(spec: FingerprintSpec, inputs: np.ndarray) -> Fingerprints:
     (True, False)
     """
     n = len(inputs)
-    flat32 = np.ascontiguousarray(inputs, dtype=np.float32).reshape(n, -1)
+    elements = int(np.prod(inputs.shape[1:], dtype=np.int64))
+    flat32 = np.ascontiguousarray(inputs, dtype=np.float32).reshape(n, elements)
     digests = np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
@@ -351,7 +359,9 @@ def fingerprints(spec: FingerprintSpec, inputs: np.ndarray) -> Fingerprints:
     kept = distinct & (np.cumsum(distinct, axis=1) <= spec.top_k)
     rows, columns = np.nonzero(kept)
     bits = np.zeros((n, BITMAP_BITS), dtype=bool)
-    bits[rows, (hashes[rows, columns] >> _BIT_SHIFT).astype(np.intp)] = True
+    # The kept hashes are the smallest, so their top bits are all zero: the bit comes
+    # from the bottom ones, which are as uniform as the hash.
+    bits[rows, (hashes[rows, columns] & _BIT_MASK).astype(np.intp)] = True
     bitmaps = np.packbits(bits, axis=1, bitorder="little").view("<u8").astype(np.uint64)
     return Fingerprints(bitmaps, kept.sum(axis=1, dtype=np.int32), digests)
 
@@ -396,6 +406,7 @@ class _Stored(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
 
     format: int
     next_seq: int
+    newest: float
     seqs: bytes
     times: bytes
     digests: bytes
@@ -452,9 +463,27 @@ class QueryHistory:
         self._groups = np.zeros(0, dtype=np.int64)
         """Each held query's group: queries joined by a chain of matches share one."""
         self._newest = -math.inf
+        self._free: list[int] = []
+        """Free slots within the arrays."""
+        self._held = 0
+        self._oldest = math.inf
+        """No held query is older than this (exact after each expiry scan)."""
+        self._by_digest: dict[int, int] = {}
+        """Slot of the held query with each input digest."""
+        self._by_request: dict[int, int] = {}
+        """Slot of the held query with each request digest (0, no request id, left out)."""
+
+    def _index(self) -> None:
+        """Rebuild the lookups from the arrays (after loading)."""
+        held = np.flatnonzero(self._seqs >= 0)
+        self._free = np.flatnonzero(self._seqs < 0).tolist()[::-1]
+        self._held = len(held)
+        self._oldest = float(self._times[held].min()) if len(held) else math.inf
+        self._by_digest = {int(self._digests[i]): int(i) for i in held}
+        self._by_request = {int(self._requests[i]): int(i) for i in held if self._requests[i]}
 
     def __len__(self) -> int:
-        return int(np.count_nonzero(self._seqs >= 0))
+        return self._held
 
     @property
     def newest(self) -> float:
@@ -468,32 +497,48 @@ class QueryHistory:
         arrays += [self._bitmaps, self._groups]
         return sum(a.nbytes for a in arrays) + sum(len(e) for e in self._event_ids)
 
+    def _forget(self, slot: int) -> None:
+        """Free a held query's slot."""
+        digest, request = int(self._digests[slot]), int(self._requests[slot])
+        if self._by_digest.get(digest) == slot:
+            del self._by_digest[digest]
+        if request and self._by_request.get(request) == slot:
+            del self._by_request[request]
+        self._seqs[slot] = -1
+        self._free.append(slot)
+        self._held -= 1
+
     def _expire(self, now: float) -> None:
         """Free the slots of queries older than ``max_age_seconds`` before ``now``."""
-        old = (self._seqs >= 0) & (self._times < now - self.max_age_seconds)
-        if old.any():
-            self._seqs[old] = -1
+        cutoff = now - self.max_age_seconds
+        if self._oldest >= cutoff:
+            return
+        held = self._seqs >= 0
+        for slot in np.flatnonzero(held & (self._times < cutoff)).tolist():
+            self._forget(slot)
+        remaining = self._times[self._seqs >= 0]
+        self._oldest = float(remaining.min()) if len(remaining) else math.inf
 
     def _slot(self) -> int:
         """A slot for a new query: a free one, else a new one, else the oldest's."""
-        free = np.flatnonzero(self._seqs < 0)
-        if len(free):
-            return int(free[0])
-        size = len(self._seqs)
-        if size < self.capacity:
-            grown = min(self.capacity, max(8, 2 * size))
-            extra = grown - size
-            self._seqs = np.concatenate([self._seqs, np.full(extra, -1, dtype=np.int64)])
-            self._times = np.concatenate([self._times, np.zeros(extra)])
-            self._digests = np.concatenate([self._digests, np.zeros(extra, dtype=np.uint64)])
-            self._requests = np.concatenate([self._requests, np.zeros(extra, dtype=np.uint64)])
-            self._bitmaps = np.concatenate(
-                [self._bitmaps, np.zeros((extra, BITMAP_WORDS), dtype=np.uint64)]
-            )
-            self._groups = np.concatenate([self._groups, np.zeros(extra, dtype=np.int64)])
-            self._event_ids.extend([""] * extra)
-            return size
-        return int(np.argmin(self._seqs))
+        if not self._free:
+            size = len(self._seqs)
+            if size < self.capacity:
+                grown = min(self.capacity, max(8, 2 * size))
+                extra = grown - size
+                self._seqs = np.concatenate([self._seqs, np.full(extra, -1, dtype=np.int64)])
+                self._times = np.concatenate([self._times, np.zeros(extra)])
+                self._digests = np.concatenate([self._digests, np.zeros(extra, dtype=np.uint64)])
+                self._requests = np.concatenate([self._requests, np.zeros(extra, dtype=np.uint64)])
+                self._bitmaps = np.concatenate(
+                    [self._bitmaps, np.zeros((extra, BITMAP_WORDS), dtype=np.uint64)]
+                )
+                self._groups = np.concatenate([self._groups, np.zeros(extra, dtype=np.int64)])
+                self._event_ids.extend([""] * extra)
+                self._free.extend(range(grown - 1, size - 1, -1))
+            else:
+                self._forget(int(np.argmin(self._seqs)))
+        return self._free.pop()
 
     def observe(
         self,
@@ -507,23 +552,28 @@ class QueryHistory:
         """Match one query against the history, then hold it (see the module's rules)."""
         self._newest = max(self._newest, when)
         self._expire(self._newest)
-        held = self._seqs >= 0
-        if request and np.any(held & (self._requests == np.uint64(request))):
-            return QueryObservation("retry", held=int(held.sum()))
-        same = np.flatnonzero(held & (self._digests == np.uint64(digest)))
-        if len(same):
-            slot = int(same[0])
-            self._seqs[slot] = self.next_seq
-            self._times[slot] = max(float(self._times[slot]), when)
+        if request and request in self._by_request:
+            return QueryObservation("retry", held=self._held)
+        same = self._by_digest.get(digest)
+        if same is not None:
+            self._seqs[same] = self.next_seq
+            self._times[same] = max(float(self._times[same]), when)
             self.next_seq += 1
-            return QueryObservation("repeat", held=int(held.sum()))
+            return QueryObservation("repeat", held=self._held)
         if windows < self.match_bits:
-            return QueryObservation("low_information", held=int(held.sum()))
-        overlap = np.bitwise_count(self._bitmaps & bitmap).sum(axis=1, dtype=np.int32)
-        matched = np.flatnonzero(held & (overlap >= self.match_bits))
+            return QueryObservation("low_information", held=self._held)
+        held = self._seqs >= 0
+        matched = np.zeros(0, dtype=np.intp)
+        if self._held:
+            overlap = np.bitwise_count(self._bitmaps & bitmap).sum(axis=1, dtype=np.int32)
+            matched = np.flatnonzero(held & (overlap >= self.match_bits))
         group = self.next_seq
         if len(matched):
-            joined = np.isin(self._groups, np.unique(self._groups[matched]))
+            joined_groups = np.unique(self._groups[matched])
+            if len(joined_groups) == 1:
+                joined = self._groups == joined_groups[0]
+            else:
+                joined = np.isin(self._groups, joined_groups)
             self._groups[held & joined] = group
         slot = self._slot()
         self._seqs[slot] = self.next_seq
@@ -534,8 +584,12 @@ class QueryHistory:
         self._bitmaps[slot] = bitmap
         self._event_ids[slot] = event_id[:MAX_EVENT_ID_CHARS]
         self._groups[slot] = group
-        held = self._seqs >= 0
-        members = held & (self._groups == group)
+        self._held += 1
+        self._oldest = min(self._oldest, when)
+        self._by_digest[digest] = slot
+        if request:
+            self._by_request[request] = slot
+        members = (self._seqs >= 0) & (self._groups == group)
         members[slot] = False
         matched = matched[matched != slot]  # the slot of an evicted query, now this one
         newest_first = matched[np.argsort(-self._seqs[matched], kind="stable")]
@@ -546,7 +600,7 @@ class QueryHistory:
             linked=len(in_group),
             matched_event_ids=tuple(self._event_ids[i] for i in newest_first[: self.keep_ids]),
             first_linked_time=float(self._times[in_group].min()) if len(in_group) else None,
-            held=int(held.sum()),
+            held=self._held,
         )
 
     def observe_batch(
@@ -585,6 +639,7 @@ class QueryHistory:
         stored = _Stored(
             format=_STATE_FORMAT,
             next_seq=self.next_seq,
+            newest=self._newest,
             seqs=self._seqs[order].astype("<i8").tobytes(),
             times=self._times[order].astype("<f8").tobytes(),
             digests=self._digests[order].astype("<u8").tobytes(),
@@ -633,9 +688,12 @@ class QueryHistory:
         seqs = np.frombuffer(stored.seqs, dtype="<i8").astype(np.int64)
         times = np.frombuffer(stored.times, dtype="<f8").astype(np.float64)
         groups = np.frombuffer(stored.groups, dtype="<i8").astype(np.int64)
+        if not 0 <= stored.next_seq < _MAX_SEQ or not stored.newest < math.inf:
+            raise QueryStateError("query history holds an impossible sequence number or time")
         if n and (
             np.any(seqs < 0)
             or np.any(seqs >= stored.next_seq)
+            or stored.newest < times.max()
             or np.any(groups < 0)
             or np.any(groups >= stored.next_seq)
             or not np.all(np.isfinite(times))
@@ -647,6 +705,7 @@ class QueryHistory:
         keep = slice(max(0, n - capacity), n)  # oldest first: the newest are kept
         history = cls(capacity, max_age_seconds, match_bits, keep_ids=keep_ids)
         history.next_seq = int(stored.next_seq)
+        history._newest = stored.newest
         history._seqs = seqs[keep].copy()
         history._times = times[keep].copy()
         history._digests = np.frombuffer(stored.digests, dtype="<u8").astype(np.uint64)[keep]
@@ -659,8 +718,7 @@ class QueryHistory:
         )
         history._groups = groups[keep].copy()
         history._event_ids = list(stored.event_ids[keep])
-        if n:
-            history._newest = float(history._times.max())
+        history._index()
         return history
 
 
