@@ -46,11 +46,13 @@ unit: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/pytest
 	$(BIN)/pytest --kafka=embedded
 
-## Benchmarks; figures land in docs/benchmarks.md, docs/benchmarks-stream.md and docs/benchmarks-drift.md.
+## Benchmarks; figures land in docs/benchmarks.md, docs/benchmarks-stream.md,
+## docs/benchmarks-drift.md and docs/benchmarks-queries.md.
 bench: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/python -m benchmarks.squeeze_scoring
 	$(BIN)/python -m benchmarks.worker_throughput
 	$(BIN)/python -m benchmarks.drift_cost
+	$(BIN)/python -m benchmarks.query_cost
 
 ## Re-pin every dependency after changing pyproject.toml.
 constraints: $(STAMP)

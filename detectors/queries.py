@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 BITMAP_BITS = 1024
-"""Bits of a fingerprint's map: one per kept window hash (by its top 10 bits)."""
+"""Bits of a fingerprint's map: one per kept window hash (by its bottom 10 bits)."""
 BITMAP_WORDS = BITMAP_BITS // 64
 _BIT_MASK = np.uint64(BITMAP_BITS - 1)
 _MAX_SEQ = 1 << 62
@@ -479,8 +479,13 @@ class QueryHistory:
         self._free = np.flatnonzero(self._seqs < 0).tolist()[::-1]
         self._held = len(held)
         self._oldest = float(self._times[held].min()) if len(held) else math.inf
-        self._by_digest = {int(self._digests[i]): int(i) for i in held}
-        self._by_request = {int(self._requests[i]): int(i) for i in held if self._requests[i]}
+        slots = held.tolist()
+        self._by_digest = dict(zip(self._digests[held].tolist(), slots, strict=True))
+        self._by_request = {
+            request: slot
+            for request, slot in zip(self._requests[held].tolist(), slots, strict=True)
+            if request
+        }
 
     def __len__(self) -> int:
         return self._held
