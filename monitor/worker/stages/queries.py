@@ -22,6 +22,7 @@ fingerprints record is skipped and logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
@@ -243,6 +244,9 @@ class QueryStage:
                         expires = now + timedelta(seconds=plan.decision_seconds)
                         alarms.append(_Alarm(prints, row, seen, plan, expires))
                         state.decided_until = expires.timestamp()
+            # A take can hold thousands of queries: the scoring stage and the broker's
+            # heartbeats get the event loop between sources.
+            await asyncio.sleep(0)
         records: list[OutputRecord] = []
         topics = self.config.topics
         for alarm in alarms:
