@@ -35,6 +35,13 @@ Delivery is at-least-once, as it is for Faust's agents:
   counted: the partitions' next owner starts from the last committed offset;
 - a batch that fails unexpectedly stops the process at once, without a commit.
 
+Two gauges tell how far behind the worker is: ``advmon_consumer_lag{topic,partition}``
+(the high watermark the last fetch reported minus the offset the group resumes the
+partition from; updated every LAG_INTERVAL_S and at each commit, from what the consumer
+knows already, and removed when the partition is revoked) and
+``advmon_undecided_event_age_seconds`` (the age of the oldest record in hand, read at
+scrape time, so that it grows while a batch is stuck).
+
 The consumer group is ``<app_id>-inference`` (:func:`inference_group`): a group's members
 must agree on one assignor, and Faust's own group uses its own. A group that has committed
 nothing yet for a partition starts where the Faust app's group (``<app_id>``, which read
@@ -126,6 +133,10 @@ coordinator per batch. After a crash, at most this much more is read again."""
 IDLE_POLL_MS = 100
 """How long one fetch waits while nothing comes (finished batches are committed between)."""
 
+LAG_INTERVAL_S = 1.0
+"""``advmon_consumer_lag`` is updated at least this often while the loop runs (and at each
+commit)."""
+
 STOP_GRACE_S = 10.0
 """How long a stopping worker waits for its batches in hand before it abandons them."""
 
@@ -138,6 +149,35 @@ class _InFlight:
     task: asyncio.Future[None]
     size: int = 0
     """Bytes of the batch's message values."""
+    oldest: float | None = None
+    """Wall-clock time (seconds) of its oldest record (:func:`oldest_time`)."""
+
+
+def oldest_time(records: Iterable[ConsumerRecord[bytes, bytes]], fetched_at: float) -> float | None:
+    """The earliest time among the records' Kafka timestamps, in seconds, or None for
+    no records.
+
+    Timestamps come from producers and are not trusted: a missing or non-positive one
+    counts as ``fetched_at`` (the record is at least as old as its fetch), and none counts
+    as later than ``fetched_at``, so an age measured from the result is never negative.
+
+    >>> r = ConsumerRecord("t", 0, 5, 2_000, 0, None, b"", None, 0, 0, ())
+    >>> oldest_time([r], fetched_at=10.0), oldest_time([r], fetched_at=1.0)
+    (2.0, 1.0)
+    >>> no_time = ConsumerRecord("t", 0, 6, -1, 0, None, b"", None, 0, 0, ())
+    >>> oldest_time([r, no_time], fetched_at=10.0), oldest_time([no_time], 10.0)
+    (2.0, 10.0)
+    >>> print(oldest_time([], 10.0))
+    None
+    """
+    oldest: float | None = None
+    for record in records:
+        timestamp = record.timestamp
+        seconds = timestamp / 1000 if isinstance(timestamp, int) and timestamp > 0 else fetched_at
+        seconds = min(seconds, fetched_at)
+        if oldest is None or seconds < oldest:
+            oldest = seconds
+    return oldest
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -151,6 +191,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.intake.drain()
             if revoked:
                 logger.info("inference partitions revoked: %s", _named(revoked))
+            self.intake.forget_partitions(set(revoked or ()))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
@@ -216,6 +257,17 @@ class InferenceIntake(mode.Service):
         self._floors: dict[TopicPartition, int] = {}
         """Where the app's group left a partition this group had never committed: the
         records before it were decided already."""
+        self._committed: dict[TopicPartition, int] = {}
+        """The offset the group resumes each owned partition from: its last commit (read
+        at assignment, then this worker's own), else the first record this worker took."""
+        self._lag_partitions: set[TopicPartition] = set()
+        """Partitions with an ``advmon_consumer_lag`` series."""
+        self._lag_updated_at = 0.0
+        self._oldest_in_hand: float | None = None
+        """Wall-clock time of the oldest record of the batches in hand, None for none."""
+        self.clock: Callable[[], float] = time.time
+        """Wall clock (seconds since the epoch) that Kafka timestamps are compared with."""
+        metrics.undecided_event_age.set_function(self.undecided_age)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         kafka = self.settings.kafka
@@ -268,6 +320,8 @@ class InferenceIntake(mode.Service):
         for batch in self._in_flight:
             batch.task.cancel()
         self._in_flight.clear()
+        self._oldest_in_hand = None
+        self.forget_partitions(set(self._lag_partitions) | set(self._committed))
         if self.consumer is not None:
             await self.consumer.stop()
 
@@ -299,9 +353,12 @@ class InferenceIntake(mode.Service):
                 await asyncio.wait([self._in_flight[0].task])
                 self._finish()
             self._finish()
+            if time.monotonic() - self._lag_updated_at >= LAG_INTERVAL_S:
+                self.update_lag()
             started = time.perf_counter()
             fetched = await self._take(consumer)
             fetching.inc(time.perf_counter() - started)
+            fetched_at = self.clock()
             if not fetched:
                 continue
             async with self.batch_lock:
@@ -316,9 +373,14 @@ class InferenceIntake(mode.Service):
                     continue
                 messages = input_messages(r for records in batch.values() for r in records)
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                for tp, records in batch.items():
+                    # Nothing committed known: the group would resume from here.
+                    self._committed.setdefault(tp, records[0].offset)
+                oldest = oldest_time((r for rs in batch.values() for r in rs), fetched_at)
                 task = asyncio.ensure_future(self.process(messages))
                 size = sum(len(m.value) for m in messages)
-                self._in_flight.append(_InFlight(offsets, task, size))
+                self._in_flight.append(_InFlight(offsets, task, size, oldest))
+                self._track_oldest()
 
     def _above_floor(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
@@ -358,6 +420,7 @@ class InferenceIntake(mode.Service):
                 logger.critical("a batch failed", exc_info=error)
                 exit_without_commit("scoring a batch of inference messages")
             self._finished.update(batch.offsets)
+        self._track_oldest()
         now = time.monotonic()
         if (
             self._finished
@@ -391,6 +454,9 @@ class InferenceIntake(mode.Service):
         started = time.perf_counter()
         try:
             await consumer.commit(committed)
+            for tp, offset in committed.items():
+                self._committed[tp] = offset.offset
+            self.update_lag()
         except KafkaError as exc:
             # Dropped from the group, the partitions moved, the coordinator gone: the
             # partitions' next owner (this worker, too) reads them again from the last
@@ -418,7 +484,13 @@ class InferenceIntake(mode.Service):
     async def _resume_legacy_positions(
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
     ) -> None:
-        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+        fresh = []
+        for tp in assigned:
+            offset = await consumer.committed(tp)
+            if offset is None:
+                fresh.append(tp)
+            else:
+                self._committed[tp] = offset
         if not fresh:
             return
         admin = AIOKafkaAdminClient(**self.settings.kafka.client_options())
@@ -443,3 +515,45 @@ class InferenceIntake(mode.Service):
             self._floors[tp] = offset.offset
             if await consumer.position(tp) < offset.offset:
                 consumer.seek(tp, offset.offset)
+
+    def _track_oldest(self) -> None:
+        """Note the oldest record of the batches in hand, for the scrape to read."""
+        times = [b.oldest for b in self._in_flight if b.oldest is not None]
+        self._oldest_in_hand = min(times) if times else None
+
+    def undecided_age(self) -> float:
+        """Seconds since the oldest record in hand (``advmon_undecided_event_age_seconds``),
+        0 with none; called at scrape time, possibly from another thread."""
+        oldest = self._oldest_in_hand
+        if oldest is None:
+            return 0.0
+        return max(0.0, self.clock() - oldest)
+
+    def update_lag(self) -> None:
+        """Set ``advmon_consumer_lag`` of each owned partition from the high watermark its
+        last fetch reported and the offset the group resumes it from (no broker request);
+        partitions that are not owned any more lose their series."""
+        self._lag_updated_at = time.monotonic()
+        owned = self.assignment()
+        self.forget_partitions(self._lag_partitions - owned)
+        consumer = self.consumer
+        if consumer is None:
+            return
+        for tp in owned:
+            highwater = consumer.highwater(tp)
+            committed = self._committed.get(tp)
+            if highwater is None or committed is None:
+                continue  # not fetched yet, or nothing known of where the group resumes
+            lag = max(0, highwater - committed)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            self._lag_partitions.add(tp)
+
+    def forget_partitions(self, partitions: set[TopicPartition]) -> None:
+        """Drop what is known of partitions this worker no longer owns, their
+        ``advmon_consumer_lag`` series with it (another worker reports them now)."""
+        for tp in partitions:
+            self._committed.pop(tp, None)
+            if tp in self._lag_partitions:
+                self._lag_partitions.discard(tp)
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))

@@ -81,6 +81,8 @@ class Metrics:
     records_set_aside: Counter
     pipeline_seconds: Counter
     commits_refused: Counter
+    consumer_lag: Gauge
+    undecided_event_age: Gauge
     query_fingerprints: Counter
     query_attacks: Counter
     query_resets: Counter
@@ -274,6 +276,22 @@ class Metrics:
                 "advmon_commits_refused",
                 "Inference offsets the group refused to commit (this worker had been dropped "
                 "from the group): the partition's next owner processes them again.",
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "advmon_consumer_lag",
+                "Messages of an inference partition this worker owns that its group has not "
+                "committed yet: the partition's high watermark minus the offset the group "
+                "resumes from (its last commit, else the first record this worker took). "
+                "Updated every second and at each commit; gone when the partition is revoked.",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            undecided_event_age=Gauge(
+                "advmon_undecided_event_age_seconds",
+                "Age of the oldest inference message this worker has fetched and not finished "
+                "(now minus its Kafka timestamp; the time it was fetched where the timestamp "
+                "is missing or in the future), 0 when none is in hand. Read at scrape time.",
                 registry=registry,
             ),
         )
