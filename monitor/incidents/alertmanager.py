@@ -8,7 +8,7 @@ it does not expire, then posts it once more with ``endsAt`` when the incident re
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ from monitor.errors import AlertDeliveryError
 from monitor.incidents.storage.models import Incident, IncidentKind, IncidentStatus
 from monitor.incidents.views import decisions_taken, source_decision
 
-__all__ = ["ALERT_NAMES", "AlertmanagerClient", "incident_alert"]
+__all__ = ["ALERT_NAMES", "DELIVERY_FAILURE_REASONS", "AlertmanagerClient", "incident_alert"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ ALERT_NAMES: dict[IncidentKind, tuple[str, str]] = {
     IncidentKind.DRIFT: ("AdvmonDrift", "warning"),
     IncidentKind.QUERY_ATTACK: ("AdvmonQueryAttack", "critical"),
 }
+
+#: Why a post to one Alertmanager failed, as :class:`AlertmanagerClient` reports it.
+DELIVERY_FAILURE_REASONS = ("http_status", "timeout", "connection")
 
 
 def incident_alert(
@@ -119,11 +122,22 @@ class AlertmanagerClient:
         Alertmanager base URLs such as ``http://alertmanager:9093``.
     timeout_seconds
         Timeout of each request.
+    on_failure
+        Called with the reason (one of :data:`DELIVERY_FAILURE_REASONS`) each time a post
+        to one Alertmanager fails, whether or not another took the alerts: the worker
+        counts them in a metric (this package exports none).
     """
 
-    def __init__(self, urls: Sequence[str], timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        timeout_seconds: float = 5.0,
+        *,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.urls = [url.rstrip("/") for url in urls]
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self.on_failure = on_failure
         self._session: aiohttp.ClientSession | None = None
 
     async def post(self, alerts: list[dict[str, Any]]) -> None:
@@ -139,14 +153,20 @@ class AlertmanagerClient:
                     if response.status >= 300:
                         body = (await response.text())[:200]
                         failures.append(f"{url}: HTTP {response.status} {body}")
+                        self._failed("http_status")
                         continue
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failures.append(f"{url}: {exc.__class__.__name__} {exc}")
+                self._failed("timeout" if isinstance(exc, TimeoutError) else "connection")
                 continue
         if len(failures) == len(self.urls):
             raise AlertDeliveryError("; ".join(failures))
         for failure in failures:
             logger.warning("alertmanager %s", failure)
+
+    def _failed(self, reason: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     async def close(self) -> None:
         """Close the HTTP session."""

@@ -596,7 +596,11 @@ def create_app(
             if store is not None
             else None
         ),
-        alerting=AlertingStage(store, settings.alerting, new_incident) if store else None,
+        alerting=(
+            AlertingStage(store, settings.alerting, new_incident, metrics)
+            if store is not None
+            else None
+        ),
     )
     app.add_dependency(scoring)
     app.add_dependency(intake)

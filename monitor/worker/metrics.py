@@ -88,6 +88,9 @@ class Metrics:
     query_resets: Counter
     query_sources_held: Gauge
     query_decisions_in_force: Gauge
+    detector_target_fpr: Gauge
+    incidents_open: Gauge
+    alert_deliveries_failed: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -292,6 +295,29 @@ class Metrics:
                 "Age of the oldest inference message this worker has fetched and not finished "
                 "(now minus its Kafka timestamp; the time it was fetched where the timestamp "
                 "is missing or in the future), 0 when none is in hand. Read at scrape time.",
+                registry=registry,
+            ),
+            detector_target_fpr=Gauge(
+                "advmon_detector_target_fpr",
+                "The false-positive rate each monitored model's detector was calibrated for "
+                "(target_fpr of its detector file), set as the worker starts.",
+                ["model"],
+                registry=registry,
+            ),
+            incidents_open=Gauge(
+                "advmon_incidents_open",
+                "Unresolved incidents (open or acknowledged) in the incident store, by kind; "
+                "refreshed at each alert sync by the worker that holds the store, and left at "
+                "its last value while the database cannot be read.",
+                ["kind"],
+                registry=registry,
+            ),
+            alert_deliveries_failed=Counter(
+                "advmon_alert_deliveries_failed",
+                "Posts of alerts to one Alertmanager that failed, by reason: http_status (it "
+                "answered with a status of 300 or more), timeout, connection (any other client "
+                "error).",
+                ["reason"],
                 registry=registry,
             ),
         )

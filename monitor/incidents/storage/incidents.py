@@ -505,6 +505,23 @@ class IncidentStore:
             ).all()
             return list(rows), int(total or 0)
 
+    def open_counts(self) -> dict[IncidentKind, int]:
+        """How many incidents of each kind are unresolved (0 for a kind without any).
+
+        One ``GROUP BY`` over the incidents' kind and status columns (both in the index
+        ``ix_incidents_group``); no incident is loaded.
+        """
+        counts = dict.fromkeys(IncidentKind, 0)
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(Incident.kind, func.count())
+                .where(Incident.status != IncidentStatus.RESOLVED)
+                .group_by(Incident.kind)
+            ).all()
+        for kind, count in rows:
+            counts[IncidentKind(kind)] = int(count)
+        return counts
+
     def alertable(self) -> list[Incident]:
         """Unresolved incidents, and resolved ones whose resolution was not yet alerted."""
         with Session(self.engine, expire_on_commit=False) as session:

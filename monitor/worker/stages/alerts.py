@@ -12,13 +12,14 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from monitor.errors import AlertDeliveryError
 from monitor.incidents.alertmanager import AlertmanagerClient, incident_alert
 from monitor.incidents.storage.incidents import IncidentStore
 from monitor.retry import retrying
 from monitor.settings import AlertingSettings
+from monitor.worker.metrics import Metrics
 
 __all__ = ["AlertingStage"]
 
@@ -34,6 +35,10 @@ class AlertingStage:
     incidents, then posts every unresolved incident, and each newly resolved one with its
     ``endsAt``. When Alertmanager is unreachable it retries with back-off; the stream is
     never blocked and no incident is lost, since the database is the source of truth.
+
+    With ``metrics``, each sync also sets ``advmon_incidents_open`` (one cheap count by
+    kind; a database error leaves the last values) and each failed post to an
+    Alertmanager counts in ``advmon_alert_deliveries_failed_total``.
     """
 
     def __init__(
@@ -41,11 +46,22 @@ class AlertingStage:
         store: IncidentStore,
         settings: AlertingSettings,
         wake: asyncio.Event,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.wake = wake
-        self.client = AlertmanagerClient(settings.urls, settings.timeout_seconds)
+        self.metrics = metrics
+        on_failure = None
+        if metrics is not None:
+            failed = metrics.alert_deliveries_failed
+
+            def on_failure(reason: str) -> None:
+                failed.labels(reason).inc()
+
+        self.client = AlertmanagerClient(
+            settings.urls, settings.timeout_seconds, on_failure=on_failure
+        )
 
     async def run(self) -> None:
         """Sync alerts forever."""
@@ -76,6 +92,7 @@ class AlertingStage:
         resolved = await asyncio.to_thread(self.store.auto_resolve, now)
         if resolved:
             logger.info("auto-resolved incidents %s", resolved)
+        await self.count_open()
         if not self.client.urls:
             return 0
         incidents = await asyncio.to_thread(self.store.alertable)
@@ -92,6 +109,19 @@ class AlertingStage:
         await self.client.post(alerts)
         await asyncio.to_thread(self.store.mark_alerted, [i.id for i in incidents], now)
         return len(alerts)
+
+    async def count_open(self) -> None:
+        """Set ``advmon_incidents_open`` from the store; on a database error, log it and
+        keep the last values."""
+        if self.metrics is None:
+            return
+        try:
+            counts = await asyncio.to_thread(self.store.open_counts)
+        except SQLAlchemyError as exc:
+            logger.warning("open incidents not counted, keeping the last values: %s", exc)
+            return
+        for kind, count in counts.items():
+            self.metrics.incidents_open.labels(kind.value).set(count)
 
     async def close(self) -> None:
         """Close the Alertmanager client."""

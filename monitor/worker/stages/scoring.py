@@ -374,6 +374,8 @@ class ScoringStage(mode.Service):
         """Each model's recent graph time per event, in seconds (a moving average of the
         time the graph itself took, without the hand-off to the scoring thread)."""
         self._ready = asyncio.Event()
+        for model_id, model in self.pipeline.models.items():
+            metrics.detector_target_fpr.labels(model_id).set(model.detector.target_fpr)
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()

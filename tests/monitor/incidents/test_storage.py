@@ -755,3 +755,25 @@ def test_migration_0003_on_sqlite(tmp_path: Path) -> None:
         assert [row[:3] for row in _stored_detections(engine)] == [("adversarial", "digits", "e1")]
     finally:
         engine.dispose()
+
+
+def test_open_counts_are_by_kind_and_leave_resolved_incidents_out(
+    any_store: IncidentStore,
+) -> None:
+    assert any_store.open_counts() == dict.fromkeys(IncidentKind, 0)
+    any_store.record(
+        [
+            detection("e1", 0, model_id="digits"),
+            detection("e2", 0, model_id="letters"),
+            detection("d1", 0, kind="drift", source=None),
+        ]
+    )
+    counts = any_store.open_counts()
+    assert counts[IncidentKind.ADVERSARIAL] == 2
+    assert counts[IncidentKind.DRIFT] == 1
+    assert counts[IncidentKind.QUERY_ATTACK] == 0
+    incidents, _ = any_store.find(IncidentFilter(kind=IncidentKind.ADVERSARIAL))
+    any_store.set_status(incidents[0].id, IncidentStatus.ACKNOWLEDGED, "alice")
+    assert any_store.open_counts()[IncidentKind.ADVERSARIAL] == 2
+    any_store.set_status(incidents[0].id, IncidentStatus.RESOLVED, "alice")
+    assert any_store.open_counts()[IncidentKind.ADVERSARIAL] == 1

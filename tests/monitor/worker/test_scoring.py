@@ -86,3 +86,25 @@ async def test_an_event_that_fails_to_score_is_dead_lettered_alone(
     assert sample(registry, "advmon_events_consumed_total", topic="inference-events") == 4
     assert sample(registry, "advmon_decisions_total", action="allow", scope="request") == 3
     stage._executor.shutdown()
+
+
+def test_each_models_calibrated_fpr_is_exported(detector_path: Path) -> None:
+    config = MonitorConfig.model_validate(
+        {
+            "models": [
+                {"id": "digits", "detector": str(detector_path), "policy": "observe"},
+                {"id": "digits-b", "detector": str(detector_path), "policy": "observe"},
+            ]
+        }
+    )
+    models = load_model_detectors(config)
+
+    async def publish(records: Sequence[OutputRecord]) -> None:
+        pass
+
+    registry = CollectorRegistry()
+    ScoringStage(config, models, Metrics.create(registry), publish, device="cpu")
+    target = models["digits"].detector.target_fpr
+    assert 0 < target < 1
+    for model_id in ("digits", "digits-b"):
+        assert sample(registry, "advmon_detector_target_fpr", model=model_id) == target
