@@ -301,3 +301,15 @@ def test_detectors_lie_in_a_read_only_volume(compose: dict[str, Any], runtime_st
             # The same relative layout on the host: the config also works with
             # `advmon worker --config deploy/advmon.yaml` outside the container.
             assert host_path(mount, detector, REPO) == Path(host_model.detector)
+
+
+def test_deploy_readme_lists_every_service(compose: dict[str, Any]) -> None:
+    """deploy/README.md's table of services names exactly the services compose starts."""
+    readme = (REPO / "deploy" / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| service | image | what for |", 1)[1].split("\n\n", 1)[0]
+    listed = {row.split("|")[1].strip().strip("`") for row in table.strip().splitlines()[1:]}
+    assert listed == set(compose["services"])
+    count = readme.split(" services on one machine", 1)[0].rsplit(" ", 1)[1]
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    assert count in words, count
+    assert words.index(count) + 1 == len(compose["services"])
