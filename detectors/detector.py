@@ -481,6 +481,17 @@ class DetectorConfig:
         return QuerySettings.default_for(self.input_kind, self.input_range)
 
     @property
+    def query_match_bits(self) -> int | None:
+        """Fingerprint bits two of this model's queries must share to match; ``None`` when
+        its queries cannot be watched: no :attr:`query_settings`, or inputs of varying
+        shape (one history compares inputs of one size)."""
+        settings = self.query_settings
+        if settings is None or None in self.input_shape:
+            return None
+        elements = math.prod(d for d in self.input_shape if d is not None)
+        return settings.fingerprint.match_bits(elements) if elements > 0 else None
+
+    @property
     def accepted_range(self) -> tuple[float, float] | None:
         """The range events' input values must lie in: the input range for images; none
         for tabular inputs, whose features legitimately leave the range seen in

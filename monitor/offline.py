@@ -355,12 +355,12 @@ class _QueryWatch:
     def __init__(
         self,
         settings: QuerySettings,
-        elements: int,
+        match_bits: int,
         min_linked: int | None,
         max_age_seconds: float,
     ) -> None:
         self.settings = settings
-        self.match_bits = settings.fingerprint.match_bits(elements)
+        self.match_bits = match_bits
         self.min_linked = settings.min_linked if min_linked is None else min_linked
         self.max_age_seconds = max_age_seconds
         self.summary = QueryAttackSummary(self.min_linked, min_linked is not None)
@@ -454,15 +454,14 @@ def _query_watch(
             f"{config.input_kind} model has no query-attack settings (re-run advmon calibrate)"
         )
         return None
-    if None in config.input_shape:
-        # As in the worker: one history compares inputs of one size.
+    match_bits = config.query_match_bits
+    if match_bits is None:
         report.query_attacks_unavailable = (
             "query-attack detection is off: the model takes inputs of varying shape, "
             "which cannot be fingerprinted"
         )
         return None
-    elements = math.prod(d for d in config.input_shape if d is not None)
-    watch = _QueryWatch(settings, elements, min_linked, max_age_seconds)
+    watch = _QueryWatch(settings, match_bits, min_linked, max_age_seconds)
     report.query_attacks = watch.summary
     return watch
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -63,9 +62,8 @@ def query_plans(models: Mapping[str, ModelDetector]) -> dict[str, QueryPlan]:
                 model_id,
             )
             continue
-        shape = model.detector.input_shape
-        elements = math.prod(d for d in shape if d is not None) if None not in shape else 0
-        if elements == 0:
+        match_bits = model.detector.query_match_bits
+        if match_bits is None:
             logger.warning(
                 "model %s: inputs of varying shape cannot be fingerprinted; query-attack "
                 "detection is off for it",
@@ -79,7 +77,7 @@ def query_plans(models: Mapping[str, ModelDetector]) -> dict[str, QueryPlan]:
             history_size=wanted.history_size or settings.history_size,
             max_age_seconds=wanted.max_age_seconds,
             decision_seconds=wanted.decision_seconds,
-            match_bits=settings.fingerprint.match_bits(elements),
+            match_bits=match_bits,
             enforce=model.config.policy == "enforce",
         )
     return plans

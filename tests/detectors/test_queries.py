@@ -9,6 +9,7 @@ hostile bytes: the only outcome allowed besides a history is :class:`QueryStateE
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -1570,6 +1571,13 @@ def test_a_calibrated_detector_file_carries_its_query_settings(tmp_path: Path) -
     assert spec.scale is not None
     np.testing.assert_allclose(spec.center, benign.astype(np.float64).mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(spec.scale, benign.astype(np.float64).std(axis=0), rtol=1e-3)
+
+    # 8×8 images keep all 50 hashes (match at 25); 6 tabular windows match at 3.
+    assert image.query_match_bits == 25
+    assert tabular.query_match_bits == 3
+    varying = dataclasses.replace(image, input_shape=(None, 1, None, 8))
+    assert varying.query_match_bits is None
+    assert dataclasses.replace(tabular, query_attacks=None).query_match_bits is None
 
     for config in (image, tabular):
         path = tmp_path / "detector.json"
