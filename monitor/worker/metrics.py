@@ -91,6 +91,7 @@ class Metrics:
     detector_target_fpr: Gauge
     incidents_open: Gauge
     alert_deliveries_failed: Counter
+    gc_full_collection_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -288,6 +289,14 @@ class Metrics:
                 "resumes from (its last commit, else the first record this worker took). "
                 "Updated every second and at each commit; gone when the partition is revoked.",
                 ["topic", "partition"],
+                registry=registry,
+            ),
+            gc_full_collection_seconds=Histogram(
+                "advmon_gc_full_collection_seconds",
+                "Duration of the worker process's full (generation 2) garbage collections, "
+                "each of which stops its event loop. The objects of its start-up are left "
+                "out of every collection.",
+                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
                 registry=registry,
             ),
             undecided_event_age=Gauge(

@@ -16,11 +16,14 @@ Then it builds the app, registers the agents and runs Faust's own ``worker`` com
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from prometheus_client import Histogram
 from sqlalchemy.exc import OperationalError
 
 from detectors.runtime import check_device
@@ -89,4 +92,38 @@ def run_worker(
     register_pages(wiring)
     # Faust's worker command reads its options from the command line.
     sys.argv = [prog, "worker", *worker_options]
+    freeze_start_up_objects()
+    time_full_collections(wiring.metrics.gc_full_collection_seconds)
     wiring.app.main()
+
+
+def freeze_start_up_objects() -> None:
+    """Leave what was imported and built before the worker runs out of every later
+    garbage collection.
+
+    The modules, classes and functions of the worker's libraries are some 200,000
+    objects that live as long as the process. A full collection walks every tracked
+    object, and under load one runs every few seconds: without this, each would stall
+    the event loop, and every event in hand, for 100-200 ms on a 2-core machine
+    (docs/benchmarks-stream.md).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def time_full_collections(histogram: Histogram) -> Callable[[], None]:
+    """Observe the duration of every full garbage collection of this process in
+    ``histogram``; returns the function that stops it. Younger generations, collected
+    hundreds of times a second and in microseconds, are not timed."""
+    started: list[float] = []
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            histogram.observe(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(on_collection)
+    return lambda: gc.callbacks.remove(on_collection)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -21,3 +24,16 @@ def test_metric_names_follow_prometheus_conventions() -> None:
     }
     with pytest.raises(ValueError, match="Duplicated"):
         Metrics.create(registry)
+
+
+def test_the_readme_table_lists_every_metric_the_worker_exports() -> None:
+    registry = CollectorRegistry()
+    Metrics.create(registry)
+    exported = {
+        f"{metric.name}_total" if metric.type == "counter" else metric.name
+        for metric in registry.collect()
+    }
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| metric | type | meaning |", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"^\| `(advmon_[a-z_]+)(?:\{[a-z_,]*\})?` \|", table, re.MULTILINE))
+    assert listed == exported
