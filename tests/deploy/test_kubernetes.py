@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from tests.deploy.kubernetes_support import (
     container_env,
     containers,
     copy_with_placeholder_secrets,
+    describe,
     example_keys,
     grace_period_problems,
     image_problems,
@@ -68,6 +70,7 @@ from tests.deploy.kubernetes_support import (
     schema_problems,
     secret_source_problems,
     security_problems,
+    selector_matches,
     selector_problems,
     session_timeout_problems,
     tools_problems,
@@ -213,6 +216,45 @@ def test_overlays_generate_the_secret(overlay: Rendering) -> None:
     assert secret["metadata"]["name"].startswith(f"{SECRET}-"), "a generated, hashed Secret"
 
 
+def _first_apply_selector() -> dict[str, Any]:
+    """The ``-l`` selector of the README's first ``kubectl apply -k``, as matchExpressions
+    (the ``KEY notin (A,B)`` form it uses)."""
+    readme = (KUBERNETES_DIR / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"kubectl apply -k \S+ -l '([\w./-]+) notin \(([\w,-]+)\)'", readme)
+    assert match is not None, "the README's first apply names no `-l 'KEY notin (...)'`"
+    values = match[2].split(",")
+    return {"matchExpressions": [{"key": match[1], "operator": "NotIn", "values": values}]}
+
+
+def test_the_first_apply_holds_the_migration_and_no_consumer(
+    overlay: Rendering, stage: Stage
+) -> None:
+    """The README's first step applies what the migration Job and the models need, and no
+    pod that refuses to start on an old schema (worker, api)."""
+    selector = _first_apply_selector()
+    applied = [
+        d
+        for d in overlay.documents
+        if selector_matches(selector, d["metadata"].get("labels") or {})
+    ]
+    kinds = {(d["kind"], d["metadata"]["name"].rsplit("-", 1)[0]) for d in applied}
+    names = {(d["kind"], d["metadata"]["name"]) for d in applied}
+    assert ("Job", MIGRATION_JOB) in names
+    assert ("PersistentVolumeClaim", "advmon-models") in names
+    assert ("Secret", SECRET) in kinds
+    assert any(kind == "Namespace" for kind, _ in names)
+    assert any(kind == "NetworkPolicy" for kind, _ in names), "pods isolated from the start"
+    for doc in applied:
+        if doc["kind"] in {"Deployment", "StatefulSet", "Job", "Pod"}:
+            for container in containers(doc):
+                assert advmon_command(container, stage) not in {"worker", "api"}, describe(doc)
+    # The second apply is everything: the workers and the API are in the rendering.
+    rest = [d for d in overlay.documents if d not in applied]
+    assert {d["kind"] for d in rest} >= {"StatefulSet", "Deployment"}
+
+
+# ---------------------------------------------------------------------------------------
+# commands, settings, secrets
 # ---------------------------------------------------------------------------------------
 # commands, settings, secrets
 

@@ -103,20 +103,11 @@ class Installed:
 
 
 def _checkout(folder: Path) -> Path:
-    """The files of a fresh clone with this tree's changes: what git tracks, and what it
-    would track, without ignored build leftovers (an editable install's ``*.egg-info``
-    would otherwise feed setuptools a stale file list)."""
-    listed = _run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        REPO,
-        _clean_env(),
-    ).stdout
-    for name in filter(None, listed.split("\0")):
-        source = REPO / name
-        if source.is_file():  # a tracked file deleted in the work tree is left out
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    """A copy of :func:`_source_files` in ``folder``."""
+    for name in _source_files():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
     return folder
 
 
@@ -155,16 +146,22 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Install
     return Installed(venv, cwd, _clean_env())
 
 
+def _source_files() -> list[str]:
+    """The files of a fresh clone with this tree's changes: what git tracks, and what it
+    would track, without ignored build leftovers (an editable install's ``*.egg-info``
+    would otherwise feed setuptools a stale file list)."""
+    listed = _run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        REPO,
+        _clean_env(),
+    ).stdout
+    # A tracked file deleted in the work tree is left out.
+    return [name for name in filter(None, listed.split("\0")) if (REPO / name).is_file()]
+
+
 def _package_files() -> set[str]:
-    """Every file of the three packages in the source tree, caches left out."""
-    found = set()
-    for package in PACKAGES:
-        for folder, dirs, files in os.walk(REPO / package):
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
-            for name in files:
-                if not name.endswith((".pyc", ".pyo")):
-                    found.add((Path(folder) / name).relative_to(REPO).as_posix())
-    return found
+    """Every source file of the three packages."""
+    return {name for name in _source_files() if name.split("/", 1)[0] in PACKAGES}
 
 
 def _wheel_names(wheel: Path) -> set[str]:
@@ -224,8 +221,9 @@ def test_the_sdist_rebuilds_the_package(built: Built) -> None:
 
 
 def test_it_runs_from_the_virtualenv_not_the_source_tree(installed: Installed) -> None:
+    # The worker's and the API's modules import their libraries (Faust, aiokafka, aiohttp).
     code = (
-        "import json, detectors, monitor, schemas; "
+        "import json, detectors, monitor, schemas, monitor.worker.run, monitor.incidents.api; "
         "print(json.dumps([m.__file__ for m in (detectors, monitor, schemas)]))"
     )
     result = _run([installed.python, "-c", code], installed.cwd, installed.env)
@@ -240,6 +238,8 @@ def test_help_and_version(installed: Installed) -> None:
     for command in ("api", "calibrate", "db", "demo", "evaluate", "incidents", "score", "worker"):
         assert f"  {command} " in result.stdout, result.stdout
     assert installed.run("--version").stdout.strip() == f"advmon, version {VERSION}"
+    worker = installed.run("worker", "--help")
+    assert "--config" in worker.stdout, worker.stdout
 
 
 def _head_revision() -> str:
