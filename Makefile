@@ -25,7 +25,7 @@ WHEELHOUSE_STAMP := $(WHEELHOUSE)/.fetched
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,demo]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[demo,attacks,mlflow]" --group dev
 	touch $(STAMP)
 
 install: $(STAMP)

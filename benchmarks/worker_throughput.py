@@ -25,7 +25,7 @@ single-partition topic:
    step of ``advmon_pipeline_seconds_total`` when it exports it), the CPU time of the
    worker, the broker and this process per phase, the per-event cost of the pipeline's
    stages in-process, and a py-spy profile of another worker run of stream (a) when
-   ``py-spy`` is installed (the ``dev`` extra; ``--no-profile`` skips it);
+   ``py-spy`` is installed (the ``dev`` dependency group; ``--no-profile`` skips it);
 6. **scaling**: 1, 2 and 4 workers in one consumer group on a topic of 8 partitions,
    aggregate events/s from the first to the N-th decision (``--no-scaling`` skips it).
 
@@ -565,7 +565,7 @@ async def _profile(
 ) -> None:
     if py_spy() is None:
         report.profile_note = (
-            "py-spy is not installed (it is in the `dev` extra: `make install`, or "
+            "py-spy is not installed (it is in the `dev` dependency group: `make install`, or "
             "`.venv/bin/pip install py-spy`, and run again)."
         )
         return

@@ -97,6 +97,7 @@ def test_installs_the_project_with_the_constraints(stages: list[Stage]) -> None:
     targets = [a for a in args if a == "." or a.startswith(".[")]
     extras = {e.strip() for t in targets for e in t[2:-1].split(",") if e.strip()}
     assert "dev" not in extras, "the image must not carry the dev tools"
+    assert not [a for a in args if a.startswith("--group")], "nor the dev dependency group"
     assert not [a for a in args if a in ("-e", "--editable")], "install, not editable"
 
 

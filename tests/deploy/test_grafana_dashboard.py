@@ -194,9 +194,29 @@ def datasource_uids() -> set[str]:
     return {str(d["uid"]) for d in load_yaml(DATASOURCES)["datasources"]}
 
 
+def datasource_variables(dashboard: Mapping[str, Any]) -> dict[str, str]:
+    """``${name}`` of each Prometheus datasource variable, and the uid it defaults to."""
+    found = {}
+    for variable in (dashboard.get("templating") or {}).get("list") or []:
+        if variable.get("type") == "datasource" and variable.get("query") == "prometheus":
+            current = variable.get("current") or {}
+            found[f"${{{variable.get('name')}}}"] = str(current.get("value"))
+    return found
+
+
 def schema_problems(dashboard: Mapping[str, Any], datasources: set[str]) -> list[str]:
-    """What Grafana (schema 16 and later, panels with gridPos) requires of a dashboard."""
+    """What Grafana (schema 16 and later, panels with gridPos) requires of a dashboard.
+
+    A datasource is named by a provisioned uid, or by a Prometheus datasource variable
+    (``${datasource}``, so the dashboard can be imported into any Grafana) whose default
+    is a provisioned uid.
+    """
     problems: list[str] = []
+    variables = datasource_variables(dashboard)
+
+    def known(uid: Any) -> bool:
+        return uid in datasources or uid in variables
+
     for key, kind in (("title", str), ("uid", str), ("schemaVersion", int), ("panels", list)):
         if not isinstance(dashboard.get(key), kind):
             problems.append(f"{key} must be a {kind.__name__}")
@@ -254,7 +274,7 @@ def schema_problems(dashboard: Mapping[str, Any], datasources: set[str]) -> list
         for reference in references:
             if not isinstance(reference, dict) or reference.get("type") != "prometheus":
                 problems.append(f"{name}: datasource must be {{type: prometheus, uid: …}}")
-            elif reference.get("uid") not in datasources:
+            elif not known(reference.get("uid")):
                 problems.append(f"{name}: datasource uid {reference.get('uid')!r} not provisioned")
         ref_ids = [t.get("refId") for t in targets]
         if len(set(ref_ids)) != len(ref_ids) or not all(isinstance(r, str) and r for r in ref_ids):
@@ -267,8 +287,11 @@ def schema_problems(dashboard: Mapping[str, Any], datasources: set[str]) -> list
             problems.append(f"variable {variable.get('name')!r}: bad name")
         if variable.get("type") == "query":
             reference = variable.get("datasource") or {}
-            if reference.get("uid") not in datasources:
+            if not known(reference.get("uid")):
                 problems.append(f"variable {variable['name']}: datasource not provisioned")
+    for name, default in variables.items():
+        if default not in datasources:
+            problems.append(f"variable {name} defaults to {default!r}, not provisioned")
     return problems
 
 
@@ -356,6 +379,22 @@ def test_schema_check_catches_mistakes(dashboard: dict[str, Any]) -> None:
     assert any("duplicate id" in p for p in problems)
     assert any("'nope' not provisioned" in p for p in problems)
     assert any("gridPos needs" in p for p in problems)
+
+
+def test_panels_name_their_datasource_by_a_variable(dashboard: dict[str, Any]) -> None:
+    """Imported into another Grafana, the dashboard asks for a Prometheus datasource; in
+    compose it defaults to the provisioned one."""
+    assert datasource_variables(dashboard) == {"${datasource}": "advmon-prometheus"}
+    for panel in all_panels(dashboard):
+        for target in panel.get("targets") or []:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+    broken = json.loads(json.dumps(dashboard))
+    broken["templating"]["list"][0]["current"]["value"] = "elsewhere"
+    assert schema_problems(broken, datasource_uids()) == [
+        "variable ${datasource} defaults to 'elsewhere', not provisioned"
+    ]
+    broken["templating"]["list"][0]["name"] = "source"
+    assert any("'${datasource}' not provisioned" in p for p in schema_problems(broken, set()))
 
 
 def test_dashboard_variables_all_have_values(dashboard: dict[str, Any]) -> None:

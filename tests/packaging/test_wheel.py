@@ -210,6 +210,7 @@ def test_the_wheel_metadata(built: Built) -> None:
     assert fields["License-Expression"] == ["Apache-2.0"]
     assert fields["Requires-Python"] == [">=3.11"]
     assert set(fields["Provides-Extra"]) == set(PROJECT["optional-dependencies"])
+    assert "dev" not in fields["Provides-Extra"], "the test tools are no extra of the package"
     assert "advmon = monitor.cli:main" in entry_points
 
 
