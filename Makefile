@@ -95,8 +95,11 @@ bench: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/python -m benchmarks.query_cost
 
 ## Re-pin every dependency after changing pyproject.toml.
+## name==version for every package, also one installed from a file or URL (pip freeze
+## would write its path, which no other machine has).
 constraints: $(STAMP)
-	$(BIN)/python -m pip freeze --exclude-editable --exclude advmon > constraints.txt
+	$(BIN)/python -m pip list --format=freeze --exclude-editable --exclude advmon \
+		--exclude pip --exclude setuptools --exclude wheel > constraints.txt
 
 clean:
 	rm -rf $(VENV) .kafka $(K8S_TOOLS) $(WHEELHOUSE) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache demo-output

@@ -21,6 +21,7 @@ one line and an exit status), ``_database`` (the incident database for ``db``,
 from __future__ import annotations
 
 import logging
+import warnings
 
 import click
 from pydantic import ValidationError
@@ -60,6 +61,9 @@ def main(ctx: click.Context) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # IBM ART warns on import when PyTorch is absent; advmon says itself which attacks
+    # that leaves out (the advmon[attacks] extra).
+    warnings.filterwarnings("ignore", message="PyTorch not found", category=UserWarning)
     ctx.obj = settings
 
 

@@ -30,8 +30,12 @@ def demo(settings: Settings, out_dir: Path, device: Any, offline: bool) -> None:
     offline, then stream live traffic through a local broker and an advmon worker."""
     from monitor.demo.run import run_demo
     from monitor.demo.streaming import run_streaming_demo
+    from monitor.kafka.local_broker import noida_db_binary
 
     with user_errors():
+        if not offline:
+            # Before minutes of offline work: the streaming part needs the demo extra.
+            noida_db_binary()
         artifacts = run_demo(out_dir, device=device or settings.scoring.device, console=console)
         if not offline:
             run_streaming_demo(out_dir, artifacts, console)

@@ -226,26 +226,29 @@ def calibrate(
     passes = 3 if search is not None else 2
     bad = _BadLineReporter(events_path)
     total = passes * events_path.stat().st_size
-    with user_errors(), _file_progress("calibrating", total) as progress:
-        report = calibrate_file(
-            model_path,
-            events_path,
-            out_path,
-            fpr=fpr,
-            squeezer_spec=squeezer_spec,
-            search=search,
-            seed=seed,
-            output_kind=output_kind,
-            output_name=output_name,
-            input_range=input_range,
-            batch_size=batch_size or settings.scoring.batch_size,
-            device=device or settings.scoring.device,
-            on_bad_line=bad,
-            on_progress=progress.advance,
-            on_stage=progress.describe,
-        )
+    try:
+        with user_errors(), _file_progress("calibrating", total) as progress:
+            report = calibrate_file(
+                model_path,
+                events_path,
+                out_path,
+                fpr=fpr,
+                squeezer_spec=squeezer_spec,
+                search=search,
+                seed=seed,
+                output_kind=output_kind,
+                output_name=output_name,
+                input_range=input_range,
+                batch_size=batch_size or settings.scoring.batch_size,
+                device=device or settings.scoring.device,
+                on_bad_line=bad,
+                on_progress=progress.advance,
+                on_stage=progress.describe,
+            )
+    finally:
+        # Also when too few events were left: the skipped lines are usually why.
+        bad.summary()
     config = report.config
-    bad.summary()
     found = report.squeezer_search
     if report.preset_used:
         how = f" (preset for {config.input_kind} input)"
@@ -413,19 +416,21 @@ def score(
     if no_query_attacks and min_linked is not None:
         raise click.UsageError("--min-linked applies only without --no-query-attacks")
     bad = _BadLineReporter(events_path)
-    with user_errors(), _file_progress("scoring", events_path.stat().st_size) as progress:
-        report = score_file(
-            detector_path,
-            events_path,
-            out_path,
-            batch_size=batch_size or settings.scoring.batch_size,
-            device=device or settings.scoring.device,
-            query_attacks=not no_query_attacks,
-            min_linked=min_linked,
-            on_bad_line=bad,
-            on_progress=progress.advance,
-        )
-    bad.summary()
+    try:
+        with user_errors(), _file_progress("scoring", events_path.stat().st_size) as progress:
+            report = score_file(
+                detector_path,
+                events_path,
+                out_path,
+                batch_size=batch_size or settings.scoring.batch_size,
+                device=device or settings.scoring.device,
+                query_attacks=not no_query_attacks,
+                min_linked=min_linked,
+                on_bad_line=bad,
+                on_progress=progress.advance,
+            )
+    finally:
+        bad.summary()
     rate = report.flagged / report.scored if report.scored else 0.0
     console.print(
         f"scored {report.scored} events on {report.provider} "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -167,6 +168,16 @@ def _package_files() -> set[str]:
 def _wheel_names(wheel: Path) -> set[str]:
     with zipfile.ZipFile(wheel) as archive:
         return set(archive.namelist())
+
+
+def test_constraints_pin_each_package_by_version() -> None:
+    """constraints.txt installs anywhere: ``name==version`` lines only, never the path or
+    URL of a file one machine installed from (``pip freeze`` writes those)."""
+    lines = (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    pins = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert len(pins) > 100
+    pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+")
+    assert [line for line in pins if not pattern.fullmatch(line)] == []
 
 
 def test_the_wheel_holds_every_package_file_and_no_other_code(built: Built) -> None:

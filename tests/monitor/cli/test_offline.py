@@ -427,6 +427,21 @@ def test_score_shows_the_first_bad_lines_and_counts_all(
     assert "scored 3 events" in normalized(result.stderr)
 
 
+def test_calibrate_counts_the_skipped_lines_when_too_few_are_left(
+    runner: CliRunner, demo_model: DemoModel, tmp_path: Path
+) -> None:
+    # Every line has the wrong shape: the count says why no event was left.
+    lines = [orjson.dumps({"event_id": f"e{i}", "input": [[0.5] * 3] * 3}) for i in range(30)]
+    events = write_events(tmp_path / "events.jsonl", lines)
+    result = _calibrate(runner, demo_model.path, events, tmp_path / "detector.json")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    text = normalized(result.stderr)
+    assert f"30 bad line(s) skipped in {events}" in text
+    assert text.index("bad line(s) skipped") < text.index("Error: ")
+    assert "calibration needs at least" in text
+
+
 def test_detector_and_model_can_move_together(
     runner: CliRunner,
     calibrated: Calibrated,
