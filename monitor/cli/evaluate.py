@@ -358,15 +358,18 @@ def evaluate(
             check_mlflow_run(mlflow_run_id)
         if baseline is not None:
             _check_baseline_shape(baseline, model_path, output_name)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        ) as progress:
+        with (
+            bad,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,
+            ) as progress,
+        ):
             try:
                 evaluation = run_evaluation(
                     model_path,
@@ -398,7 +401,6 @@ def evaluate(
                 )
             except ValueError as exc:
                 raise click.UsageError(str(exc)) from None
-        bad.summary()
         report = evaluation.report
         gate = compare(baseline, report, max_drop) if baseline is not None else None
         files = write_outputs(evaluation, out_dir, gate=gate)

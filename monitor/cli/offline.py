@@ -63,7 +63,9 @@ def _parse_range(
 
 
 class _BadLineReporter:
-    """Prints the first bad lines of an events file and counts all of them."""
+    """Prints the first bad lines of an events file and counts all of them; as a context
+    manager, prints the count when the run ends, also when it fails (too few events
+    left, usually because of the skipped lines)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -80,7 +82,10 @@ class _BadLineReporter:
         elif self.count == _MAX_BAD_LINES_SHOWN + 1:
             console.print("[yellow]… more bad lines; the total is printed at the end[/]")
 
-    def summary(self) -> None:
+    def __enter__(self) -> _BadLineReporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         if self.count:
             console.print(
                 f"[yellow]{self.count} bad line(s) skipped[/] in {escape(str(self.path))}"
@@ -224,30 +229,29 @@ def calibrate(
     if squeezer_spec is None:
         search = search_budget or "small"
     passes = 3 if search is not None else 2
-    bad = _BadLineReporter(events_path)
     total = passes * events_path.stat().st_size
-    try:
-        with user_errors(), _file_progress("calibrating", total) as progress:
-            report = calibrate_file(
-                model_path,
-                events_path,
-                out_path,
-                fpr=fpr,
-                squeezer_spec=squeezer_spec,
-                search=search,
-                seed=seed,
-                output_kind=output_kind,
-                output_name=output_name,
-                input_range=input_range,
-                batch_size=batch_size or settings.scoring.batch_size,
-                device=device or settings.scoring.device,
-                on_bad_line=bad,
-                on_progress=progress.advance,
-                on_stage=progress.describe,
-            )
-    finally:
-        # Also when too few events were left: the skipped lines are usually why.
-        bad.summary()
+    with (
+        _BadLineReporter(events_path) as bad,
+        user_errors(),
+        _file_progress("calibrating", total) as progress,
+    ):
+        report = calibrate_file(
+            model_path,
+            events_path,
+            out_path,
+            fpr=fpr,
+            squeezer_spec=squeezer_spec,
+            search=search,
+            seed=seed,
+            output_kind=output_kind,
+            output_name=output_name,
+            input_range=input_range,
+            batch_size=batch_size or settings.scoring.batch_size,
+            device=device or settings.scoring.device,
+            on_bad_line=bad,
+            on_progress=progress.advance,
+            on_stage=progress.describe,
+        )
     config = report.config
     found = report.squeezer_search
     if report.preset_used:
@@ -415,22 +419,22 @@ def score(
     """
     if no_query_attacks and min_linked is not None:
         raise click.UsageError("--min-linked applies only without --no-query-attacks")
-    bad = _BadLineReporter(events_path)
-    try:
-        with user_errors(), _file_progress("scoring", events_path.stat().st_size) as progress:
-            report = score_file(
-                detector_path,
-                events_path,
-                out_path,
-                batch_size=batch_size or settings.scoring.batch_size,
-                device=device or settings.scoring.device,
-                query_attacks=not no_query_attacks,
-                min_linked=min_linked,
-                on_bad_line=bad,
-                on_progress=progress.advance,
-            )
-    finally:
-        bad.summary()
+    with (
+        _BadLineReporter(events_path) as bad,
+        user_errors(),
+        _file_progress("scoring", events_path.stat().st_size) as progress,
+    ):
+        report = score_file(
+            detector_path,
+            events_path,
+            out_path,
+            batch_size=batch_size or settings.scoring.batch_size,
+            device=device or settings.scoring.device,
+            query_attacks=not no_query_attacks,
+            min_linked=min_linked,
+            on_bad_line=bad,
+            on_progress=progress.advance,
+        )
     rate = report.flagged / report.scored if report.scored else 0.0
     console.print(
         f"scored {report.scored} events on {report.provider} "
