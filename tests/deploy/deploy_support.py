@@ -22,7 +22,7 @@ import os
 import re
 import shlex
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -540,6 +540,25 @@ def exec_form(value: str) -> list[str] | None:
     if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
         raise ValueError(f"not a JSON array of strings: {value}")
     return parsed
+
+
+def run_argv(
+    stage: Stage, entrypoint: Sequence[Any] | None, command: Sequence[Any] | None
+) -> list[str]:
+    """What a container of the image ``stage`` runs, by Docker's rule (compose's
+    ``entrypoint``/``command``, Kubernetes' ``command``/``args``): an ``entrypoint`` given
+    replaces the image's ENTRYPOINT and drops its CMD; a ``command`` given replaces the
+    CMD."""
+    if entrypoint is not None:
+        return [str(word) for word in [*entrypoint, *(command or [])]]
+    instruction = stage.last("ENTRYPOINT")
+    assert instruction is not None, "the Dockerfile has no ENTRYPOINT"
+    image_entrypoint = exec_form(instruction.value)
+    assert image_entrypoint is not None, "ENTRYPOINT must use the exec (JSON) form"
+    if command is None:
+        cmd = stage.last("CMD")
+        command = (exec_form(cmd.value) if cmd else None) or []
+    return [*image_entrypoint, *(str(word) for word in command)]
 
 
 def split_flags(value: str) -> tuple[dict[str, str], str]:

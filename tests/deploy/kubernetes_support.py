@@ -37,8 +37,8 @@ from tests.deploy.deploy_support import (
     Stage,
     check_advmon_argv,
     check_settings_env,
-    exec_form,
     parse_advmon,
+    run_argv,
 )
 
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
@@ -289,18 +289,7 @@ def advmon_containers(rendering: Rendering) -> Iterator[tuple[Manifest, Manifest
 def container_argv(container: Mapping[str, Any], stage: Stage) -> list[str]:
     """What the container runs: ``command`` replaces the image's ENTRYPOINT (and drops
     its CMD), ``args`` replaces the CMD."""
-    command = container.get("command")
-    args = container.get("args")
-    if command is not None:
-        return [str(word) for word in [*command, *(args or [])]]
-    entrypoint = stage.last("ENTRYPOINT")
-    assert entrypoint is not None, "the Dockerfile has no ENTRYPOINT"
-    image_entrypoint = exec_form(entrypoint.value)
-    assert image_entrypoint is not None, "ENTRYPOINT must use the exec (JSON) form"
-    if args is None:
-        cmd = stage.last("CMD")
-        args = (exec_form(cmd.value) if cmd else None) or []
-    return [*image_entrypoint, *(str(word) for word in args)]
+    return run_argv(stage, container.get("command"), container.get("args"))
 
 
 def invocation(container: Mapping[str, Any], stage: Stage) -> Invocation:

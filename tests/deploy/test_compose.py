@@ -26,7 +26,6 @@ from tests.deploy.deploy_support import (
     check_advmon_argv,
     check_settings_env,
     dockerfile_stages,
-    exec_form,
     host_path,
     image_problems,
     kraft_problems,
@@ -34,6 +33,7 @@ from tests.deploy.deploy_support import (
     mount_for,
     parse_advmon,
     parse_listeners,
+    run_argv,
     service,
     service_env,
     service_mounts,
@@ -59,17 +59,7 @@ def worker_env(compose: dict[str, Any], runtime_stage: Stage) -> dict[str, str]:
 def worker_argv(compose: dict[str, Any], runtime_stage: Stage) -> list[str]:
     """The worker's full command line: entrypoint + command, compose overriding the image."""
     svc = service(compose, WORKER)
-    entrypoint = argv(svc.get("entrypoint"))
-    if entrypoint is None:
-        instruction = runtime_stage.last("ENTRYPOINT")
-        assert instruction is not None, "the Dockerfile has no ENTRYPOINT"
-        entrypoint = exec_form(instruction.value)
-        assert entrypoint is not None, "ENTRYPOINT must use the exec (JSON) form"
-    command = argv(svc.get("command"))
-    if command is None:
-        instruction = runtime_stage.last("CMD")
-        command = (exec_form(instruction.value) if instruction else None) or []
-    return [*entrypoint, *command]
+    return run_argv(runtime_stage, argv(svc.get("entrypoint")), argv(svc.get("command")))
 
 
 def kafka_names(compose: dict[str, Any]) -> set[str]:
